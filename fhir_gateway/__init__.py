@@ -1,0 +1,3 @@
+"""Health Home FHIR Gateway."""
+
+__version__ = "0.1.0"

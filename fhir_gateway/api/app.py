@@ -1,0 +1,61 @@
+"""The FastAPI application: routers, and every error rendered as an OperationOutcome."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+
+from fhir_gateway import __version__
+from fhir_gateway.api import rest
+from fhir_gateway.api.http import outcome_response
+from fhir_gateway.config import Settings
+from fhir_gateway.outcome import FhirError
+from fhir_gateway.store.base import FhirStore
+
+log = logging.getLogger("fhir_gateway.http")
+_HTTP_CODES = {404: "not-found", 405: "not-supported", 406: "not-supported", 413: "too-costly",
+               415: "not-supported"}
+
+
+def create_app(store: FhirStore, settings: Settings | None = None) -> FastAPI:
+    app = FastAPI(title="Health Home FHIR Gateway", version=__version__,
+                  description="FHIR R4 gateway for Medicaid Health Homes (MO HealthNet, KanCare)")
+    app.state.store = store
+    app.state.settings = settings or Settings()
+    app.include_router(rest.router)
+
+    @app.exception_handler(FhirError)
+    async def fhir_error(request: Request, exc: FhirError):
+        return outcome_response(exc)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        message = "No such endpoint" if exc.status_code == 404 else str(exc.detail)
+        return outcome_response(FhirError(exc.status_code, f"{message}: {request.method} "
+                                          f"{request.url.path}",
+                                          _HTTP_CODES.get(exc.status_code, "processing")))
+
+    @app.exception_handler(RequestValidationError)
+    async def request_error(request: Request, exc: RequestValidationError):
+        return outcome_response(FhirError(400, str(exc.errors()[:3]), "invalid"))
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception):
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return outcome_response(FhirError(500, f"Internal error ({type(exc).__name__}); "
+                                               "see the gateway log", "exception"))
+
+    @app.middleware("http")
+    async def access_log(request: Request, call_next):
+        """Log method, path and status only: query strings may carry DCNs or names (PHI)."""
+        started = time.perf_counter()
+        response = await call_next(request)
+        log.info("%s %s %s %.1fms", request.method, request.url.path, response.status_code,
+                 (time.perf_counter() - started) * 1000)
+        return response
+
+    return app

@@ -1,0 +1,64 @@
+"""The CapabilityStatement, derived from what the code actually supports.
+
+Search parameters come from the same registry the store indexes with, so the statement
+cannot drift from the behaviour.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from fhir_gateway import __version__
+from fhir_gateway.search.registry import params_for, resource_types
+
+INTERACTIONS = ["read", "vread", "update", "delete", "history-instance", "history-type",
+                "create", "search-type"]
+RESULT_PARAMS = [("_count", "number"), ("_offset", "number"), ("_sort", "string"),
+                 ("_include", "string"), ("_revinclude", "string"), ("_summary", "token"),
+                 ("_elements", "string")]
+
+
+@cache
+def capability_statement(base: str) -> dict:
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-22",
+        "publisher": "Health Home FHIR Gateway",
+        "kind": "instance",
+        "software": {"name": "fhir-gateway", "version": __version__},
+        "implementation": {"description": "Health Home FHIR Gateway (embedded store)",
+                           "url": base},
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json", "json"],
+        "rest": [{
+            "mode": "server",
+            "resource": [_resource(t) for t in sorted(resource_types())],
+            "interaction": [{"code": "transaction"}, {"code": "batch"},
+                            {"code": "history-system"}],
+        }],
+    }
+
+
+def _resource(resource_type: str) -> dict:
+    params = params_for(resource_type)
+    references = sorted(p.code for p in params.values() if p.type == "reference")
+    return {
+        "type": resource_type,
+        "interaction": [{"code": code} for code in INTERACTIONS],
+        "versioning": "versioned-update",
+        "readHistory": True,
+        "updateCreate": True,
+        "conditionalCreate": True,
+        "conditionalRead": "not-match",
+        "conditionalUpdate": True,
+        "conditionalDelete": "single",
+        "searchInclude": ["*", *(f"{resource_type}:{code}" for code in references)],
+        "searchRevInclude": sorted({f"{p.resource_type}:{p.code}"
+                                    for t in sorted(resource_types())
+                                    for p in params_for(t).values()
+                                    if p.type == "reference" and resource_type in p.targets}),
+        "searchParam": [{"name": p.code, "definition": p.url, "type": p.type}
+                        for p in sorted(params.values(), key=lambda p: p.code)]
+                       + [{"name": n, "type": t} for n, t in RESULT_PARAMS],
+    }

@@ -1,0 +1,95 @@
+"""FHIR's HTTP conventions in one place: media type, ETag/Last-Modified, Prefer, bodies."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import orjson
+from fastapi import Request
+from fastapi.responses import Response
+
+from fhir_gateway.outcome import FhirError, Issue, operation_outcome
+from fhir_gateway.search.dates import http_date
+
+FHIR_JSON = "application/fhir+json"
+_ACCEPTED = ("application/fhir+json", "application/json", "application/json+fhir", "*/*",
+             "application/*", "")
+
+
+def fhir_response(body: dict | None, status: int = 200, headers: dict | None = None,
+                  pretty: bool = False) -> Response:
+    content = b"" if body is None else orjson.dumps(
+        body, option=orjson.OPT_INDENT_2 if pretty else 0)
+    return Response(content, status_code=status, headers=headers, media_type=FHIR_JSON)
+
+
+def outcome_response(err: FhirError) -> Response:
+    return fhir_response(err.outcome, err.status)
+
+
+def version_headers(resource: dict, base: str | None = None) -> dict:
+    meta = resource.get("meta", {})
+    headers = {"ETag": f'W/"{meta.get("versionId")}"'}
+    if meta.get("lastUpdated"):
+        when = datetime.fromisoformat(meta["lastUpdated"].replace("Z", "+00:00"))
+        headers["Last-Modified"] = http_date(when.timestamp())
+    if base is not None:
+        url = f"{base}/{resource['resourceType']}/{resource['id']}/_history/{meta.get('versionId')}"
+        headers["Location"] = url
+        headers["Content-Location"] = url
+    return headers
+
+
+def prefer(request: Request) -> dict[str, str]:
+    """`Prefer: return=minimal, handling=strict` -> {'return': 'minimal', 'handling': 'strict'}"""
+    out = {}
+    for part in request.headers.get("prefer", "").split(","):
+        key, _, value = part.strip().partition("=")
+        if key:
+            out[key.strip().lower()] = value.strip().strip('"').lower()
+    return out
+
+
+def written_response(request: Request, resource: dict, status: int, base: str) -> Response:
+    """Answer a create/update as the client's `Prefer: return=` asks."""
+    headers = version_headers(resource, base)
+    wanted = prefer(request).get("return", "representation")
+    if wanted == "minimal":
+        return fhir_response(None, status, headers)
+    if wanted == "operationoutcome":
+        verb = "created" if status == 201 else "updated"
+        outcome = operation_outcome([Issue(
+            f"Successfully {verb} resource {resource['resourceType']}/{resource['id']}/_history/"
+            f"{resource['meta']['versionId']}", "informational", "information")])
+        return fhir_response(outcome, status, headers)
+    return fhir_response(resource, status, headers, is_pretty(request))
+
+
+def is_pretty(request: Request) -> bool:
+    return request.query_params.get("_pretty") == "true"
+
+
+async def read_body(request: Request) -> object:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if "xml" in content_type:
+        raise FhirError(415, "This server speaks FHIR JSON only; send application/fhir+json",
+                        "not-supported")
+    body = await request.body()
+    if not body.strip():
+        raise FhirError(400, "The request has no body; a FHIR resource was expected", "required")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise FhirError(400, f"Malformed JSON: {exc}", "structure") from None
+
+
+def check_accept(request: Request) -> None:
+    fmt = request.query_params.get("_format")
+    accept = request.headers.get("accept", "")
+    if fmt and "json" not in fmt:
+        raise FhirError(406, f"_format={fmt} is not supported; this server returns JSON only",
+                        "not-supported", "_format")
+    wanted = [a.split(";")[0].strip().lower() for a in accept.split(",")]
+    if accept and not any(w in _ACCEPTED or "json" in w for w in wanted):
+        raise FhirError(406, f"Cannot produce {accept}; this server returns "
+                             "application/fhir+json", "not-supported")

@@ -1,0 +1,200 @@
+"""FHIR R4 REST interactions at /fhir, thin over the store.
+
+Handlers parse HTTP, call one store operation in a worker thread (the stores are
+synchronous), and render FHIR HTTP conventions; no FHIR logic lives here.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from fhir_gateway import bundle as bundles
+from fhir_gateway.api.capability import capability_statement
+from fhir_gateway.api.http import (check_accept, fhir_response, is_pretty, prefer, read_body,
+                                   version_headers, written_response)
+from fhir_gateway.outcome import FhirError, Issue, invalid, operation_outcome
+from fhir_gateway.search.query import DEFAULT_COUNT, MAX_COUNT, RESULT_PARAMS
+from fhir_gateway.search.registry import resource_types
+from fhir_gateway.store.base import FhirStore
+from fhir_gateway.validation.structure import check_resource
+
+router = APIRouter(prefix="/fhir")
+_PROJECTION = ("_summary", "_elements", "_format", "_pretty")
+
+
+def _store(request: Request) -> FhirStore:
+    return request.app.state.store
+
+
+def base_url(request: Request) -> str:
+    configured = request.app.state.settings.base_url
+    return configured.rstrip("/") if configured else f"{str(request.base_url).rstrip('/')}/fhir"
+
+
+def _type(resource_type: str) -> str:
+    if resource_type not in resource_types():
+        raise FhirError(404, f"Unknown resource type '{resource_type}'", "not-supported")
+    return resource_type
+
+
+def _strict(request: Request) -> bool:
+    return prefer(request).get("handling") == "strict"
+
+
+def _params(request: Request) -> list[tuple[str, str]]:
+    return list(request.query_params.multi_items())
+
+
+@router.get("/metadata")
+async def metadata(request: Request) -> Response:
+    check_accept(request)
+    return fhir_response(capability_statement(base_url(request)), pretty=is_pretty(request))
+
+
+@router.post("")
+@router.post("/")
+async def system_bundle(request: Request) -> Response:
+    body = await read_body(request)
+    if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
+        raise invalid("POST to the base URL takes a Bundle of type transaction or batch",
+                      "resourceType")
+    kind = body.get("type")
+    store = _store(request)
+    if kind == "transaction":
+        result = await run_in_threadpool(store.transaction, body)
+    elif kind == "batch":
+        result = await run_in_threadpool(store.batch, body)
+    else:
+        raise invalid(f"Bundle.type must be transaction or batch, not '{kind}'", "Bundle.type")
+    return fhir_response(result, pretty=is_pretty(request))
+
+
+@router.get("/_history")
+async def system_history(request: Request) -> Response:
+    return await _history(request, None, None)
+
+
+@router.get("/{resource_type}")
+async def search(request: Request, resource_type: str) -> Response:
+    return await _search(request, _type(resource_type), _params(request))
+
+
+@router.post("/{resource_type}/_search")
+async def search_post(request: Request, resource_type: str) -> Response:
+    body = (await request.body()).decode()
+    params = _params(request) + parse_qsl(body, keep_blank_values=True)
+    return await _search(request, _type(resource_type), params)
+
+
+async def _search(request: Request, resource_type: str, params: list[tuple[str, str]]
+                  ) -> Response:
+    check_accept(request)
+    result = await run_in_threadpool(_store(request).search, resource_type, params,
+                                     _strict(request))
+    body = bundles.searchset(result, base_url(request), resource_type, params)
+    return fhir_response(body, pretty=is_pretty(request))
+
+
+@router.post("/{resource_type}")
+async def create(request: Request, resource_type: str) -> Response:
+    resource = check_resource(await read_body(request), _type(resource_type))
+    written = await run_in_threadpool(_store(request).create, resource,
+                                      request.headers.get("if-none-exist"))
+    return written_response(request, written.resource, written.status, base_url(request))
+
+
+@router.put("/{resource_type}")
+async def conditional_update(request: Request, resource_type: str) -> Response:
+    criteria = [(k, v) for k, v in _params(request) if k not in RESULT_PARAMS]
+    if not criteria:
+        raise invalid("A conditional update needs search criteria in the URL "
+                      "(e.g. PUT /fhir/Patient?identifier=system|value)")
+    resource = check_resource(await read_body(request), _type(resource_type))
+    written = await run_in_threadpool(_store(request).conditional_update, resource_type,
+                                      criteria, resource)
+    return written_response(request, written.resource, written.status, base_url(request))
+
+
+@router.delete("/{resource_type}")
+async def conditional_delete(request: Request, resource_type: str) -> Response:
+    criteria = [(k, v) for k, v in _params(request) if k not in RESULT_PARAMS]
+    deleted = await run_in_threadpool(_store(request).conditional_delete, _type(resource_type),
+                                      criteria)
+    return _deleted_response(request, f"{deleted} resource(s) matching the criteria")
+
+
+@router.get("/{resource_type}/_history")
+async def type_history(request: Request, resource_type: str) -> Response:
+    return await _history(request, _type(resource_type), None)
+
+
+@router.get("/{resource_type}/{resource_id}")
+async def read(request: Request, resource_type: str, resource_id: str) -> Response:
+    check_accept(request)
+    resource = await run_in_threadpool(_store(request).read, _type(resource_type), resource_id)
+    return _resource_response(request, resource)
+
+
+@router.get("/{resource_type}/{resource_id}/_history/{version}")
+async def vread(request: Request, resource_type: str, resource_id: str, version: str
+                ) -> Response:
+    check_accept(request)
+    resource = await run_in_threadpool(_store(request).vread, _type(resource_type), resource_id,
+                                       version)
+    return _resource_response(request, resource)
+
+
+def _resource_response(request: Request, resource: dict) -> Response:
+    headers = version_headers(resource)
+    if request.headers.get("if-none-match") == headers["ETag"]:
+        return Response(status_code=304, headers=headers)
+    params = request.query_params
+    summary = params.get("_summary")
+    elements = [e for e in params.get("_elements", "").split(",") if e]
+    body = bundles.project(resource, None if summary == "false" else summary, elements)
+    return fhir_response(body, headers=headers, pretty=is_pretty(request))
+
+
+@router.put("/{resource_type}/{resource_id}")
+async def update(request: Request, resource_type: str, resource_id: str) -> Response:
+    resource = check_resource(await read_body(request), _type(resource_type))
+    written = await run_in_threadpool(_store(request).update, resource_type, resource_id,
+                                      resource, request.headers.get("if-match"))
+    return written_response(request, written.resource, written.status, base_url(request))
+
+
+@router.delete("/{resource_type}/{resource_id}")
+async def delete(request: Request, resource_type: str, resource_id: str) -> Response:
+    await run_in_threadpool(_store(request).delete, _type(resource_type), resource_id)
+    return _deleted_response(request, f"{resource_type}/{resource_id}")
+
+
+def _deleted_response(request: Request, what: str) -> Response:
+    outcome = operation_outcome([Issue(f"Successfully deleted {what}", "informational",
+                                       "information")])
+    return fhir_response(outcome, pretty=is_pretty(request))
+
+
+@router.get("/{resource_type}/{resource_id}/_history")
+async def instance_history(request: Request, resource_type: str, resource_id: str) -> Response:
+    return await _history(request, _type(resource_type), resource_id)
+
+
+async def _history(request: Request, resource_type: str | None, resource_id: str | None
+                   ) -> Response:
+    check_accept(request)
+    params = _params(request)
+    query = dict(params)
+    count, offset = query.get("_count", str(DEFAULT_COUNT)), query.get("_offset", "0")
+    if not count.isdigit() or not offset.isdigit():
+        raise invalid("_count and _offset must be non-negative integers")
+    result = await run_in_threadpool(
+        _store(request).history, resource_type, resource_id, query.get("_since"),
+        min(int(count), MAX_COUNT), int(offset))
+    path = "/".join(p for p in (resource_type, resource_id, "_history") if p)
+    body = bundles.history(result, base_url(request), path, params)
+    return fhir_response(body, pretty=is_pretty(request))

@@ -1,0 +1,123 @@
+"""Build searchset and history Bundles, with paging links that a client can follow.
+
+Links are stateless: `next` is the same query with a later `_offset`, so any gateway
+process (or a restart) can serve it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from functools import cache
+from urllib.parse import urlencode
+
+from fhir_gateway.search.dates import now_instant
+from fhir_gateway.store.base import HistoryResult, SearchResult
+
+SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+             "code": "SUBSETTED", "display": "Resource encoded in summary mode"}
+_PAGING = ("_count", "_offset")
+
+
+def searchset(result: SearchResult, base: str, resource_type: str,
+              params: list[tuple[str, str]]) -> dict:
+    prefix = f"{base}/" if base else ""
+    bundle = {"resourceType": "Bundle", "id": str(uuid.uuid4()),
+              "meta": {"lastUpdated": now_instant()[0]}, "type": "searchset",
+              "total": result.total}
+    if result.summary != "count":
+        bundle["link"] = _links(result.total, result.count, result.offset,
+                                f"{prefix}{resource_type}", params)
+        entries = [_entry(project(r, result.summary, result.elements), prefix, "match")
+                   for r in result.matches]
+        entries += [_entry(project(r, result.summary, result.elements), prefix, "include")
+                    for r in result.included]
+        if result.warnings:
+            outcome = {"resourceType": "OperationOutcome",
+                       "issue": [w.to_fhir() for w in result.warnings]}
+            entries.append({"resource": outcome, "search": {"mode": "outcome"}})
+        if entries:
+            bundle["entry"] = entries
+    return bundle
+
+
+def history(result: HistoryResult, base: str, path: str,
+            params: list[tuple[str, str]]) -> dict:
+    prefix = f"{base}/" if base else ""
+    entries = []
+    for h in result.entries:
+        url = f"{h.resource_type}/{h.id}"
+        entry: dict = {"fullUrl": f"{prefix}{url}"}
+        if h.resource is not None:
+            entry["resource"] = h.resource
+        status = {"POST": "201 Created", "PUT": "200 OK", "DELETE": "204 No Content"}[h.method]
+        entry["request"] = {"method": h.method,
+                            "url": h.resource_type if h.method == "POST" else url}
+        entry["response"] = {"status": status, "etag": f'W/"{h.version}"',
+                             "lastModified": h.last_updated}
+        entries.append(entry)
+    bundle = {"resourceType": "Bundle", "id": str(uuid.uuid4()),
+              "meta": {"lastUpdated": now_instant()[0]}, "type": "history",
+              "total": result.total,
+              "link": _links(result.total, result.count, result.offset, f"{prefix}{path}", params)}
+    if entries:
+        bundle["entry"] = entries
+    return bundle
+
+
+def _entry(resource: dict, prefix: str, mode: str) -> dict:
+    return {"fullUrl": f"{prefix}{resource['resourceType']}/{resource['id']}",
+            "resource": resource, "search": {"mode": mode}}
+
+
+def _links(total: int | None, count: int, offset: int, url: str,
+           params: list[tuple[str, str]]) -> list[dict]:
+    kept = [(k, v) for k, v in params if k not in _PAGING]
+
+    def page(at: int) -> str:
+        return f"{url}?{urlencode([*kept, ('_count', str(count)), ('_offset', str(at))])}"
+
+    links = [{"relation": "self", "url": page(offset)}]
+    if offset > 0:
+        links.append({"relation": "first", "url": page(0)})
+        links.append({"relation": "previous", "url": page(max(offset - count, 0))})
+    if count and total is not None and offset + count < total:
+        links.append({"relation": "next", "url": page(offset + count)})
+        links.append({"relation": "last", "url": page((total - 1) // count * count)})
+    return links
+
+
+def project(resource: dict, summary: str | None, elements: list[str]) -> dict:
+    """Apply `_summary` / `_elements` (top-level elements) and mark the result SUBSETTED."""
+    if not summary and not elements:
+        return resource
+    keep_always = {"resourceType", "id", "meta"}
+    if summary == "data":
+        out = {k: v for k, v in resource.items() if k != "text"}
+    elif summary == "text":
+        out = {k: v for k, v in resource.items() if k in keep_always | {"text"}}
+    elif summary == "true":
+        wanted = _summary_elements(resource["resourceType"])
+        out = {k: v for k, v in resource.items() if k in keep_always or k in wanted}
+    else:
+        wanted = set(elements)
+        out = {k: v for k, v in resource.items()
+               if k in keep_always or k in wanted or _choice_base(k) in wanted}
+    meta = dict(out.get("meta") or {})
+    meta["tag"] = [*meta.get("tag", []), SUBSETTED]
+    out["meta"] = meta
+    return out
+
+
+def _choice_base(key: str) -> str:
+    """`valueQuantity` -> `value` so `_elements=value` keeps a choice element."""
+    for i in range(1, len(key)):
+        if key[i].isupper():
+            return key[:i]
+    return key
+
+
+@cache
+def _summary_elements(resource_type: str) -> frozenset[str]:
+    from fhir_gateway.validation.structure import model_fields
+
+    return frozenset(name for name, summary in model_fields(resource_type).items() if summary)

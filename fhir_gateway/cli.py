@@ -1,0 +1,101 @@
+"""`fhir-gateway`: serve the FHIR API, load files into the store."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+from fhir_gateway.config import Settings
+from fhir_gateway.store import StoreURLError, open_store
+
+app = typer.Typer(help="Health Home FHIR Gateway", no_args_is_help=True)
+console = Console(stderr=True)
+
+StoreOption = Annotated[str, typer.Option(
+    "--store", envvar="FHIR_GATEWAY_STORE",
+    help="sqlite:///path/to/file.db (embedded) or http(s)://host/fhir; default: a file "
+         "under the user data dir")]
+
+
+def _open(store_url: str):
+    url = store_url or Settings().store_url()
+    try:
+        return open_store(url)
+    except StoreURLError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    store: StoreOption = "",
+    host: Annotated[str, typer.Option(envvar="FHIR_GATEWAY_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="FHIR_GATEWAY_PORT")] = 8000,
+    demo: Annotated[bool, typer.Option("--demo/--no-demo", envvar="FHIR_GATEWAY_DEMO",
+                                       help="load the synthetic population into an empty store")] = True,
+    log_level: Annotated[str, typer.Option(envvar="FHIR_GATEWAY_LOG_LEVEL")] = "info",
+) -> None:
+    """Run the FHIR R4 API at http://HOST:PORT/fhir."""
+    import uvicorn
+
+    from fhir_gateway.api.app import create_app
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = Settings(store=store or Settings().store, host=host, port=port, demo=demo)
+    fhir_store = _open(settings.store_url())
+    if demo and fhir_store.is_empty():
+        _load_demo(fhir_store)
+    console.print(f"FHIR base: [bold]http://{host}:{port}/fhir[/bold]  store: {settings.store_url()}")
+    uvicorn.run(create_app(fhir_store, settings), host=host, port=port, access_log=False,
+                log_level=log_level)
+
+
+def _load_demo(fhir_store) -> None:
+    from fhir_gateway.demo import demo_population
+
+    bundles = demo_population()
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("Loading demo population", total=len(bundles))
+        for bundle in bundles:
+            fhir_store.transaction(bundle)
+            progress.advance(task)
+    console.print(f"Loaded the demo population ({len(bundles)} bundles)")
+
+
+@app.command()
+def load(
+    paths: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, readable=True,
+                                                help="Bundle JSON, resource JSON or NDJSON")],
+    store: StoreOption = "",
+    quarantine: Annotated[Path | None, typer.Option(help="write failed records here (NDJSON)")] = None,
+) -> None:
+    """Load FHIR files into the store; bad records are reported, the rest stored."""
+    from fhir_gateway.loader import load_paths, write_quarantine
+
+    fhir_store = _open(store)
+    total = sum(p.stat().st_size for p in paths)
+    with Progress(*Progress.get_default_columns()[:-1], BarColumn(), DownloadColumn(),
+                  TimeRemainingColumn(), console=console) as progress:
+        task = progress.add_task("Loading", total=total)
+        summary = load_paths(fhir_store, paths, lambda n: progress.advance(task, n))
+    for problem in summary.problems[:50]:
+        console.print(f"[red]{problem.file}[/red] {problem.record}: {problem.reason}")
+    if len(summary.problems) > 50:
+        console.print(f"... and {len(summary.problems) - 50} more")
+    if quarantine and summary.problems:
+        write_quarantine(quarantine, summary.problems)
+        console.print(f"Quarantined {len(summary.problems)} record(s) in {quarantine}")
+    console.print(f"{summary.files} file(s): {summary.created} created, {summary.updated} "
+                  f"updated/unchanged, {summary.failed} failed")
+    fhir_store.close()
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,29 @@
+"""Settings from the environment (FHIR_GATEWAY_*) or CLI flags, typed by pydantic-settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from platformdirs import user_data_dir
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_store() -> str:
+    return f"sqlite:///{Path(user_data_dir('fhir-gateway')) / 'gateway.db'}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FHIR_GATEWAY_")
+
+    #: sqlite:///path/to/file.db (embedded) or http(s)://host/fhir (a FHIR server)
+    store: str = ""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    #: the public base URL (e.g. behind a proxy); default: derived from each request
+    base_url: str = ""
+    #: load the synthetic Health Home population when the store is empty
+    demo: bool = True
+    log_level: str = "info"
+
+    def store_url(self) -> str:
+        return self.store or default_store()

@@ -1,0 +1,56 @@
+"""OperationOutcome: the one shape every error takes on the wire.
+
+Raise `FhirError` anywhere below the API; the API turns it into an HTTP status with an
+OperationOutcome body, so callers always learn what went wrong and where.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Issue:
+    diagnostics: str
+    code: str = "processing"
+    severity: str = "error"
+    expression: list[str] = field(default_factory=list)
+
+    def to_fhir(self) -> dict:
+        issue = {"severity": self.severity, "code": self.code, "diagnostics": self.diagnostics}
+        if self.expression:
+            issue["expression"] = self.expression
+        return issue
+
+
+class FhirError(Exception):
+    """An error with an HTTP status and the OperationOutcome issues that explain it."""
+
+    def __init__(self, status: int, diagnostics: str, code: str = "processing",
+                 expression: list[str] | str | None = None, issues: list[Issue] | None = None):
+        super().__init__(diagnostics)
+        self.status = status
+        if isinstance(expression, str):
+            expression = [expression]
+        self.issues = issues or [Issue(diagnostics, code, "error", expression or [])]
+
+    @property
+    def outcome(self) -> dict:
+        return operation_outcome(self.issues)
+
+
+def operation_outcome(issues: list[Issue]) -> dict:
+    return {"resourceType": "OperationOutcome", "issue": [i.to_fhir() for i in issues]}
+
+
+def not_found(resource_type: str, resource_id: str) -> FhirError:
+    return FhirError(404, f"Resource {resource_type}/{resource_id} is not known", "not-found")
+
+
+def gone(resource_type: str, resource_id: str, version: int) -> FhirError:
+    return FhirError(410, f"Resource {resource_type}/{resource_id} was deleted (version {version})",
+                     "deleted")
+
+
+def invalid(diagnostics: str, expression: list[str] | str | None = None) -> FhirError:
+    return FhirError(400, diagnostics, "invalid", expression)

@@ -1,0 +1,219 @@
+"""Parse a FHIR search query (`name[:modifier]=value,value&...`) into a typed plan.
+
+Parsing is separate from execution so every store sees the same meaning of a query and
+bad input is refused before any I/O, with the parameter named in the OperationOutcome.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from fhir_gateway.outcome import FhirError, Issue, invalid
+from fhir_gateway.search.dates import parse_range
+from fhir_gateway.search.registry import SearchParam, params_for, resource_types
+
+DEFAULT_COUNT = 20
+MAX_COUNT = 1000
+PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
+RESULT_PARAMS = {"_count", "_offset", "_sort", "_summary", "_elements", "_total", "_format",
+                 "_pretty"}
+MODIFIERS = {
+    "token": {"not", "text", "missing", "below", "above", "in", "not-in", "of-type"},
+    "string": {"exact", "contains", "missing"},
+    "reference": {"missing", "identifier"},
+    "date": {"missing"},
+    "quantity": {"missing"},
+    "number": {"missing"},
+    "uri": {"missing", "below", "above"},
+}
+SUPPORTED_MODIFIERS = {
+    "token": {"not", "text", "missing"},
+    "string": {"exact", "contains", "missing"},
+    "reference": {"missing"},
+    "date": {"missing"},
+    "quantity": {"missing"},
+    "number": {"missing"},
+    "uri": {"missing", "below"},
+}
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+
+
+@dataclass
+class Criterion:
+    """One `name=v1,v2` term: the values are ORed; criteria of a query are ANDed."""
+
+    param: SearchParam
+    values: list[str]
+    modifier: str | None = None
+    #: for a chained reference (`subject:Patient.identifier=x`): the target type and the
+    #: criterion evaluated on the target
+    target_type: str | None = None
+    chained: Criterion | None = None
+
+
+@dataclass
+class Include:
+    source_type: str
+    param: SearchParam | None  # None means `*`
+    target_type: str | None = None
+    iterate: bool = False
+
+
+@dataclass
+class SearchQuery:
+    resource_type: str
+    criteria: list[Criterion] = field(default_factory=list)
+    count: int = DEFAULT_COUNT
+    offset: int = 0
+    sort: list[tuple[SearchParam, bool]] = field(default_factory=list)  # (param, descending)
+    includes: list[Include] = field(default_factory=list)
+    revincludes: list[Include] = field(default_factory=list)
+    summary: str | None = None
+    elements: list[str] = field(default_factory=list)
+    warnings: list[Issue] = field(default_factory=list)
+
+
+def parse_query(resource_type: str, pairs: list[tuple[str, str]], strict: bool = False,
+                default_count: int = DEFAULT_COUNT, max_count: int = MAX_COUNT) -> SearchQuery:
+    query = SearchQuery(resource_type, count=default_count)
+    params = params_for(resource_type)
+    for name, value in pairs:
+        base = name.split(":")[0]
+        if base in ("_include", "_revinclude"):
+            target = query.revincludes if base == "_revinclude" else query.includes
+            target.append(parse_include(value, name))
+            continue
+        if name in RESULT_PARAMS:
+            _result_param(query, name, value, max_count)
+            continue
+        try:
+            query.criteria.append(_criterion(resource_type, params, name, value))
+        except _Unknown as unknown:
+            message = str(unknown)
+            if strict:
+                raise FhirError(400, message, "not-supported", name) from None
+            query.warnings.append(Issue(message + "; ignored", "not-supported", "warning", [name]))
+    return query
+
+
+class _Unknown(Exception):
+    pass
+
+
+def _criterion(resource_type: str, params: dict[str, SearchParam], name: str,
+               value: str) -> Criterion:
+    head, _, chain = name.partition(".")
+    code, _, modifier = head.partition(":")
+    param = params.get(code)
+    if param is None:
+        raise _Unknown(f"Unknown search parameter '{code}' for resource type {resource_type}")
+    modifier = modifier or None
+    if chain:
+        if param.type != "reference":
+            raise invalid(f"Parameter '{code}' is not a reference and cannot be chained", name)
+        target_type = modifier
+        if target_type is None:
+            candidates = [t for t in param.targets if chain.split(":")[0].split(".")[0]
+                          in params_for(t)]
+            if len(candidates) != 1:
+                raise invalid(f"Chain '{name}' is ambiguous: name the target type, e.g. "
+                              f"'{code}:{(param.targets or ('Patient',))[0]}.{chain}'", name)
+            target_type = candidates[0]
+        if target_type not in resource_types():
+            raise invalid(f"Unknown resource type '{target_type}' in chain '{name}'", name)
+        chained = _criterion(target_type, params_for(target_type), chain, value)
+        return Criterion(param, [], None, target_type, chained)
+    if modifier and param.type == "reference" and modifier[:1].isupper():
+        if modifier not in resource_types():
+            raise invalid(f"Unknown resource type modifier ':{modifier}' on '{code}'", name)
+        values = [v if "/" in v else f"{modifier}/{v}" for v in _split(value)]
+        return Criterion(param, values)
+    if modifier:
+        if modifier not in MODIFIERS.get(param.type, ()):
+            raise invalid(f"Modifier ':{modifier}' is not valid on {param.type} parameter "
+                          f"'{code}'", name)
+        if modifier not in SUPPORTED_MODIFIERS.get(param.type, ()):
+            raise FhirError(400, f"Modifier ':{modifier}' on '{code}' is not supported by "
+                                 "this server", "not-supported", name)
+    values = _split(value)
+    if modifier == "missing":
+        if value not in ("true", "false"):
+            raise invalid(f"':missing' takes true or false, not '{value}'", name)
+        return Criterion(param, [value], modifier)
+    for v in values:
+        _check_value(param, name, v)
+    return Criterion(param, values, modifier)
+
+
+def _split(value: str) -> list[str]:
+    """Split on commas not escaped with a backslash; unescape `\\,` `\\|` `\\$`."""
+    parts = re.split(r"(?<!\\),", value)
+    return [re.sub(r"\\([,$|\\])", r"\1", p) for p in parts if p != ""]
+
+
+def split_prefix(value: str) -> tuple[str, str]:
+    if len(value) > 2 and value[:2] in PREFIXES and not value[:2].isdigit():
+        return value[:2], value[2:]
+    return "eq", value
+
+
+def _check_value(param: SearchParam, name: str, value: str) -> None:
+    if param.type == "date":
+        _, raw = split_prefix(value)
+        if parse_range(raw) is None:
+            raise invalid(f"Invalid date '{raw}' for parameter '{name}' (expected YYYY, "
+                          "YYYY-MM, YYYY-MM-DD or a dateTime)", name)
+    elif param.type in ("number", "quantity"):
+        _, raw = split_prefix(value)
+        number = raw.split("|", 1)[0]
+        if not _NUMBER.match(number):
+            raise invalid(f"Invalid number '{number}' for parameter '{name}'", name)
+
+
+def _result_param(query: SearchQuery, name: str, value: str, max_count: int) -> None:
+    if name in ("_count", "_offset"):
+        if not value.isdigit():
+            raise invalid(f"{name} must be a non-negative integer, not '{value}'", name)
+        if name == "_count":
+            query.count = min(int(value), max_count)
+        else:
+            query.offset = int(value)
+    elif name == "_sort":
+        for key in filter(None, value.split(",")):
+            desc = key.startswith("-")
+            code = key.lstrip("-")
+            param = params_for(query.resource_type).get(code)
+            if param is None:
+                raise invalid(f"Unknown sort parameter '{code}' for {query.resource_type}",
+                              "_sort")
+            query.sort.append((param, desc))
+    elif name == "_summary":
+        if value not in ("true", "false", "text", "data", "count"):
+            raise invalid(f"_summary must be one of true, false, text, data, count; "
+                          f"not '{value}'", "_summary")
+        query.summary = None if value == "false" else value
+    elif name == "_elements":
+        query.elements.extend(e.strip() for e in value.split(",") if e.strip())
+
+
+def parse_include(value: str, name: str) -> Include:
+    """`Source:param[:Target]`; `*` includes every reference parameter."""
+    iterate = name.endswith((":iterate", ":recurse"))
+    parts = value.split(":")
+    if value == "*":
+        return Include("*", None, None, iterate)
+    if len(parts) not in (2, 3) or parts[0] not in resource_types():
+        raise invalid(f"Invalid {name} value '{value}': expected Type:parameter[:TargetType]",
+                      name)
+    source, code = parts[0], parts[1]
+    if code == "*":
+        return Include(source, None, parts[2] if len(parts) == 3 else None, iterate)
+    param = params_for(source).get(code)
+    if param is None or param.type != "reference":
+        raise invalid(f"Invalid {name} value '{value}': {source} has no reference "
+                      f"parameter '{code}'", name)
+    target = parts[2] if len(parts) == 3 else None
+    if target and target not in resource_types():
+        raise invalid(f"Invalid {name} value '{value}': unknown type '{target}'", name)
+    return Include(source, param, target, iterate)

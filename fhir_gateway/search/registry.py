@@ -1,0 +1,65 @@
+"""The search parameters the gateway knows, from the FHIR R4 definitions (data, not code).
+
+`r4-definitions.json` is vendored from the spec (see scripts/vendor_r4_definitions.py);
+additional SearchParameter resources (our IG's, later) are registered the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+
+import orjson
+
+from fhir_gateway.search.fhirpath import Extractor, compile_expression
+
+#: parameter types the embedded store indexes and searches
+INDEXED_TYPES = ("token", "string", "reference", "date", "quantity", "number", "uri")
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    code: str
+    type: str
+    url: str
+    resource_type: str
+    expression: str
+    targets: tuple[str, ...] = ()
+    extract: Extractor | None = field(default=None, compare=False, repr=False)
+
+
+@cache
+def _definitions() -> dict:
+    raw = resources.files("fhir_gateway.search").joinpath("r4-definitions.json").read_bytes()
+    return orjson.loads(raw)
+
+
+@cache
+def resource_types() -> frozenset[str]:
+    return frozenset(_definitions()["resourceTypes"])
+
+
+@cache
+def params_for(resource_type: str) -> dict[str, SearchParam]:
+    """Searchable parameters of a resource type, keyed by code (incl. `_id`, `_lastUpdated`)."""
+    found: dict[str, SearchParam] = {}
+    bases = {resource_type, "Resource", "DomainResource"}
+    for sp in _definitions()["searchParameters"]:
+        if sp["type"] not in INDEXED_TYPES or not sp.get("expression"):
+            continue
+        if not bases.intersection(sp["base"]):
+            continue
+        extract = compile_expression(sp["expression"], resource_type)
+        if extract is None:
+            continue
+        found[sp["code"]] = SearchParam(
+            code=sp["code"], type=sp["type"], url=sp["url"], resource_type=resource_type,
+            expression=sp["expression"], targets=tuple(sp.get("target", ())), extract=extract,
+        )
+    return found
+
+
+def indexed_params(resource_type: str) -> list[SearchParam]:
+    """Parameters whose values the store writes to its index (`_id` lives on the row)."""
+    return [p for p in params_for(resource_type).values() if p.code not in ("_id", "_lastUpdated")]

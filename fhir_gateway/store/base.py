@@ -1,0 +1,87 @@
+"""The store contract: what the gateway needs from any FHIR store.
+
+Two implementations honour it — the embedded SQLite store and (over HTTP) HAPI FHIR — and
+one contract test suite runs on both. Errors are `FhirError`s carrying the HTTP status a
+FHIR server would answer with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from fhir_gateway.outcome import Issue
+
+
+@dataclass
+class Written:
+    """Result of a create/update: the stored resource and 201 (created) or 200."""
+
+    resource: dict
+    status: int
+
+    @property
+    def created(self) -> bool:
+        return self.status == 201
+
+
+@dataclass
+class SearchResult:
+    matches: list[dict]
+    total: int | None
+    count: int
+    offset: int
+    included: list[dict] = field(default_factory=list)
+    warnings: list[Issue] = field(default_factory=list)
+    summary: str | None = None
+    elements: list[str] = field(default_factory=list)
+
+
+@dataclass
+class HistoryEntry:
+    resource_type: str
+    id: str
+    version: int
+    last_updated: str
+    method: str  # POST, PUT or DELETE
+    resource: dict | None
+
+
+@dataclass
+class HistoryResult:
+    entries: list[HistoryEntry]
+    total: int
+    count: int
+    offset: int
+
+
+class FhirStore(Protocol):
+    def create(self, resource: dict, if_none_exist: str | None = None) -> Written: ...
+
+    def read(self, resource_type: str, resource_id: str) -> dict: ...
+
+    def vread(self, resource_type: str, resource_id: str, version: str) -> dict: ...
+
+    def update(self, resource_type: str, resource_id: str, resource: dict,
+               if_match: str | None = None) -> Written: ...
+
+    def conditional_update(self, resource_type: str, criteria: list[tuple[str, str]],
+                           resource: dict) -> Written: ...
+
+    def delete(self, resource_type: str, resource_id: str) -> None: ...
+
+    def conditional_delete(self, resource_type: str, criteria: list[tuple[str, str]]) -> int: ...
+
+    def search(self, resource_type: str, params: list[tuple[str, str]],
+               strict: bool = False) -> SearchResult: ...
+
+    def history(self, resource_type: str | None = None, resource_id: str | None = None,
+                since: str | None = None, count: int = 20, offset: int = 0) -> HistoryResult: ...
+
+    def transaction(self, bundle: dict) -> dict: ...
+
+    def batch(self, bundle: dict) -> dict: ...
+
+    def is_empty(self) -> bool: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,385 @@
+"""The embedded store: one SQLite file, every version kept, searchable by the R4 parameters.
+
+Why SQLite: zero setup for demos, development and small deployments; WAL lets readers go
+on while one writer commits. Writers are serialised (a process lock plus BEGIN IMMEDIATE
+across processes), which is what makes conditional creates race-free: the match and the
+insert happen inside one write transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+import orjson
+
+from fhir_gateway.outcome import FhirError, gone, invalid, not_found
+from fhir_gateway.search import values
+from fhir_gateway.search.dates import now_instant, parse_range
+from fhir_gateway.search.query import SearchQuery, parse_query
+from fhir_gateway.search.registry import indexed_params, resource_types
+from fhir_gateway.store import sqlsearch
+from fhir_gateway.store.base import HistoryEntry, HistoryResult, SearchResult, Written
+from fhir_gateway.store.transaction import BundleProcessor
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS resource(
+  rid INTEGER PRIMARY KEY, type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,
+  updated REAL NOT NULL, deleted INTEGER NOT NULL DEFAULT 0, body BLOB,
+  UNIQUE(type, id));
+CREATE INDEX IF NOT EXISTS resource_type_updated ON resource(type, updated);
+CREATE TABLE IF NOT EXISTS version(
+  rid INTEGER NOT NULL, version INTEGER NOT NULL, updated REAL NOT NULL,
+  last_updated TEXT NOT NULL, method TEXT NOT NULL, body BLOB,
+  PRIMARY KEY(rid, version)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS version_updated ON version(updated);
+CREATE TABLE IF NOT EXISTS param(pid INTEGER PRIMARY KEY, type TEXT NOT NULL,
+  code TEXT NOT NULL, UNIQUE(type, code));
+CREATE TABLE IF NOT EXISTS idx_token(pid INTEGER, system TEXT, code TEXT, text TEXT, rid INTEGER);
+CREATE INDEX IF NOT EXISTS idx_token_code ON idx_token(pid, code, system);
+CREATE INDEX IF NOT EXISTS idx_token_rid ON idx_token(rid);
+CREATE TABLE IF NOT EXISTS idx_string(pid INTEGER, norm TEXT, exact TEXT, rid INTEGER);
+CREATE INDEX IF NOT EXISTS idx_string_norm ON idx_string(pid, norm);
+CREATE INDEX IF NOT EXISTS idx_string_rid ON idx_string(rid);
+CREATE TABLE IF NOT EXISTS idx_ref(pid INTEGER, ref TEXT, ttype TEXT, tid TEXT, rid INTEGER);
+CREATE INDEX IF NOT EXISTS idx_ref_target ON idx_ref(pid, tid, ttype);
+CREATE INDEX IF NOT EXISTS idx_ref_ref ON idx_ref(pid, ref);
+CREATE INDEX IF NOT EXISTS idx_ref_rid ON idx_ref(rid);
+CREATE TABLE IF NOT EXISTS idx_date(pid INTEGER, low REAL, high REAL, rid INTEGER);
+CREATE INDEX IF NOT EXISTS idx_date_low ON idx_date(pid, low);
+CREATE INDEX IF NOT EXISTS idx_date_rid ON idx_date(rid);
+CREATE TABLE IF NOT EXISTS idx_quantity(pid INTEGER, value REAL, system TEXT, code TEXT,
+  unit TEXT, rid INTEGER);
+CREATE INDEX IF NOT EXISTS idx_quantity_value ON idx_quantity(pid, value);
+CREATE INDEX IF NOT EXISTS idx_quantity_rid ON idx_quantity(rid);
+CREATE TABLE IF NOT EXISTS idx_number(pid INTEGER, value REAL, rid INTEGER);
+CREATE INDEX IF NOT EXISTS idx_number_value ON idx_number(pid, value);
+CREATE INDEX IF NOT EXISTS idx_number_rid ON idx_number(rid);
+"""
+
+#: search-parameter type -> (index table, value columns, function producing the rows)
+INDEX = {
+    "token": ("idx_token", ("system", "code", "text"), values.tokens),
+    "uri": ("idx_token", ("system", "code", "text"), values.tokens),
+    "string": ("idx_string", ("norm", "exact"), values.strings),
+    "reference": ("idx_ref", ("ref", "ttype", "tid"), values.references),
+    "date": ("idx_date", ("low", "high"), values.dates),
+    "quantity": ("idx_quantity", ("value", "system", "code", "unit"), values.quantities),
+    "number": ("idx_number", ("value",), lambda nodes: [(v,) for v in values.numbers(nodes)]),
+}
+INDEX_TABLES = sorted({table for table, _, _ in INDEX.values()})
+_INSERT = {t: f"INSERT INTO {table}(pid, {', '.join(cols)}, rid) VALUES (?{', ?' * len(cols)}, ?)"
+           for t, (table, cols, _) in INDEX.items()}
+
+
+def _dumps(resource: dict) -> bytes:
+    return orjson.dumps(resource)
+
+
+def _content(resource: dict) -> dict:
+    """The resource without the server-maintained meta, to detect no-op updates."""
+    meta = {k: v for k, v in resource.get("meta", {}).items()
+            if k not in ("versionId", "lastUpdated")}
+    stripped = {k: v for k, v in resource.items() if k != "meta"}
+    if meta:
+        stripped["meta"] = meta
+    return stripped
+
+
+def parse_etag(value: str) -> int:
+    tag = value.strip()
+    if tag.startswith("W/"):
+        tag = tag[2:]
+    tag = tag.strip('"')
+    if not tag.isdigit():
+        raise invalid(f"Invalid If-Match value '{value}': expected W/\"<versionId>\"", "If-Match")
+    return int(tag)
+
+
+class SQLiteStore:
+    """FhirStore over one SQLite file."""
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        if self.path == ":memory:":
+            raise ValueError("The embedded store needs a file: its connections are per thread")
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._pids: dict[tuple[str, str], int] = {}
+        self._connections: list[sqlite3.Connection] = []
+        conn = self._conn()
+        conn.executescript(SCHEMA)
+        self._load_pids(conn)
+
+    # -- connections and transactions -------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA cache_size=-65536")
+            self._local.conn = conn
+            self._local.depth = 0
+            self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def atomic(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; nested use becomes a savepoint (a batch entry)."""
+        conn = self._conn()
+        depth = self._local.depth
+        if depth:
+            name = f"sp{depth}"
+            conn.execute(f"SAVEPOINT {name}")
+            self._local.depth += 1
+            try:
+                yield conn
+                conn.execute(f"RELEASE {name}")
+            except BaseException:
+                conn.execute(f"ROLLBACK TO {name}")
+                conn.execute(f"RELEASE {name}")
+                raise
+            finally:
+                self._local.depth -= 1
+            return
+        with self._lock:
+            conn.execute("BEGIN IMMEDIATE")
+            self._local.depth = 1
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                self._load_pids(conn)  # parameters registered in the rolled-back work are gone
+                raise
+            finally:
+                self._local.depth = 0
+
+    def close(self) -> None:
+        for conn in self._connections:
+            conn.close()
+        self._connections.clear()
+        self._local = threading.local()
+
+    def _load_pids(self, conn: sqlite3.Connection) -> None:
+        self._pids = {(t, c): pid for pid, t, c in conn.execute("SELECT pid, type, code FROM param")}
+
+    def pid(self, resource_type: str, code: str, create: bool = False) -> int:
+        key = (resource_type, code)
+        pid = self._pids.get(key)
+        if pid is None:
+            if not create:
+                return -1
+            cur = self._conn().execute("INSERT INTO param(type, code) VALUES (?, ?)", key)
+            pid = self._pids[key] = cur.lastrowid
+        return pid
+
+    # -- reads --------------------------------------------------------------------------
+    def read(self, resource_type: str, resource_id: str) -> dict:
+        row = self._conn().execute(
+            "SELECT body, deleted, version FROM resource WHERE type=? AND id=?",
+            (resource_type, resource_id)).fetchone()
+        if row is None:
+            raise not_found(resource_type, resource_id)
+        if row[1]:
+            raise gone(resource_type, resource_id, row[2])
+        return orjson.loads(row[0])
+
+    def vread(self, resource_type: str, resource_id: str, version: str) -> dict:
+        row = self._conn().execute(
+            "SELECT v.body, v.method FROM version v JOIN resource r ON r.rid = v.rid "
+            "WHERE r.type=? AND r.id=? AND v.version=?",
+            (resource_type, resource_id, int(version) if version.isdigit() else -1)).fetchone()
+        if row is None:
+            raise FhirError(404, f"Version {version} of {resource_type}/{resource_id} is not "
+                                 "known", "not-found")
+        if row[1] == "DELETE":
+            raise gone(resource_type, resource_id, int(version))
+        return orjson.loads(row[0])
+
+    def is_empty(self) -> bool:
+        return self._conn().execute("SELECT 1 FROM resource LIMIT 1").fetchone() is None
+
+    # -- writes -------------------------------------------------------------------------
+    def create(self, resource: dict, if_none_exist: str | None = None,
+               new_id: str | None = None) -> Written:
+        resource_type = resource["resourceType"]
+        with self.atomic():
+            if if_none_exist:
+                found = self.match(resource_type, parse_qsl(if_none_exist.split("?", 1)[-1]),
+                                   "If-None-Exist")
+                if found:
+                    return Written(self.read(resource_type, found), 200)
+            return self._write(resource_type, new_id or str(uuid.uuid4()), resource, None, "POST")
+
+    def update(self, resource_type: str, resource_id: str, resource: dict,
+               if_match: str | None = None) -> Written:
+        if resource.get("id") is None:
+            raise invalid("The resource in an update must have an id", f"{resource_type}.id")
+        if resource["id"] != resource_id:
+            raise invalid(f"The resource id '{resource['id']}' does not match the URL id "
+                          f"'{resource_id}'", f"{resource_type}.id")
+        with self.atomic() as conn:
+            row = conn.execute("SELECT rid, version, deleted, body FROM resource "
+                               "WHERE type=? AND id=?", (resource_type, resource_id)).fetchone()
+            if if_match is not None:
+                wanted = parse_etag(if_match)
+                if row is None or row[2] or row[1] != wanted:
+                    current = "none" if row is None or row[2] else f'W/"{row[1]}"'
+                    raise FhirError(412, f"If-Match {if_match} does not match the current "
+                                         f"version of {resource_type}/{resource_id} ({current})",
+                                    "conflict")
+            if row is not None and not row[2] and \
+                    _content(orjson.loads(row[3])) == _content(resource):
+                return Written(orjson.loads(row[3]), 200)
+            return self._write(resource_type, resource_id, resource, row, "PUT")
+
+    def conditional_update(self, resource_type: str, criteria: list[tuple[str, str]],
+                           resource: dict) -> Written:
+        with self.atomic():
+            found = self.match(resource_type, criteria, "conditional update")
+            if found is None:
+                rid = resource.get("id")
+                if rid:
+                    return self.update(resource_type, rid, resource)
+                return self._write(resource_type, str(uuid.uuid4()), resource, None, "PUT")
+            if resource.get("id") not in (None, found):
+                raise invalid(f"The resource id '{resource['id']}' does not match the resource "
+                              f"found by the conditional update ({found})", f"{resource_type}.id")
+            return self.update(resource_type, found, {**resource, "id": found})
+
+    def delete(self, resource_type: str, resource_id: str) -> None:
+        with self.atomic() as conn:
+            row = conn.execute("SELECT rid, version, deleted FROM resource WHERE type=? AND id=?",
+                               (resource_type, resource_id)).fetchone()
+            if row is None:
+                raise not_found(resource_type, resource_id)
+            if row[2]:
+                return
+            rid, version = row[0], row[1] + 1
+            instant, epoch = now_instant()
+            self._clear_index(conn, rid)
+            conn.execute("UPDATE resource SET version=?, updated=?, deleted=1, body=NULL "
+                         "WHERE rid=?", (version, epoch, rid))
+            conn.execute("INSERT INTO version VALUES (?, ?, ?, ?, 'DELETE', NULL)",
+                         (rid, version, epoch, instant))
+
+    def conditional_delete(self, resource_type: str, criteria: list[tuple[str, str]]) -> int:
+        with self.atomic():
+            found = self.match(resource_type, criteria, "conditional delete")
+            if found:
+                self.delete(resource_type, found)
+            return int(found is not None)
+
+    def _write(self, resource_type: str, resource_id: str, resource: dict, row, method: str
+               ) -> Written:
+        conn = self._conn()
+        instant, epoch = now_instant()
+        version = 1 if row is None else row[1] + 1
+        meta = dict(resource.get("meta") or {})
+        meta["versionId"] = str(version)
+        meta["lastUpdated"] = instant
+        stored = {"resourceType": resource_type, "id": resource_id,
+                  **{k: v for k, v in resource.items() if k not in ("resourceType", "id", "meta")},
+                  "meta": meta}
+        body = _dumps(stored)
+        if row is None:
+            rid = conn.execute("INSERT INTO resource(type, id, version, updated, body) "
+                               "VALUES (?, ?, ?, ?, ?)",
+                               (resource_type, resource_id, version, epoch, body)).lastrowid
+        else:
+            rid = row[0]
+            self._clear_index(conn, rid)
+            conn.execute("UPDATE resource SET version=?, updated=?, deleted=0, body=? WHERE rid=?",
+                         (version, epoch, body, rid))
+        conn.execute("INSERT INTO version VALUES (?, ?, ?, ?, ?, ?)",
+                     (rid, version, epoch, instant, method, body))
+        self._index(conn, rid, stored)
+        return Written(stored, 201 if row is None or row[2] else 200)
+
+    def _index(self, conn: sqlite3.Connection, rid: int, resource: dict) -> None:
+        resource_type = resource["resourceType"]
+        rows: dict[str, list] = {}
+        for param in indexed_params(resource_type):
+            table = INDEX.get(param.type)
+            if table is None:
+                continue
+            found = table[2](param.extract(resource))
+            if found:
+                pid = self.pid(resource_type, param.code, create=True)
+                rows.setdefault(param.type, []).extend((pid, *r, rid) for r in found)
+        for sp_type, batch in rows.items():
+            conn.executemany(_INSERT[sp_type], batch)
+
+    def _clear_index(self, conn: sqlite3.Connection, rid: int) -> None:
+        for table in INDEX_TABLES:
+            conn.execute(f"DELETE FROM {table} WHERE rid=?", (rid,))
+
+    # -- search -------------------------------------------------------------------------
+    def match(self, resource_type: str, criteria: list[tuple[str, str]], what: str) -> str | None:
+        """The id of the one resource matching `criteria`; 412 if several match."""
+        if not criteria:
+            raise invalid(f"The {what} has no search criteria", what)
+        query = parse_query(resource_type, criteria, strict=True)
+        ids = sqlsearch.matching_ids(self, query, limit=2)
+        if len(ids) > 1:
+            raise FhirError(412, f"The {what} criteria match more than one {resource_type}",
+                            "duplicate", what)
+        return ids[0] if ids else None
+
+    def search(self, resource_type: str, params: list[tuple[str, str]],
+               strict: bool = False) -> SearchResult:
+        if resource_type not in resource_types():
+            raise FhirError(404, f"Unknown resource type '{resource_type}'", "not-supported")
+        query = parse_query(resource_type, params, strict)
+        return self.run(query)
+
+    def run(self, query: SearchQuery) -> SearchResult:
+        return sqlsearch.run(self, query)
+
+    # -- history ------------------------------------------------------------------------
+    def history(self, resource_type: str | None = None, resource_id: str | None = None,
+                since: str | None = None, count: int = 20, offset: int = 0) -> HistoryResult:
+        where, args = [], []
+        if resource_type:
+            if resource_type not in resource_types():
+                raise FhirError(404, f"Unknown resource type '{resource_type}'", "not-supported")
+            where.append("r.type=?")
+            args.append(resource_type)
+        if resource_id:
+            where.append("r.id=?")
+            args.append(resource_id)
+        if since:
+            rng = parse_range(since)
+            if rng is None:
+                raise invalid(f"Invalid _since '{since}'", "_since")
+            where.append("v.updated >= ?")
+            args.append(rng[0])
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+        conn = self._conn()
+        sql = f"FROM version v JOIN resource r ON r.rid = v.rid {clause}"
+        total = conn.execute(f"SELECT COUNT(*) {sql}", args).fetchone()[0]
+        if resource_id and total == 0:
+            raise not_found(resource_type or "", resource_id)
+        rows = conn.execute(
+            f"SELECT r.type, r.id, v.version, v.last_updated, v.method, v.body {sql} "
+            "ORDER BY v.updated DESC, v.version DESC LIMIT ? OFFSET ?", [*args, count, offset])
+        entries = [HistoryEntry(t, i, v, lu, m, orjson.loads(b) if b else None)
+                   for t, i, v, lu, m, b in rows]
+        return HistoryResult(entries, total, count, offset)
+
+    # -- bundles ------------------------------------------------------------------------
+    def transaction(self, bundle: dict) -> dict:
+        return BundleProcessor(self).transaction(bundle)
+
+    def batch(self, bundle: dict) -> dict:
+        return BundleProcessor(self).batch(bundle)

@@ -1,0 +1,301 @@
+"""Translate a parsed search into SQL over the embedded store's index tables.
+
+Each criterion becomes a condition on a resource row (`<alias>.rid IN (...)`), so criteria
+AND together, comma-separated values OR together inside one condition, and a chained
+parameter nests the target's condition inside a join. Date semantics follow HAPI's
+(ranges compared as [low, high)).
+"""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING
+
+import orjson
+
+from fhir_gateway.outcome import invalid
+from fhir_gateway.search.dates import parse_range
+from fhir_gateway.search.query import Criterion, Include, SearchQuery, split_prefix
+from fhir_gateway.search.registry import params_for
+from fhir_gateway.search.values import normalize
+from fhir_gateway.store.base import SearchResult
+
+if TYPE_CHECKING:
+    from fhir_gateway.store.sqlite import SQLiteStore
+
+TABLE = {"token": "idx_token", "uri": "idx_token", "string": "idx_string", "reference": "idx_ref",
+         "date": "idx_date", "quantity": "idx_quantity", "number": "idx_number"}
+MAX_INCLUDES = 1000
+ITERATE_ROUNDS = 4
+
+
+def run(store: SQLiteStore, query: SearchQuery) -> SearchResult:
+    where, args = _where(store, query, "r")
+    conn = store._conn()
+    total = conn.execute(f"SELECT COUNT(*) FROM resource r WHERE {where}", args).fetchone()[0]
+    result = SearchResult([], total, query.count, query.offset, warnings=query.warnings,
+                          summary=query.summary, elements=query.elements)
+    if query.summary == "count" or query.count == 0:
+        return result
+    order, order_args = _order(store, query)
+    rows = conn.execute(
+        f"SELECT r.rid, r.type, r.id, r.body FROM resource r WHERE {where} ORDER BY {order} "
+        "LIMIT ? OFFSET ?", [*args, *order_args, query.count, query.offset]).fetchall()
+    result.matches = [orjson.loads(body) for _, _, _, body in rows]
+    if query.includes or query.revincludes:
+        result.included = _includes(store, query, [(rid, t, i) for rid, t, i, _ in rows])
+    return result
+
+
+def matching_ids(store: SQLiteStore, query: SearchQuery, limit: int) -> list[str]:
+    where, args = _where(store, query, "r")
+    rows = store._conn().execute(f"SELECT r.id FROM resource r WHERE {where} LIMIT ?",
+                                 [*args, limit])
+    return [row[0] for row in rows]
+
+
+def _where(store: SQLiteStore, query: SearchQuery, alias: str) -> tuple[str, list]:
+    clauses = [f"{alias}.type = ?", f"{alias}.deleted = 0"]
+    args: list = [query.resource_type]
+    for criterion in query.criteria:
+        sql, crit_args = _criterion(store, query.resource_type, criterion, alias)
+        clauses.append(sql)
+        args.extend(crit_args)
+    return " AND ".join(clauses), args
+
+
+def _criterion(store: SQLiteStore, resource_type: str, c: Criterion, alias: str
+               ) -> tuple[str, list]:
+    param = c.param
+    if param.code == "_id":
+        marks = ", ".join("?" * len(c.values))
+        op = "NOT IN" if c.modifier == "not" else "IN"
+        return f"{alias}.id {op} ({marks})", list(c.values)
+    if param.code == "_lastUpdated":
+        ors, args = [], []
+        for value in c.values:
+            sql, a = _date_condition(value, f"{alias}.updated", f"({alias}.updated + 0.001)")
+            ors.append(sql)
+            args.extend(a)
+        return "(" + " OR ".join(ors) + ")", args
+    pid = store.pid(resource_type, param.code)
+    table = TABLE[param.type]
+    if c.chained is not None:
+        inner_alias = f"t{id(c) % 100000}"
+        inner_sql, inner_args = _criterion(store, c.target_type, c.chained, inner_alias)
+        return (f"{alias}.rid IN (SELECT x.rid FROM idx_ref x JOIN resource {inner_alias} "
+                f"ON {inner_alias}.type = x.ttype AND {inner_alias}.id = x.tid "
+                f"WHERE x.pid = ? AND x.ttype = ? AND {inner_alias}.deleted = 0 AND {inner_sql})",
+                [pid, c.target_type, *inner_args])
+    if c.modifier == "missing":
+        op = "NOT IN" if c.values[0] == "true" else "IN"
+        return f"{alias}.rid {op} (SELECT rid FROM {table} WHERE pid = ?)", [pid]
+    ors, args = [], []
+    for value in c.values:
+        sql, a = _value_condition(param.type, param.targets, value, c.modifier)
+        ors.append(sql)
+        args.extend(a)
+    op = "NOT IN" if c.modifier == "not" else "IN"
+    return (f"{alias}.rid {op} (SELECT rid FROM {table} WHERE pid = ? AND "
+            f"({' OR '.join(ors)}))", [pid, *args])
+
+
+def _value_condition(sp_type: str, targets: tuple[str, ...], value: str, modifier: str | None
+                     ) -> tuple[str, list]:
+    if sp_type == "token":
+        if modifier == "text":
+            return _prefix("text", normalize(value))
+        if "|" in value:
+            system, code = value.split("|", 1)
+            if system and code:
+                return "code = ? AND system = ?", [code, system]
+            if system:
+                return "system = ?", [system]
+            return "code = ? AND system IS NULL", [code]
+        return "code = ?", [value]
+    if sp_type == "uri":
+        if modifier == "below":
+            return _prefix("code", value)
+        return "code = ?", [value]
+    if sp_type == "string":
+        if modifier == "exact":
+            return "exact = ?", [value]
+        if modifier == "contains":
+            escaped = normalize(value).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            return "norm LIKE ? ESCAPE '\\'", [f"%{escaped}%"]
+        return _prefix("norm", normalize(value))
+    if sp_type == "reference":
+        return _reference_condition(targets, value)
+    if sp_type == "date":
+        return _date_condition(value, "low", "high")
+    if sp_type in ("quantity", "number"):
+        return _number_condition(sp_type, value)
+    raise invalid(f"Search on {sp_type} parameters is not supported")
+
+
+def _prefix(column: str, prefix: str) -> tuple[str, list]:
+    """A starts-with test that can use the (pid, column) index."""
+    return f"{column} >= ? AND {column} < ?", [prefix, prefix + "\U0010ffff"]
+
+
+def _reference_condition(targets: tuple[str, ...], value: str) -> tuple[str, list]:
+    value = value.split("/_history/")[0]
+    parts = value.split("/")
+    if "://" in value or value.startswith("urn:"):
+        return "ref = ?", [value]
+    if len(parts) == 2:
+        return "tid = ? AND ttype = ?", [parts[1], parts[0]]
+    if len(parts) == 1:
+        if len(targets) == 1:
+            return "tid = ? AND ttype = ?", [value, targets[0]]
+        return "tid = ? AND ttype IS NOT NULL", [value]
+    raise invalid(f"Invalid reference search value '{value}'")
+
+
+def _date_condition(value: str, low: str, high: str) -> tuple[str, list]:
+    prefix, raw = split_prefix(value)
+    lo, hi = parse_range(raw)
+    if prefix == "eq":
+        return f"({low} >= ? AND {high} <= ?)", [lo, hi]
+    if prefix == "ne":
+        return f"NOT ({low} >= ? AND {high} <= ?)", [lo, hi]
+    if prefix == "gt":
+        return f"{high} > ?", [hi]
+    if prefix == "lt":
+        return f"{low} < ?", [lo]
+    if prefix == "ge":
+        return f"{high} > ?", [lo]
+    if prefix == "le":
+        return f"{low} < ?", [hi]
+    if prefix == "sa":
+        return f"{low} >= ?", [hi]
+    if prefix == "eb":
+        return f"{high} <= ?", [lo]
+    # ap: overlaps the value widened by 10% of its distance from now (at least a day)
+    margin = max(abs(time.time() - lo) * 0.1, 86400.0)
+    return f"({low} < ? AND {high} > ?)", [hi + margin, lo - margin]
+
+
+def _number_condition(sp_type: str, value: str) -> tuple[str, list]:
+    prefix, raw = split_prefix(value)
+    number, _, unit = raw.partition("|")
+    try:
+        dec = Decimal(number)
+    except InvalidOperation:
+        raise invalid(f"Invalid number '{number}'") from None
+    exponent = dec.as_tuple().exponent
+    half = Decimal(5).scaleb(exponent - 1) if isinstance(exponent, int) else Decimal(0)
+    v, lo, hi = float(dec), float(dec - half), float(dec + half)
+    conditions = {
+        "eq": ("(value >= ? AND value < ?)", [lo, hi]),
+        "ne": ("NOT (value >= ? AND value < ?)", [lo, hi]),
+        "gt": ("value > ?", [v]), "lt": ("value < ?", [v]),
+        "ge": ("value >= ?", [v]), "le": ("value <= ?", [v]),
+        "sa": ("value > ?", [v]), "eb": ("value < ?", [v]),
+        "ap": ("(value >= ? AND value <= ?)", [v - abs(v) * 0.1, v + abs(v) * 0.1]),
+    }
+    sql, args = conditions[prefix]
+    if sp_type == "quantity" and unit:
+        system, _, code = unit.partition("|")
+        if not _:
+            code, system = system, ""
+        if system:
+            sql += " AND system = ?"
+            args = [*args, system]
+        if code:
+            sql += " AND (code = ? OR unit = ?)"
+            args = [*args, code, code]
+    return f"({sql})", args
+
+
+def _order(store: SQLiteStore, query: SearchQuery) -> tuple[str, list]:
+    terms, args = [], []
+    for param, desc in query.sort:
+        direction = "DESC" if desc else "ASC"
+        if param.code == "_id":
+            terms.append(f"r.id {direction}")
+            continue
+        if param.code == "_lastUpdated":
+            terms.append(f"r.updated {direction}")
+            continue
+        table = TABLE[param.type]
+        column = {"idx_token": "code", "idx_string": "norm", "idx_ref": "ref", "idx_date":
+                  "high" if desc else "low", "idx_quantity": "value", "idx_number": "value"}[table]
+        agg = "MAX" if desc else "MIN"
+        terms.append(f"(SELECT {agg}({column}) FROM {table} s WHERE s.rid = r.rid AND s.pid = ?) "
+                     f"{direction} NULLS LAST")
+        args.append(store.pid(query.resource_type, param.code))
+    terms.append("r.rid ASC")
+    return ", ".join(terms), args
+
+
+def _includes(store: SQLiteStore, query: SearchQuery, page: list[tuple[int, str, str]]
+              ) -> list[dict]:
+    """Resources named by `_include` / `_revinclude`, following `:iterate` a few rounds."""
+    conn = store._conn()
+    seen = {rid for rid, _, _ in page}
+    found: list[dict] = []
+    frontier = page
+    for round_no in range(ITERATE_ROUNDS):
+        new: list[tuple[int, str, str, bytes]] = []
+        for inc in query.includes:
+            if round_no == 0 or inc.iterate:
+                new.extend(_forward(store, conn, inc, frontier))
+        for inc in query.revincludes:
+            if round_no == 0 or inc.iterate:
+                new.extend(_reverse(store, conn, inc, frontier))
+        frontier = []
+        for rid, rtype, rid_str, body in new:
+            if rid not in seen and len(found) < MAX_INCLUDES:
+                seen.add(rid)
+                found.append(orjson.loads(body))
+                frontier.append((rid, rtype, rid_str))
+        if not frontier:
+            break
+    return found
+
+
+def _include_pids(store: SQLiteStore, inc: Include, source_type: str) -> list[int]:
+    if inc.param is not None:
+        return [store.pid(source_type, inc.param.code)]
+    return [store.pid(source_type, p.code) for p in params_for(source_type).values()
+            if p.type == "reference"]
+
+
+def _forward(store, conn, inc: Include, frontier) -> list:
+    out = []
+    by_type: dict[str, list[int]] = {}
+    for rid, rtype, _ in frontier:
+        if inc.source_type in ("*", rtype):
+            by_type.setdefault(rtype, []).append(rid)
+    for rtype, rids in by_type.items():
+        pids = _include_pids(store, inc, rtype)
+        sql = (f"SELECT DISTINCT t.rid, t.type, t.id, t.body FROM idx_ref x JOIN resource t "
+               f"ON t.type = x.ttype AND t.id = x.tid WHERE t.deleted = 0 "
+               f"AND x.pid IN ({','.join('?' * len(pids))}) "
+               f"AND x.rid IN ({','.join('?' * len(rids))})")
+        args = [*pids, *rids]
+        if inc.target_type:
+            sql += " AND x.ttype = ?"
+            args.append(inc.target_type)
+        out.extend(conn.execute(sql, args).fetchall())
+    return out
+
+
+def _reverse(store, conn, inc: Include, frontier) -> list:
+    if inc.source_type == "*":
+        return []
+    pids = _include_pids(store, inc, inc.source_type)
+    out = []
+    by_type: dict[str, list[str]] = {}
+    for _, rtype, rid_str in frontier:
+        if inc.target_type in (None, rtype):
+            by_type.setdefault(rtype, []).append(rid_str)
+    for rtype, ids in by_type.items():
+        sql = (f"SELECT DISTINCT s.rid, s.type, s.id, s.body FROM idx_ref x JOIN resource s "
+               f"ON s.rid = x.rid WHERE s.deleted = 0 AND s.type = ? "
+               f"AND x.pid IN ({','.join('?' * len(pids))}) AND x.ttype = ? "
+               f"AND x.tid IN ({','.join('?' * len(ids))})")
+        out.extend(conn.execute(sql, [inc.source_type, *pids, rtype, *ids]).fetchall())
+    return out

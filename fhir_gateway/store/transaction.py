@@ -1,0 +1,258 @@
+"""Process transaction and batch Bundles against a store that offers `atomic()`.
+
+A transaction is all or nothing: entries run in the spec's order (DELETE, POST, PUT/PATCH,
+GET) inside one store transaction, `urn:uuid` full URLs and conditional references
+(`Patient?identifier=sys|val`) are resolved to real ids first, and any failing entry rolls
+everything back. A batch runs each entry on its own and reports each outcome.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, urlsplit
+
+from fhir_gateway import bundle as bundles
+from fhir_gateway.outcome import FhirError, invalid
+from fhir_gateway.search.dates import now_instant
+from fhir_gateway.search.registry import resource_types
+from fhir_gateway.store.base import Written
+from fhir_gateway.validation.structure import check_resource
+
+if TYPE_CHECKING:
+    from fhir_gateway.store.sqlite import SQLiteStore
+
+ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+
+
+class BundleProcessor:
+    def __init__(self, store: SQLiteStore):
+        self.store = store
+
+    # -- entry points -------------------------------------------------------------------
+    def transaction(self, bundle: dict) -> dict:
+        entries = _entries(bundle, "transaction")
+        for index, entry in entries:
+            _check_entry(index, entry)
+        responses: dict[int, dict] = {}
+        with self.store.atomic():
+            ids = self._assign_ids(entries)
+            for index, entry in entries:
+                if "resource" in entry:
+                    _rewrite_references(entry["resource"], ids, self._resolve_conditional,
+                                        f"Bundle.entry[{index}].resource")
+            for index, entry in sorted(entries, key=lambda e: ORDER[e[1]["request"]["method"]]):
+                try:
+                    responses[index] = self._process(entry, ids.get(entry.get("fullUrl")))
+                except FhirError as err:
+                    raise _located(err, index) from None
+        return _response_bundle("transaction-response",
+                                [responses[i] for i in sorted(responses)])
+
+    def batch(self, bundle: dict) -> dict:
+        entries = _entries(bundle, "batch")
+        out = []
+        for index, entry in entries:
+            try:
+                _check_entry(index, entry)
+                with self.store.atomic():
+                    if "resource" in entry:
+                        _rewrite_references(entry["resource"], {}, self._resolve_conditional,
+                                            f"Bundle.entry[{index}].resource")
+                    out.append(self._process(entry, None))
+            except FhirError as err:
+                out.append({"response": {"status": _status(err.status),
+                                         "outcome": _located(err, index).outcome}})
+        return _response_bundle("batch-response", out)
+
+    # -- steps --------------------------------------------------------------------------
+    def _assign_ids(self, entries: list[tuple[int, dict]]) -> dict[str, str]:
+        """fullUrl -> 'Type/id' for every entry that creates or updates a resource."""
+        ids: dict[str, str] = {}
+        conditional: dict[tuple[str, str], str] = {}  # the same ifNoneExist twice: one resource
+        for index, entry in entries:
+            request, full_url = entry["request"], entry.get("fullUrl")
+            method, url = request["method"], request["url"]
+            rtype = entry.get("resource", {}).get("resourceType")
+            target = None
+            if method == "POST":
+                existing, key = None, (rtype, request.get("ifNoneExist") or "")
+                if key[1]:
+                    existing = conditional.get(key) or self.store.match(
+                        rtype, parse_qsl(key[1].split("?", 1)[-1]),
+                        f"Bundle.entry[{index}].request.ifNoneExist")
+                entry["_id"] = existing or str(uuid.uuid4())
+                entry["_existing"] = existing is not None
+                if key[1]:
+                    conditional[key] = entry["_id"]
+                target = f"{rtype}/{entry['_id']}"
+            elif method == "PUT":
+                path, _, query = url.partition("?")
+                if query:
+                    found = self.store.match(path, parse_qsl(query), f"Bundle.entry[{index}]"
+                                             ".request.url")
+                    entry["_id"] = found or entry["resource"].get("id") or str(uuid.uuid4())
+                else:
+                    entry["_id"] = path.split("/")[1]
+                target = f"{rtype}/{entry['_id']}"
+            if target and full_url:
+                if full_url in ids:
+                    raise invalid(f"Duplicate fullUrl '{full_url}'", f"Bundle.entry[{index}].fullUrl")
+                ids[full_url] = target
+        return ids
+
+    def _resolve_conditional(self, reference: str, where: str) -> str:
+        rtype, _, query = reference.partition("?")
+        if rtype not in resource_types():
+            raise invalid(f"Invalid conditional reference '{reference}'", where)
+        found = self.store.match(rtype, parse_qsl(query), f"conditional reference at {where}")
+        if found is None:
+            raise FhirError(412, f"Conditional reference '{reference}' matches no resource",
+                            "not-found", where)
+        return f"{rtype}/{found}"
+
+    def _process(self, entry: dict, target: str | None) -> dict:
+        request = entry["request"]
+        method, url = request["method"], request["url"]
+        store = self.store
+        if method == "POST":
+            resource = entry["resource"]
+            if entry.get("_existing"):
+                written = Written(store.read(resource["resourceType"], entry["_id"]), 200)
+            else:
+                written = store.create(resource, new_id=entry["_id"])
+            return _write_response(written)
+        if method == "PUT":
+            path = url.partition("?")[0]
+            resource = dict(entry["resource"])
+            resource.setdefault("id", entry["_id"])
+            if "?" in url and resource["id"] != entry["_id"]:
+                raise invalid("The resource id does not match the conditional update's match")
+            return _write_response(store.update(path, entry["_id"], resource,
+                                                request.get("ifMatch")))
+        if method == "DELETE":
+            path, _, query = url.partition("?")
+            if query:
+                found = store.match(path, parse_qsl(query), "conditional delete")
+                if found:
+                    store.delete(path, found)
+            else:
+                rtype, rid = path.split("/")[:2]
+                try:
+                    store.delete(rtype, rid)
+                except FhirError as err:
+                    if err.status != 404:
+                        raise
+            return {"response": {"status": "204 No Content"}}
+        if method in ("GET", "HEAD"):
+            return {"resource": self._get(url), "response": {"status": "200 OK"}}
+        raise FhirError(405, f"Method {method} is not supported in a Bundle entry",
+                        "not-supported")
+
+    def _get(self, url: str) -> dict:
+        path, _, query = url.partition("?")
+        parts = path.strip("/").split("/")
+        if len(parts) == 1:
+            result = self.store.search(parts[0], parse_qsl(query))
+            return bundles.searchset(result, "", parts[0], parse_qsl(query))
+        if len(parts) == 2:
+            return self.store.read(parts[0], parts[1])
+        if len(parts) == 4 and parts[2] == "_history":
+            return self.store.vread(parts[0], parts[1], parts[3])
+        raise invalid(f"Unsupported GET url in a Bundle entry: '{url}'")
+
+
+# -- helpers ----------------------------------------------------------------------------
+def _entries(bundle: dict, kind: str) -> list[tuple[int, dict]]:
+    if bundle.get("type") != kind:
+        raise invalid(f"Expected a Bundle of type '{kind}', got '{bundle.get('type')}'",
+                      "Bundle.type")
+    entries = bundle.get("entry") or []
+    if not isinstance(entries, list):
+        raise invalid("Bundle.entry must be an array", "Bundle.entry")
+    return [(i, dict(e)) for i, e in enumerate(entries)]
+
+
+def _check_entry(index: int, entry: dict) -> None:
+    where = f"Bundle.entry[{index}]"
+    request = entry.get("request")
+    if not isinstance(request, dict) or not request.get("method") or not request.get("url"):
+        raise invalid("Each entry needs request.method and request.url", f"{where}.request")
+    method, url = request["method"], request["url"]
+    if method not in ORDER:
+        raise invalid(f"Unknown request.method '{method}'", f"{where}.request.method")
+    rtype = urlsplit(url).path.strip("/").split("/")[0]
+    if rtype not in resource_types():
+        raise FhirError(404 if method != "POST" else 400,
+                        f"Unknown resource type in request.url '{url}'", "not-supported",
+                        f"{where}.request.url")
+    if method in ("POST", "PUT"):
+        if "resource" not in entry:
+            raise invalid(f"A {method} entry needs a resource", f"{where}.resource")
+        try:
+            check_resource(entry["resource"], rtype)
+        except FhirError as err:
+            raise _located(err, index) from None
+        if method == "PUT" and "?" not in url and len(url.strip("/").split("/")) != 2:
+            raise invalid(f"A PUT entry's url must be Type/id or Type?criteria, not '{url}'",
+                          f"{where}.request.url")
+        if method == "PUT" and "?" not in url:
+            rid = url.strip("/").split("/")[1]
+            if entry["resource"].get("id") not in (None, rid):
+                raise invalid(f"Resource id '{entry['resource'].get('id')}' does not match the "
+                              f"request url '{url}'", f"{where}.resource.id")
+
+
+def _rewrite_references(node, ids: dict[str, str], resolve, where: str) -> None:
+    """Replace urn:uuid and conditional references in place."""
+    if isinstance(node, dict):
+        ref = node.get("reference")
+        if isinstance(ref, str):
+            if ref in ids:
+                node["reference"] = ids[ref]
+            elif "?" in ref and not ref.startswith(("http:", "https:")):
+                node["reference"] = resolve(ref, where)
+            elif ref.startswith("urn:uuid:") or ref.startswith("urn:oid:"):
+                raise FhirError(400, f"Reference '{ref}' does not match any fullUrl in the "
+                                     "Bundle", "invalid", where)
+        for key, value in node.items():
+            if isinstance(value, (dict, list)):
+                _rewrite_references(value, ids, resolve, f"{where}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _rewrite_references(value, ids, resolve, f"{where}[{i}]")
+
+
+def _write_response(written) -> dict:
+    res = written.resource
+    response = {"status": "201 Created" if written.created else "200 OK",
+                "location": f"{res['resourceType']}/{res['id']}/_history/{res['meta']['versionId']}",
+                "etag": f'W/"{res["meta"]["versionId"]}"',
+                "lastModified": res["meta"]["lastUpdated"]}
+    return {"fullUrl": f"{res['resourceType']}/{res['id']}", "resource": res,
+            "response": response}
+
+
+def _located(err: FhirError, index: int) -> FhirError:
+    """Point the error's issues at the entry (`Patient.name` -> `Bundle.entry[3].resource.name`)."""
+    entry = f"Bundle.entry[{index}]"
+    for issue in err.issues:
+        issue.expression = [
+            e if e.startswith("Bundle.") else
+            f"{entry}.resource.{e.split('.', 1)[1]}" if e[:1].isupper() and "." in e else
+            f"{entry}.resource" if e[:1].isupper() else f"{entry}.{e}"
+            for e in issue.expression] or [entry]
+        if f"entry[{index}]" not in issue.diagnostics:
+            issue.diagnostics = f"Bundle.entry[{index}]: {issue.diagnostics}"
+    return err
+
+
+def _status(code: int) -> str:
+    from http import HTTPStatus
+
+    return f"{code} {HTTPStatus(code).phrase}"
+
+
+def _response_bundle(kind: str, entries: list[dict]) -> dict:
+    return {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": kind,
+            "meta": {"lastUpdated": now_instant()[0]}, "entry": entries}

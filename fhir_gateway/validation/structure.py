@@ -1,0 +1,164 @@
+"""Is this JSON a structurally valid FHIR R4 resource? If not, say where.
+
+Structure (known elements, datatypes, primitive formats, required elements) is checked
+with the `fhir.resources` models (R4B, wire-compatible with R4 for the resources we use);
+the resource we store is still the JSON the client sent, never the model's re-serialisation.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date, time
+from decimal import Decimal
+from functools import cache
+from types import UnionType
+from typing import Annotated, List, Union, get_args, get_origin  # noqa: UP035
+
+from pydantic import ValidationError
+
+from fhir_gateway.outcome import FhirError, Issue
+from fhir_gateway.search.registry import resource_types
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+
+_MESSAGES = {
+    "extra_forbidden": "Unknown element",
+    "missing": "Missing required element",
+    "string_type": "Expected a string",
+    "bool_type": "Expected a boolean",
+    "int_type": "Expected an integer",
+    "list_type": "Expected an array",
+    "model_type": "Expected an object",
+    "dict_type": "Expected an object",
+}
+
+
+@cache
+def _model(resource_type: str):
+    from fhir.resources.R4B import get_fhir_model_class
+
+    try:
+        return get_fhir_model_class(resource_type)
+    except (KeyError, ValueError, ImportError, AttributeError, TypeError):
+        return None  # an R4 type that R4B dropped: stored after the basic checks only
+
+
+def check_resource(resource: object, expected_type: str | None = None) -> dict:
+    """Return the resource if valid; raise a 400/404 FhirError naming the problem otherwise."""
+    if not isinstance(resource, dict):
+        raise FhirError(400, "The body must be a JSON object holding a FHIR resource", "structure")
+    resource_type = resource.get("resourceType")
+    if not isinstance(resource_type, str):
+        raise FhirError(400, "The resource has no resourceType", "required", "resourceType")
+    if resource_type not in resource_types():
+        raise FhirError(400, f"Unknown resourceType '{resource_type}'", "not-supported",
+                        "resourceType")
+    if expected_type and resource_type != expected_type:
+        raise FhirError(400, f"resourceType '{resource_type}' does not match the URL's "
+                             f"resource type '{expected_type}'", "invalid", "resourceType")
+    rid = resource.get("id")
+    if rid is not None and not (isinstance(rid, str) and ID_PATTERN.match(rid)):
+        raise FhirError(400, f"Invalid resource id {rid!r}: 1-64 of A-Z a-z 0-9 - .",
+                        "value", f"{resource_type}.id")
+    model = _model(resource_type)
+    if model is not None:
+        try:
+            model.model_validate(resource)
+        except ValidationError as exc:
+            issues = [_issue(resource_type, err) for err in exc.errors()]
+            raise FhirError(400, issues[0].diagnostics, issues=issues) from None
+        issues = []
+        _check_json_types(resource, _schema(resource_type), resource_type, issues)
+        if issues:
+            raise FhirError(400, issues[0].diagnostics, issues=issues)
+    return resource
+
+
+# -- JSON datatypes and required code bindings --------------------------------------------
+# The models coerce ("yes" -> True, "1.5" -> Decimal) and do not enforce required
+# bindings; FHIR JSON does not allow either, so we walk the JSON against the model's fields.
+
+_PRIMITIVE_KIND = {bool: "boolean", int: "integer", Decimal: "decimal"}
+_JSON_OK = {
+    "boolean": lambda v: isinstance(v, bool),
+    "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
+    "decimal": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    "string": lambda v: isinstance(v, str),
+}
+
+
+@cache
+def _schema(type_name: str) -> dict[str, tuple[str, str | None, tuple | None]]:
+    """alias -> (kind, complex type name, required codes) for one model class."""
+    model = _model(type_name)
+    fields = {}
+    for name, info in (model.model_fields.items() if model else ()):
+        alias = info.alias or name
+        if alias.startswith("_") or alias == "fhir_comments":
+            continue
+        base = _unwrap(info.annotation)
+        extra = info.json_schema_extra or {}
+        if isinstance(base, type) and base in _PRIMITIVE_KIND:
+            kind, sub = _PRIMITIVE_KIND[base], None
+        elif isinstance(base, type) and issubclass(base, (str, date, time)):
+            kind, sub = "string", None
+        else:
+            sub = getattr(base, "__name__", "").removesuffix("Type")
+            kind = "resource" if sub == "Resource" else "complex"
+        fields[alias] = (kind, sub, tuple(extra["enum_values"]) if extra.get("enum_values") else None)
+    return fields
+
+
+def _unwrap(annotation):
+    while True:
+        origin = get_origin(annotation)
+        if origin in (Union, UnionType):
+            annotation = next(a for a in get_args(annotation) if a is not type(None))
+        elif origin in (list, List, Annotated):
+            annotation = get_args(annotation)[0]
+        else:
+            return annotation
+
+
+def _check_json_types(node: dict, schema: dict, path: str, issues: list[Issue]) -> None:
+    for key, value in node.items():
+        spec = schema.get(key)
+        if spec is None:
+            continue
+        kind, sub, codes = spec
+        items = value if isinstance(value, list) else [value]
+        for i, item in enumerate(items):
+            where = f"{path}.{key}" + (f"[{i}]" if isinstance(value, list) else "")
+            if kind in _JSON_OK:
+                if not _JSON_OK[kind](item):
+                    issues.append(Issue(f"{where}: Expected a JSON {kind}, got {item!r}", "value",
+                                        "error", [where]))
+                elif codes and item not in codes:
+                    issues.append(Issue(f"{where}: '{item}' is not one of {', '.join(codes)}",
+                                        "code-invalid", "error", [where]))
+            elif isinstance(item, dict):
+                child = item.get("resourceType") if kind == "resource" else sub
+                if child:
+                    _check_json_types(item, _schema(child), where, issues)
+
+
+def _issue(resource_type: str, err: dict) -> Issue:
+    path = resource_type
+    for part in err["loc"]:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part != "__root__":
+            path += f".{part}"
+    message = _MESSAGES.get(err["type"], err["msg"].removeprefix("Value error, "))
+    code = "structure" if err["type"] == "extra_forbidden" else (
+        "required" if err["type"] == "missing" else "value")
+    return Issue(f"{path}: {message}", code, "error", [path])
+
+
+def model_fields(resource_type: str) -> dict[str, bool]:
+    """Top-level element names of a resource type -> whether they are summary elements."""
+    model = _model(resource_type)
+    if model is None:
+        return {}
+    return {field.alias or name: bool((field.json_schema_extra or {}).get("summary_element_property"))
+            for name, field in model.model_fields.items()}

@@ -1,0 +1,87 @@
+"""Bad input: a 4xx OperationOutcome that says what and where, and nothing half-written."""
+
+import pytest
+
+from conftest import patient
+
+
+def _issue(r):
+    assert r.headers["content-type"].startswith("application/fhir+json")
+    body = r.json()
+    assert body["resourceType"] == "OperationOutcome"
+    return body["issue"][0]
+
+
+def test_malformed_json(client):
+    r = client.post("/fhir/Patient", content=b'{"resourceType": "Patient",',
+                    headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 400
+    issue = _issue(r)
+    assert issue["severity"] == "error" and "Malformed JSON" in issue["diagnostics"]
+    assert "line 1" in issue["diagnostics"]
+
+
+def test_wrong_resource_type_for_the_url(client):
+    r = client.post("/fhir/Observation", json=patient())
+    assert r.status_code == 400
+    assert _issue(r)["expression"] == ["resourceType"]
+
+
+def test_id_mismatch_on_put(client):
+    r = client.put("/fhir/Patient/a", json=patient(id="b"))
+    assert r.status_code == 400
+    assert _issue(r)["expression"] == ["Patient.id"]
+
+
+def test_put_without_id(client):
+    assert client.put("/fhir/Patient/a", json=patient()).status_code == 400
+
+
+@pytest.mark.parametrize("change, path", [
+    ({"colour": "blue"}, "Patient.colour"),
+    ({"birthDate": "1980-13-45"}, "Patient.birthDate"),
+    ({"active": "yes"}, "Patient.active"),
+    ({"name": [{"family": ["x"]}]}, "Patient.name[0].family"),
+    ({"gender": "sometimes"}, "Patient.gender"),
+])
+def test_structurally_invalid_resources_name_the_path(client, change, path):
+    r = client.post("/fhir/Patient", json=patient(**change))
+    assert r.status_code == 400
+    paths = [e for i in r.json()["issue"] for e in i.get("expression", [])]
+    assert path in paths
+    assert client.get("/fhir/Patient").json()["total"] == 0
+
+
+def test_unknown_resource_type_is_404(client):
+    assert client.get("/fhir/Spaceship").status_code == 404
+    assert client.post("/fhir/Spaceship", json={"resourceType": "Spaceship"}).status_code == 404
+    assert _issue(client.get("/fhir/Spaceship/1"))["code"] == "not-supported"
+
+
+def test_unknown_endpoint_and_method_are_outcomes(client):
+    r = client.get("/fhir/Patient/1/_history/1/extra")
+    assert r.status_code == 404 and _issue(r)
+    r = client.patch("/fhir/Patient/1", json={})
+    assert r.status_code == 405 and _issue(r)
+
+
+def test_xml_is_refused_clearly(client):
+    r = client.post("/fhir/Patient", content=b"<Patient/>",
+                    headers={"Content-Type": "application/fhir+xml"})
+    assert r.status_code == 415
+    r = client.get("/fhir/Patient", headers={"Accept": "application/fhir+xml"})
+    assert r.status_code == 406
+
+
+def test_bad_search_values_are_400_naming_the_parameter(client):
+    r = client.get("/fhir/Patient?birthdate=1980-02-31x")
+    assert r.status_code == 400 and _issue(r)["expression"] == ["birthdate"]
+    r = client.get("/fhir/Patient?_count=lots")
+    assert r.status_code == 400 and _issue(r)["expression"] == ["_count"]
+    r = client.get("/fhir/Patient?name:sounds=x")
+    assert r.status_code == 400
+
+
+def test_empty_body(client):
+    r = client.post("/fhir/Patient", content=b"")
+    assert r.status_code == 400 and _issue(r)["code"] == "required"
