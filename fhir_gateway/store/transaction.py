@@ -43,7 +43,7 @@ class BundleProcessor:
                                         f"Bundle.entry[{index}].resource")
             for index, entry in sorted(entries, key=lambda e: ORDER[e[1]["request"]["method"]]):
                 try:
-                    responses[index] = self._process(entry, ids.get(entry.get("fullUrl")))
+                    responses[index] = self._process(entry)
                 except FhirError as err:
                     raise _located(err, index) from None
         return _response_bundle("transaction-response",
@@ -56,10 +56,11 @@ class BundleProcessor:
             try:
                 _check_entry(index, entry)
                 with self.store.atomic():
+                    self._assign_ids([(index, entry)])
                     if "resource" in entry:
                         _rewrite_references(entry["resource"], {}, self._resolve_conditional,
                                             f"Bundle.entry[{index}].resource")
-                    out.append(self._process(entry, None))
+                    out.append(self._process(entry))
             except FhirError as err:
                 out.append({"response": {"status": _status(err.status),
                                          "outcome": _located(err, index).outcome}})
@@ -111,7 +112,7 @@ class BundleProcessor:
                             "not-found", where)
         return f"{rtype}/{found}"
 
-    def _process(self, entry: dict, target: str | None) -> dict:
+    def _process(self, entry: dict) -> dict:
         request = entry["request"]
         method, url = request["method"], request["url"]
         store = self.store
@@ -123,12 +124,12 @@ class BundleProcessor:
                 written = store.create(resource, new_id=entry["_id"])
             return _write_response(written)
         if method == "PUT":
-            path = url.partition("?")[0]
+            rtype = url.partition("?")[0].split("/")[0]
             resource = dict(entry["resource"])
             resource.setdefault("id", entry["_id"])
             if "?" in url and resource["id"] != entry["_id"]:
                 raise invalid("The resource id does not match the conditional update's match")
-            return _write_response(store.update(path, entry["_id"], resource,
+            return _write_response(store.update(rtype, entry["_id"], resource,
                                                 request.get("ifMatch")))
         if method == "DELETE":
             path, _, query = url.partition("?")

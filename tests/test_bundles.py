@@ -1,0 +1,149 @@
+"""Transactions (all or nothing, references resolved) and batches (entries independent)."""
+
+from concurrent.futures import ThreadPoolExecutor
+
+from conftest import patient
+
+DCN = "http://fhir.health-home-gateway.org/sid/mo-healthnet-dcn"
+
+
+def tx(*entries, kind="transaction"):
+    return {"resourceType": "Bundle", "type": kind, "entry": list(entries)}
+
+
+def post(resource, full_url=None, **request):
+    entry = {"resource": resource, "request": {"method": "POST", "url": resource["resourceType"],
+                                               **request}}
+    if full_url:
+        entry["fullUrl"] = full_url
+    return entry
+
+
+def condition(subject_ref, code="F20.9"):
+    return {"resourceType": "Condition", "subject": {"reference": subject_ref},
+            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": code}]}}
+
+
+def test_transaction_resolves_urn_uuid_references(client):
+    pat = "urn:uuid:6a3b1f5e-0000-4000-8000-000000000001"
+    cond = "urn:uuid:6a3b1f5e-0000-4000-8000-000000000002"
+    episode = {"resourceType": "EpisodeOfCare", "status": "active",
+               "patient": {"reference": pat}, "diagnosis": [{"condition": {"reference": cond}}]}
+    r = client.post("/fhir", json=tx(post(patient(), pat), post(condition(pat), cond),
+                                     post(episode)))
+    assert r.status_code == 200
+    body = r.json()
+    assert body["type"] == "transaction-response"
+    assert [e["response"]["status"] for e in body["entry"]] == ["201 Created"] * 3
+    pid = body["entry"][0]["response"]["location"].split("/")[1]
+    cid = body["entry"][1]["response"]["location"].split("/")[1]
+    stored = client.get(f"/fhir/EpisodeOfCare?patient={pid}").json()["entry"][0]["resource"]
+    assert stored["diagnosis"][0]["condition"]["reference"] == f"Condition/{cid}"
+    assert client.get(f"/fhir/Condition?subject=Patient/{pid}").json()["total"] == 1
+
+
+def test_transaction_resolves_conditional_references_and_if_none_exist(client):
+    existing = client.post("/fhir/Patient", json=patient("424242")).json()["id"]
+    r = client.post("/fhir", json=tx(
+        post(patient("424242"), "urn:uuid:p", ifNoneExist=f"identifier={DCN}|424242"),
+        post(condition("urn:uuid:p")),
+        post(condition(f"Patient?identifier={DCN}|424242", "F31.9"))))
+    assert r.status_code == 200, r.text
+    statuses = [e["response"]["status"] for e in r.json()["entry"]]
+    assert statuses == ["200 OK", "201 Created", "201 Created"]
+    assert client.get(f"/fhir/Condition?subject={existing}").json()["total"] == 2
+    assert client.get("/fhir/Patient").json()["total"] == 1
+
+
+def test_transaction_failure_rolls_back_everything(client):
+    before = client.post("/fhir/Patient", json=patient("1")).json()
+    r = client.post("/fhir", json=tx(
+        post(patient("2")),
+        {"resource": {**before, "gender": "male"}, "request": {"method": "PUT",
+                                                               "url": f"Patient/{before['id']}"}},
+        {"resource": patient("3", id="x"), "request": {"method": "PUT", "url": "Patient/x",
+                                                       "ifMatch": 'W/"7"'}}))
+    assert r.status_code == 412
+    issue = r.json()["issue"][0]
+    assert issue["expression"] == ["Bundle.entry[2]"]
+    assert client.get("/fhir/Patient").json()["total"] == 1
+    assert client.get(f"/fhir/Patient/{before['id']}").json()["gender"] == "female"
+
+
+def test_transaction_invalid_entry_names_the_entry_and_path(client):
+    r = client.post("/fhir", json=tx(post(patient("1")), post(patient("2", birthDate="1999-02-30x"))))
+    assert r.status_code == 400
+    assert r.json()["issue"][0]["expression"] == ["Bundle.entry[1].resource.birthDate"]
+    assert client.get("/fhir/Patient").json()["total"] == 0
+
+
+def test_transaction_unresolvable_references_fail(client):
+    r = client.post("/fhir", json=tx(post(condition("urn:uuid:nobody"))))
+    assert r.status_code == 400 and "urn:uuid:nobody" in r.json()["issue"][0]["diagnostics"]
+    r = client.post("/fhir", json=tx(post(condition(f"Patient?identifier={DCN}|none"))))
+    assert r.status_code == 412
+    assert client.get("/fhir/Condition").json()["total"] == 0
+
+
+def test_transaction_processing_order_delete_post_put_get(client):
+    old = client.post("/fhir/Patient", json=patient("9")).json()["id"]
+    r = client.post("/fhir", json=tx(
+        {"request": {"method": "GET", "url": "Patient?identifier=9"}},
+        {"resource": patient("9", id="new9"), "request": {"method": "PUT", "url": "Patient/new9"}},
+        {"request": {"method": "DELETE", "url": f"Patient/{old}"}}))
+    assert r.status_code == 200
+    get, put, delete = r.json()["entry"]
+    assert delete["response"]["status"].startswith("204")
+    assert put["response"]["status"] == "201 Created"
+    assert [e["resource"]["id"] for e in get["resource"]["entry"]] == ["new9"]  # GET ran last
+
+
+def test_transaction_if_match(client):
+    created = client.post("/fhir/Patient", json=patient()).json()
+    put = {"resource": {**created, "gender": "male"},
+           "request": {"method": "PUT", "url": f"Patient/{created['id']}", "ifMatch": 'W/"1"'}}
+    assert client.post("/fhir", json=tx(put)).status_code == 200
+    assert client.post("/fhir", json=tx(put)).status_code == 412
+
+
+def test_batch_entries_are_independent(client):
+    r = client.post("/fhir", json=tx(
+        post(patient("1")),
+        post(patient("2", birthDate="nope")),
+        {"request": {"method": "GET", "url": "Patient/missing"}},
+        post(patient("3")), kind="batch"))
+    assert r.status_code == 200
+    entries = r.json()["entry"]
+    assert [e["response"]["status"][:3] for e in entries] == ["201", "400", "404", "201"]
+    assert entries[1]["response"]["outcome"]["issue"][0]["expression"] == ["Bundle.entry[1].resource.birthDate"]
+    assert client.get("/fhir/Patient").json()["total"] == 2
+
+
+def test_bundle_of_other_types_is_refused(client):
+    r = client.post("/fhir", json={"resourceType": "Bundle", "type": "collection"})
+    assert r.status_code == 400 and r.json()["issue"][0]["expression"] == ["Bundle.type"]
+
+
+def test_concurrent_conditional_creates_make_one_resource(client):
+    def create(_):
+        return client.post("/fhir/Patient", json=patient("31415926"),
+                           headers={"If-None-Exist": f"identifier={DCN}|31415926"})
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(create, range(16)))
+    assert sorted(r.status_code for r in results) == [200] * 15 + [201]
+    assert len({r.json()["id"] for r in results}) == 1
+    assert client.get(f"/fhir/Patient?identifier={DCN}|31415926").json()["total"] == 1
+
+
+def test_concurrent_updates_with_if_match_allow_one_winner(client):
+    created = client.post("/fhir/Patient", json=patient()).json()
+
+    def update(i):
+        return client.put(f"/fhir/Patient/{created['id']}", json={**created, "gender": "male",
+                          "birthDate": f"19{i + 10}-01-01"}, headers={"If-Match": 'W/"1"'})
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = sorted(r.status_code for r in pool.map(update, range(8)))
+    assert codes == [200] + [412] * 7
+    assert client.get(f"/fhir/Patient/{created['id']}/_history").json()["total"] == 2
