@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
 from fhir_gateway.config import Settings
@@ -84,7 +85,8 @@ def load(
         task = progress.add_task("Loading", total=total)
         summary = load_paths(fhir_store, paths, lambda n: progress.advance(task, n))
     for problem in summary.problems[:50]:
-        console.print(f"[red]{problem.file}[/red] {problem.record}: {problem.reason}")
+        console.print(f"[red]{escape(problem.file)}[/red] {problem.record}: {escape(problem.reason)}",
+                      soft_wrap=True)
     if len(summary.problems) > 50:
         console.print(f"... and {len(summary.problems) - 50} more")
     if quarantine and summary.problems:

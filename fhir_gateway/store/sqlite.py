@@ -41,25 +41,25 @@ CREATE INDEX IF NOT EXISTS version_updated ON version(updated);
 CREATE TABLE IF NOT EXISTS param(pid INTEGER PRIMARY KEY, type TEXT NOT NULL,
   code TEXT NOT NULL, UNIQUE(type, code));
 CREATE TABLE IF NOT EXISTS idx_token(pid INTEGER, system TEXT, code TEXT, text TEXT, rid INTEGER);
-CREATE INDEX IF NOT EXISTS idx_token_code ON idx_token(pid, code, system);
-CREATE INDEX IF NOT EXISTS idx_token_rid ON idx_token(rid);
+CREATE INDEX IF NOT EXISTS idx_token_code ON idx_token(pid, code, system, rid);
+CREATE INDEX IF NOT EXISTS idx_token_rid ON idx_token(rid, pid);
 CREATE TABLE IF NOT EXISTS idx_string(pid INTEGER, norm TEXT, exact TEXT, rid INTEGER);
 CREATE INDEX IF NOT EXISTS idx_string_norm ON idx_string(pid, norm);
-CREATE INDEX IF NOT EXISTS idx_string_rid ON idx_string(rid);
+CREATE INDEX IF NOT EXISTS idx_string_rid ON idx_string(rid, pid);
 CREATE TABLE IF NOT EXISTS idx_ref(pid INTEGER, ref TEXT, ttype TEXT, tid TEXT, rid INTEGER);
-CREATE INDEX IF NOT EXISTS idx_ref_target ON idx_ref(pid, tid, ttype);
+CREATE INDEX IF NOT EXISTS idx_ref_target ON idx_ref(pid, tid, ttype, rid);
 CREATE INDEX IF NOT EXISTS idx_ref_ref ON idx_ref(pid, ref);
-CREATE INDEX IF NOT EXISTS idx_ref_rid ON idx_ref(rid);
+CREATE INDEX IF NOT EXISTS idx_ref_rid ON idx_ref(rid, pid);
 CREATE TABLE IF NOT EXISTS idx_date(pid INTEGER, low REAL, high REAL, rid INTEGER);
 CREATE INDEX IF NOT EXISTS idx_date_low ON idx_date(pid, low);
-CREATE INDEX IF NOT EXISTS idx_date_rid ON idx_date(rid);
+CREATE INDEX IF NOT EXISTS idx_date_rid ON idx_date(rid, pid);
 CREATE TABLE IF NOT EXISTS idx_quantity(pid INTEGER, value REAL, system TEXT, code TEXT,
   unit TEXT, rid INTEGER);
 CREATE INDEX IF NOT EXISTS idx_quantity_value ON idx_quantity(pid, value);
-CREATE INDEX IF NOT EXISTS idx_quantity_rid ON idx_quantity(rid);
+CREATE INDEX IF NOT EXISTS idx_quantity_rid ON idx_quantity(rid, pid);
 CREATE TABLE IF NOT EXISTS idx_number(pid INTEGER, value REAL, rid INTEGER);
 CREATE INDEX IF NOT EXISTS idx_number_value ON idx_number(pid, value);
-CREATE INDEX IF NOT EXISTS idx_number_rid ON idx_number(rid);
+CREATE INDEX IF NOT EXISTS idx_number_rid ON idx_number(rid, pid);
 """
 
 #: search-parameter type -> (index table, value columns, function producing the rows)
@@ -126,7 +126,7 @@ class SQLiteStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
-            conn.execute("PRAGMA cache_size=-65536")
+            conn.execute("PRAGMA cache_size=-16384")  # 16 MB page cache per connection
             self._local.conn = conn
             self._local.depth = 0
             self._connections.append(conn)

@@ -9,6 +9,7 @@ parameter nests the target's condition inside a join. Date semantics follow HAPI
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING
 
@@ -55,50 +56,78 @@ def matching_ids(store: SQLiteStore, query: SearchQuery, limit: int) -> list[str
     return [row[0] for row in rows]
 
 
+#: which criterion drives the query: the most selective kinds first
+_SELECTIVITY = {"reference": 0, "token": 1, "uri": 1, "string": 2, "quantity": 3, "number": 3,
+                "date": 4}
+
+
+@dataclass
+class _Rows:
+    """A criterion as a set of matching rids (`sql` selects them) or a plain row condition."""
+
+    sql: str
+    args: list
+    rid_column: str = "rid"
+    negate: bool = False
+    row_condition: bool = False  # `sql` is a condition on the resource row itself
+    rank: int = 0
+
+
 def _where(store: SQLiteStore, query: SearchQuery, alias: str) -> tuple[str, list]:
-    clauses = [f"{alias}.type = ?", f"{alias}.deleted = 0"]
+    """AND the criteria: the most selective drives (`rid IN`), the rest are `EXISTS` probes.
+
+    The type test is written `+type` when criteria exist so SQLite does not scan every row
+    of the type and probe the criteria; it looks up the driving rids instead.
+    """
+    parts = sorted((_criterion(store, query.resource_type, c, alias) for c in query.criteria),
+                   key=lambda p: (p.negate, p.row_condition is False and p.rank, p.rank))
+    plus = "+" if parts else ""
+    clauses = [f"{plus}{alias}.type = ?", f"{plus}{alias}.deleted = 0"]
     args: list = [query.resource_type]
-    for criterion in query.criteria:
-        sql, crit_args = _criterion(store, query.resource_type, criterion, alias)
-        clauses.append(sql)
-        args.extend(crit_args)
+    for i, part in enumerate(parts):
+        if part.row_condition:
+            clauses.append(part.sql)
+        elif i == 0 and not part.negate:
+            clauses.append(f"{alias}.rid IN ({part.sql})")
+        else:
+            probe = f"EXISTS ({part.sql} AND {part.rid_column} = {alias}.rid)"
+            clauses.append(f"NOT {probe}" if part.negate else probe)
+        args.extend(part.args)
     return " AND ".join(clauses), args
 
 
-def _criterion(store: SQLiteStore, resource_type: str, c: Criterion, alias: str
-               ) -> tuple[str, list]:
+def _criterion(store: SQLiteStore, resource_type: str, c: Criterion, alias: str) -> _Rows:
     param = c.param
     if param.code == "_id":
         marks = ", ".join("?" * len(c.values))
         op = "NOT IN" if c.modifier == "not" else "IN"
-        return f"{alias}.id {op} ({marks})", list(c.values)
+        return _Rows(f"{alias}.id {op} ({marks})", list(c.values), row_condition=True, rank=-1)
     if param.code == "_lastUpdated":
         ors, args = [], []
         for value in c.values:
             sql, a = _date_condition(value, f"{alias}.updated", f"({alias}.updated + 0.001)")
             ors.append(sql)
             args.extend(a)
-        return "(" + " OR ".join(ors) + ")", args
+        return _Rows("(" + " OR ".join(ors) + ")", args, row_condition=True, rank=9)
     pid = store.pid(resource_type, param.code)
     table = TABLE[param.type]
+    rank = _SELECTIVITY[param.type]
     if c.chained is not None:
-        inner_alias = f"t{id(c) % 100000}"
-        inner_sql, inner_args = _criterion(store, c.target_type, c.chained, inner_alias)
-        return (f"{alias}.rid IN (SELECT x.rid FROM idx_ref x JOIN resource {inner_alias} "
-                f"ON {inner_alias}.type = x.ttype AND {inner_alias}.id = x.tid "
-                f"WHERE x.pid = ? AND x.ttype = ? AND {inner_alias}.deleted = 0 AND {inner_sql})",
-                [pid, c.target_type, *inner_args])
+        inner = f"t{id(c) % 100000}"
+        where, inner_args = _where(store, SearchQuery(c.target_type, [c.chained]), inner)
+        return _Rows(f"SELECT x.rid FROM idx_ref x JOIN resource {inner} ON {inner}.type = x.ttype "
+                     f"AND {inner}.id = x.tid WHERE x.pid = ? AND x.ttype = ? AND {where}",
+                     [pid, c.target_type, *inner_args], rid_column="x.rid", rank=rank)
     if c.modifier == "missing":
-        op = "NOT IN" if c.values[0] == "true" else "IN"
-        return f"{alias}.rid {op} (SELECT rid FROM {table} WHERE pid = ?)", [pid]
+        return _Rows(f"SELECT rid FROM {table} WHERE pid = ?", [pid],
+                     negate=c.values[0] == "true", rank=rank)
     ors, args = [], []
     for value in c.values:
         sql, a = _value_condition(param.type, param.targets, value, c.modifier)
         ors.append(sql)
         args.extend(a)
-    op = "NOT IN" if c.modifier == "not" else "IN"
-    return (f"{alias}.rid {op} (SELECT rid FROM {table} WHERE pid = ? AND "
-            f"({' OR '.join(ors)}))", [pid, *args])
+    return _Rows(f"SELECT rid FROM {table} WHERE pid = ? AND ({' OR '.join(ors)})", [pid, *args],
+                 negate=c.modifier == "not", rank=rank)
 
 
 def _value_condition(sp_type: str, targets: tuple[str, ...], value: str, modifier: str | None
