@@ -21,6 +21,9 @@ from pathlib import Path
 
 import orjson
 
+from fastapi.testclient import TestClient
+
+from fhir_gateway.api.app import create_app
 from fhir_gateway.store.sqlite import SQLiteStore
 
 DCN = "http://fhir.health-home-gateway.org/sid/mo-healthnet-dcn"
@@ -95,9 +98,13 @@ def bench_search(workdir: Path, stored: int, queries: int = 300) -> None:
     store = SQLiteStore(workdir / "search.db")
     rng = random.Random(11)
     started = time.perf_counter()
-    for bundle in member_bundles(stored, rng):
+    marks = []
+    for i, bundle in enumerate(member_bundles(stored, rng), 1):
         store.transaction(bundle)
-    print(f"filled {stored:,} resources in {time.perf_counter() - started:.0f}s")
+        if i % max(len(range(0, stored, 100)) // 5, 1) == 0:
+            marks.append(round(rss_mb()))
+    print(f"filled {stored:,} resources in {time.perf_counter() - started:.0f}s; RSS MB at each "
+          f"fifth: {marks}")
     members = stored // 4
     patients = store.search("Patient", [("_count", "1000"), ("_elements", "id")]).matches
     ids = [p["id"] for p in patients]
@@ -113,17 +120,35 @@ def bench_search(workdir: Path, stored: int, queries: int = 300) -> None:
     def pct(values: list[float], p: int) -> float:
         return statistics.quantiles(values, n=100)[p - 1]
 
+    hits = []
+
+    def search(resource_type: str, params: list) -> None:
+        hits.append(store.search(resource_type, params).total > 0)
+
+    def over_http(path: str) -> None:
+        assert http.get(path).status_code == 200
+
+    http = TestClient(create_app(store))
     read = timed(lambda: store.read("Patient", rng.choice(ids)))
-    by_identifier = timed(lambda: store.search(
-        "Patient", [("identifier", f"{DCN}|{rng.randrange(members):08d}")]))
-    by_subject_code = timed(lambda: store.search(
-        "Condition", [("subject", f"Patient/{rng.choice(ids)}"), ("code", f"{ICD}|{rng.choice(CODES)}")]))
-    base50 = pct(read, 50)
-    for name, values in [("Patient?identifier=", by_identifier),
-                         ("Condition?subject=&code=", by_subject_code)]:
-        print(f"search {name}: p50 {pct(values, 50):.2f} ms, p95 {pct(values, 95):.2f} ms "
-              f"(baseline read by id p50 {base50:.2f} ms; p50 ratio {pct(values, 50) / base50:.1f}); "
-              "target p95 <= 25 ms")
+    read_http = timed(lambda: over_http(f"/fhir/Patient/{rng.choice(ids)}"))
+    workloads = {
+        "Patient?identifier=": (
+            lambda: search("Patient", [("identifier", f"{DCN}|{rng.randrange(members):08d}")]),
+            lambda: over_http(f"/fhir/Patient?identifier={DCN}|{rng.randrange(members):08d}")),
+        "Condition?subject=&code=": (
+            lambda: search("Condition", [("subject", f"Patient/{rng.choice(ids)}"),
+                                         ("code", f"{ICD}|{rng.choice(CODES)}")]),
+            lambda: over_http(f"/fhir/Condition?subject=Patient/{rng.choice(ids)}"
+                              f"&code={ICD}|{rng.choice(CODES)}")),
+    }
+    for name, (direct, via_http) in workloads.items():
+        hits.clear()
+        store_ms, http_ms = timed(direct), timed(via_http)
+        print(f"search {name}: store p50 {pct(store_ms, 50):.2f} ms, p95 {pct(store_ms, 95):.2f} ms "
+              f"({sum(hits)}/{len(hits)} found something; baseline read by id p50 "
+              f"{pct(read, 50):.2f} ms); over HTTP p50 {pct(http_ms, 50):.2f} ms, p95 "
+              f"{pct(http_ms, 95):.2f} ms (baseline read by id over HTTP p50 "
+              f"{pct(read_http, 50):.2f} ms); target p95 <= 25 ms")
     store.close()
 
 
