@@ -1,9 +1,11 @@
-# Two commands matter: `make run` (gateway + demo data) and `make test` (everything).
+# Two commands matter: `make run` (gateway + demo data) and `make test` (everything,
+# HAPI included: the tests start docker/hapi-local on a free port and stop it after).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+HAPI_JAR := docker/hapi-local/target/hapi-local.jar
 
-.PHONY: run test bench install clean
+.PHONY: run test bench install hapi clean
 
 $(BIN)/fhir-gateway: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,14 +15,20 @@ $(BIN)/fhir-gateway: pyproject.toml
 
 install: $(BIN)/fhir-gateway
 
+$(HAPI_JAR): docker/hapi-local/pom.xml $(shell find docker/hapi-local/src -type f)
+	docker/hapi-local/run build
+
+hapi: $(HAPI_JAR)
+
 run: install
 	$(BIN)/fhir-gateway serve
 
-test: install
+test: install hapi
 	$(BIN)/python -m pytest -q
 
-bench: install
+bench: install hapi
 	$(BIN)/python bench/store_bench.py
+	$(BIN)/python bench/gateway_overhead.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache docker/hapi-local/target

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import uuid
 from functools import cache
+from http import HTTPStatus
 from urllib.parse import urlencode
 
+from fhir_gateway.outcome import FhirError
 from fhir_gateway.search.dates import now_instant
 from fhir_gateway.store.base import HistoryResult, SearchResult
 
@@ -121,3 +123,21 @@ def _summary_elements(resource_type: str) -> frozenset[str]:
     from fhir_gateway.validation.structure import model_fields
 
     return frozenset(name for name, summary in model_fields(resource_type).items() if summary)
+
+
+def at_entry(err: FhirError, index: int) -> FhirError:
+    """Point the error's issues at the entry (`Patient.name` -> `Bundle.entry[3].resource.name`)."""
+    entry = f"Bundle.entry[{index}]"
+    for issue in err.issues:
+        issue.expression = [
+            e if e.startswith("Bundle.") else
+            f"{entry}.resource.{e.split('.', 1)[1]}" if e[:1].isupper() and "." in e else
+            f"{entry}.resource" if e[:1].isupper() else f"{entry}.{e}"
+            for e in issue.expression] or [entry]
+        if f"entry[{index}]" not in issue.diagnostics:
+            issue.diagnostics = f"Bundle.entry[{index}]: {issue.diagnostics}"
+    return err
+
+
+def status_line(code: int) -> str:
+    return f"{code} {HTTPStatus(code).phrase}"

@@ -12,6 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
 from fhir_gateway.config import Settings
+from fhir_gateway.outcome import FhirError
 from fhir_gateway.store import StoreURLError, open_store
 
 app = typer.Typer(help="Health Home FHIR Gateway", no_args_is_help=True)
@@ -24,12 +25,17 @@ StoreOption = Annotated[str, typer.Option(
 
 
 def _open(store_url: str):
+    """Open the store and check that it answers, or exit 2 with a clear message."""
     url = store_url or Settings().store_url()
     try:
-        return open_store(url)
+        store = open_store(url)
+        store.is_empty()
+        return store
     except StoreURLError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+    except FhirError as exc:
+        console.print(f"[red]error:[/red] store {escape(url)}: {escape(str(exc))}")
+    raise typer.Exit(2)
 
 
 @app.command()

@@ -1,12 +1,14 @@
 """Load FHIR files (Bundles, single resources, NDJSON) into a store, streaming.
 
 NDJSON is read line by line and sent as batch Bundles of 100, so memory stays flat and a
-bad line fails alone: it is reported with its file and line (and optionally written to a
-quarantine file) while every other line is stored.
+bad line fails alone: the store's validation answers each batch entry on its own, and a
+failure is reported with its file and line (and optionally written to a quarantine file)
+while every other line is stored.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,7 @@ import orjson
 
 from fhir_gateway.outcome import FhirError
 from fhir_gateway.store.base import FhirStore
-from fhir_gateway.validation.structure import check_resource
+from fhir_gateway.validation.structure import check_shape
 
 BATCH = 100
 
@@ -60,7 +62,7 @@ def load_paths(store: FhirStore, paths: list[Path], progress: Callable[[int], No
 def _load_json(store: FhirStore, path: Path, summary: LoadSummary) -> None:
     raw = path.read_bytes()
     try:
-        resource = check_resource(orjson.loads(raw))
+        resource = check_shape(orjson.loads(raw))
         if resource["resourceType"] == "Bundle" and resource.get("type") in ("transaction", "batch"):
             run = store.transaction if resource["type"] == "transaction" else store.batch
             result = run(resource)
@@ -89,7 +91,7 @@ def _load_ndjson(store: FhirStore, path: Path, summary: LoadSummary,
         if not line.strip():
             continue
         try:
-            pending.append((f"line {number}", check_resource(orjson.loads(line)), line))
+            pending.append((f"line {number}", check_shape(orjson.loads(line)), line))
         except orjson.JSONDecodeError as exc:
             _fail(summary, Problem(str(path), f"line {number}", f"malformed JSON: {exc}", line))
         except FhirError as err:
@@ -127,9 +129,11 @@ def _send(store: FhirStore, path: Path, records: list[tuple[str, dict, bytes]],
 
 
 def _reason(entry: dict) -> str:
+    """The first issue's diagnostics, without the position in our own batch Bundle."""
     issues = entry["response"].get("outcome", {}).get("issue", [])
-    return issues[0].get("diagnostics", entry["response"]["status"]) if issues else \
-        entry["response"]["status"]
+    if not issues:
+        return entry["response"]["status"]
+    return re.sub(r"^Bundle\.entry\[\d+\]: ", "", issues[0].get("diagnostics", ""))
 
 
 def _fail(summary: LoadSummary, problem: Problem) -> None:

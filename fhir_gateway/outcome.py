@@ -33,10 +33,21 @@ class FhirError(Exception):
         if isinstance(expression, str):
             expression = [expression]
         self.issues = issues or [Issue(diagnostics, code, "error", expression or [])]
+        self.raw_outcome: dict | None = None
+
+    @classmethod
+    def passthrough(cls, status: int, outcome: dict) -> FhirError:
+        """An upstream server's OperationOutcome, to be answered unchanged."""
+        issues = [Issue(i.get("diagnostics", ""), i.get("code", "processing"),
+                        i.get("severity", "error"), i.get("expression", []))
+                  for i in outcome.get("issue", [])]
+        err = cls(status, issues[0].diagnostics if issues else f"HTTP {status}", issues=issues or None)
+        err.raw_outcome = outcome
+        return err
 
     @property
     def outcome(self) -> dict:
-        return operation_outcome(self.issues)
+        return self.raw_outcome or operation_outcome(self.issues)
 
 
 def operation_outcome(issues: list[Issue]) -> dict:

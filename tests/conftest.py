@@ -14,17 +14,71 @@ import pytest
 from fastapi.testclient import TestClient
 
 from fhir_gateway.api.app import create_app
+from fhir_gateway.store.hapi import HapiStore
 from fhir_gateway.store.sqlite import SQLiteStore
+from fhir_gateway.validation.guard import ValidatingStore
 
 ROOT = Path(__file__).resolve().parents[1]
+HAPI_RUN = ROOT / "docker" / "hapi-local" / "run"
 FHIR_JSON = "application/fhir+json"
+EXPUNGE = {"resourceType": "Parameters",
+           "parameter": [{"name": "expungeEverything", "valueBoolean": True}]}
+
+
+@pytest.fixture(scope="session")
+def hapi_url(tmp_path_factory):
+    """A HAPI FHIR JPA server of our own (docker/hapi-local), started once per test session.
+
+    `HAPI_TEST_URL` points the tests at a server that is already running instead; there is
+    no skipping: if HAPI cannot start, every HAPI test errors.
+    """
+    if os.environ.get("HAPI_TEST_URL"):
+        yield os.environ["HAPI_TEST_URL"].rstrip("/")
+        return
+    run_dir = tmp_path_factory.mktemp("hapi")
+    port = free_port()
+    env = {**os.environ, "HAPI_PORT": str(port), "HAPI_RUN_DIR": str(run_dir),
+           "HAPI_DATA_DIR": str(run_dir / "data")}
+    started = subprocess.run([str(HAPI_RUN), "start"], env=env, capture_output=True, text=True)
+    if started.returncode != 0:
+        raise RuntimeError(f"HAPI did not start:\n{started.stdout}\n{started.stderr}")
+    yield f"http://127.0.0.1:{port}/fhir"
+    subprocess.run([str(HAPI_RUN), "stop"], env=env, capture_output=True)
+
+
+def expunge(url: str) -> None:
+    r = httpx.post(f"{url}/$expunge", json=EXPUNGE, timeout=120,
+                   headers={"Content-Type": FHIR_JSON})
+    assert r.status_code == 200, r.text
+
+
+@pytest.fixture(params=["sqlite", "hapi"])
+def store(request, tmp_path):
+    """Every contract test runs on both stores, each empty at the start of the test."""
+    if request.param == "sqlite":
+        s = ValidatingStore(SQLiteStore(tmp_path / "store.db"))
+    else:
+        url = request.getfixturevalue("hapi_url")
+        expunge(url)
+        s = ValidatingStore(HapiStore(url))
+    yield s
+    s.close()
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = SQLiteStore(tmp_path / "store.db")
-    yield s
-    s.close()
+def on_hapi(store) -> bool:
+    return isinstance(store.inner, HapiStore)
+
+
+@pytest.fixture
+def issue_code(on_hapi):
+    """The OperationOutcome issue code to expect.
+
+    Deliberate difference: HAPI passes through with `code: processing` on every error (the
+    gateway forwards its OperationOutcomes unchanged); the embedded store says which kind
+    of problem it was (not-found, deleted, conflict, ...). Status codes are the same.
+    """
+    return lambda code: "processing" if on_hapi else code
 
 
 @pytest.fixture

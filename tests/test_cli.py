@@ -200,7 +200,7 @@ def test_store_from_environment_variable(tmp_path):
 
 @pytest.mark.parametrize("url, message", [
     ("ftp://x", "Unknown store URL 'ftp://x'"),
-    ("https://hapi.example/fhir", "not supported yet"),
+    ("http://127.0.0.1:9/fhir", "is unreachable"),
     ("sqlite:///", "names no file"),
 ])
 def test_bad_store_url_exits_2(tmp_path, url, message):

@@ -20,7 +20,7 @@ from fhir_gateway.outcome import FhirError, Issue, invalid, operation_outcome
 from fhir_gateway.search.query import DEFAULT_COUNT, MAX_COUNT, RESULT_PARAMS
 from fhir_gateway.search.registry import resource_types
 from fhir_gateway.store.base import FhirStore
-from fhir_gateway.validation.structure import check_resource
+from fhir_gateway.validation.structure import check_shape, check_update_id
 
 router = APIRouter(prefix="/fhir")
 _PROJECTION = ("_summary", "_elements", "_format", "_pretty")
@@ -101,7 +101,7 @@ async def _search(request: Request, resource_type: str, params: list[tuple[str, 
 
 @router.post("/{resource_type}")
 async def create(request: Request, resource_type: str) -> Response:
-    resource = check_resource(await read_body(request), _type(resource_type))
+    resource = check_shape(await read_body(request), _type(resource_type))
     written = await run_in_threadpool(_store(request).create, resource,
                                       request.headers.get("if-none-exist"))
     return written_response(request, written.resource, written.status, base_url(request))
@@ -113,7 +113,7 @@ async def conditional_update(request: Request, resource_type: str) -> Response:
     if not criteria:
         raise invalid("A conditional update needs search criteria in the URL "
                       "(e.g. PUT /fhir/Patient?identifier=system|value)")
-    resource = check_resource(await read_body(request), _type(resource_type))
+    resource = check_shape(await read_body(request), _type(resource_type))
     written = await run_in_threadpool(_store(request).conditional_update, resource_type,
                                       criteria, resource)
     return written_response(request, written.resource, written.status, base_url(request))
@@ -161,7 +161,8 @@ def _resource_response(request: Request, resource: dict) -> Response:
 
 @router.put("/{resource_type}/{resource_id}")
 async def update(request: Request, resource_type: str, resource_id: str) -> Response:
-    resource = check_resource(await read_body(request), _type(resource_type))
+    resource = check_shape(await read_body(request), _type(resource_type))
+    check_update_id(resource, resource_id)
     written = await run_in_threadpool(_store(request).update, resource_type, resource_id,
                                       resource, request.headers.get("if-match"))
     return written_response(request, written.resource, written.status, base_url(request))

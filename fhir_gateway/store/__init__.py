@@ -10,6 +10,13 @@ class StoreURLError(ValueError):
 
 
 def open_store(url: str) -> FhirStore:
+    """The store behind `url`, wrapped so that every write is validated first."""
+    from fhir_gateway.validation.guard import ValidatingStore
+
+    return ValidatingStore(_open(url))
+
+
+def _open(url: str) -> FhirStore:
     if url.startswith("sqlite://"):
         from fhir_gateway.store.sqlite import SQLiteStore
 
@@ -18,8 +25,8 @@ def open_store(url: str) -> FhirStore:
             raise StoreURLError(f"Store URL '{url}' names no file: use sqlite:///path/to/file.db")
         return SQLiteStore(path)
     if url.startswith(("http://", "https://")):
-        raise StoreURLError(
-            f"Store '{url}': an HTTP FHIR server (HAPI) as the store is not supported yet; "
-            "use sqlite:///path/to/file.db")
+        from fhir_gateway.store.hapi import HapiStore
+
+        return HapiStore(url)
     raise StoreURLError(f"Unknown store URL '{url}': expected sqlite:///path/to/file.db or "
                         "http(s)://host/fhir")

@@ -26,6 +26,7 @@ from fhir_gateway.search.registry import indexed_params, resource_types
 from fhir_gateway.store import sqlsearch
 from fhir_gateway.store.base import HistoryEntry, HistoryResult, SearchResult, Written
 from fhir_gateway.store.transaction import BundleProcessor
+from fhir_gateway.validation.structure import check_update_id
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resource(
@@ -223,11 +224,7 @@ class SQLiteStore:
 
     def update(self, resource_type: str, resource_id: str, resource: dict,
                if_match: str | None = None) -> Written:
-        if resource.get("id") is None:
-            raise invalid("The resource in an update must have an id", f"{resource_type}.id")
-        if resource["id"] != resource_id:
-            raise invalid(f"The resource id '{resource['id']}' does not match the URL id "
-                          f"'{resource_id}'", f"{resource_type}.id")
+        check_update_id(resource, resource_id)
         with self.atomic() as conn:
             row = conn.execute("SELECT rid, version, deleted, body FROM resource "
                                "WHERE type=? AND id=?", (resource_type, resource_id)).fetchone()

@@ -17,7 +17,7 @@ from fhir_gateway.outcome import FhirError, invalid
 from fhir_gateway.search.dates import now_instant
 from fhir_gateway.search.registry import resource_types
 from fhir_gateway.store.base import Written
-from fhir_gateway.validation.structure import check_resource
+from fhir_gateway.validation.structure import check_shape
 
 if TYPE_CHECKING:
     from fhir_gateway.store.sqlite import SQLiteStore
@@ -45,7 +45,7 @@ class BundleProcessor:
                 try:
                     responses[index] = self._process(entry)
                 except FhirError as err:
-                    raise _located(err, index) from None
+                    raise bundles.at_entry(err, index) from None
         return _response_bundle("transaction-response",
                                 [responses[i] for i in sorted(responses)])
 
@@ -62,8 +62,8 @@ class BundleProcessor:
                                             f"Bundle.entry[{index}].resource")
                     out.append(self._process(entry))
             except FhirError as err:
-                out.append({"response": {"status": _status(err.status),
-                                         "outcome": _located(err, index).outcome}})
+                out.append({"response": {"status": bundles.status_line(err.status),
+                                         "outcome": bundles.at_entry(err, index).outcome}})
         return _response_bundle("batch-response", out)
 
     # -- steps --------------------------------------------------------------------------
@@ -71,6 +71,7 @@ class BundleProcessor:
         """fullUrl -> 'Type/id' for every entry that creates or updates a resource."""
         ids: dict[str, str] = {}
         conditional: dict[tuple[str, str], str] = {}  # the same ifNoneExist twice: one resource
+        touched: set[str] = set()  # the spec: one entry per resource identity
         for index, entry in entries:
             request, full_url = entry["request"], entry.get("fullUrl")
             method, url = request["method"], request["url"]
@@ -96,6 +97,13 @@ class BundleProcessor:
                 else:
                     entry["_id"] = path.split("/")[1]
                 target = f"{rtype}/{entry['_id']}"
+            if target:
+                if target in touched and not entry.get("_existing"):
+                    raise invalid(f"The transaction changes {target} more than once",
+                                  f"Bundle.entry[{index}]")
+                touched.add(target)
+            if method == "DELETE" and "?" not in url:
+                touched.add(url.strip("/"))
             if target and full_url:
                 if full_url in ids:
                     raise invalid(f"Duplicate fullUrl '{full_url}'", f"Bundle.entry[{index}].fullUrl")
@@ -108,7 +116,7 @@ class BundleProcessor:
             raise invalid(f"Invalid conditional reference '{reference}'", where)
         found = self.store.match(rtype, parse_qsl(query), f"conditional reference at {where}")
         if found is None:
-            raise FhirError(412, f"Conditional reference '{reference}' matches no resource",
+            raise FhirError(404, f"Conditional reference '{reference}' matches no resource",
                             "not-found", where)
         return f"{rtype}/{found}"
 
@@ -191,9 +199,9 @@ def _check_entry(index: int, entry: dict) -> None:
         if "resource" not in entry:
             raise invalid(f"A {method} entry needs a resource", f"{where}.resource")
         try:
-            check_resource(entry["resource"], rtype)
+            check_shape(entry["resource"], rtype)
         except FhirError as err:
-            raise _located(err, index) from None
+            raise bundles.at_entry(err, index) from None
         if method == "PUT" and "?" not in url and len(url.strip("/").split("/")) != 2:
             raise invalid(f"A PUT entry's url must be Type/id or Type?criteria, not '{url}'",
                           f"{where}.request.url")
@@ -232,26 +240,6 @@ def _write_response(written) -> dict:
                 "lastModified": res["meta"]["lastUpdated"]}
     return {"fullUrl": f"{res['resourceType']}/{res['id']}", "resource": res,
             "response": response}
-
-
-def _located(err: FhirError, index: int) -> FhirError:
-    """Point the error's issues at the entry (`Patient.name` -> `Bundle.entry[3].resource.name`)."""
-    entry = f"Bundle.entry[{index}]"
-    for issue in err.issues:
-        issue.expression = [
-            e if e.startswith("Bundle.") else
-            f"{entry}.resource.{e.split('.', 1)[1]}" if e[:1].isupper() and "." in e else
-            f"{entry}.resource" if e[:1].isupper() else f"{entry}.{e}"
-            for e in issue.expression] or [entry]
-        if f"entry[{index}]" not in issue.diagnostics:
-            issue.diagnostics = f"Bundle.entry[{index}]: {issue.diagnostics}"
-    return err
-
-
-def _status(code: int) -> str:
-    from http import HTTPStatus
-
-    return f"{code} {HTTPStatus(code).phrase}"
 
 
 def _response_bundle(kind: str, entries: list[dict]) -> dict:

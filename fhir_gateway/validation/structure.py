@@ -16,7 +16,7 @@ from typing import Annotated, List, Union, get_args, get_origin  # noqa: UP035
 
 from pydantic import ValidationError
 
-from fhir_gateway.outcome import FhirError, Issue
+from fhir_gateway.outcome import FhirError, Issue, invalid
 from fhir_gateway.search.registry import resource_types
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -44,7 +44,25 @@ def _model(resource_type: str):
 
 
 def check_resource(resource: object, expected_type: str | None = None) -> dict:
-    """Return the resource if valid; raise a 400/404 FhirError naming the problem otherwise."""
+    """Return the resource if structurally valid; raise a 400 FhirError naming the problem."""
+    resource = check_shape(resource, expected_type)
+    resource_type = resource["resourceType"]
+    model = _model(resource_type)
+    if model is not None:
+        try:
+            model.model_validate(resource)
+        except ValidationError as exc:
+            issues = [_issue(resource_type, err) for err in exc.errors()]
+            raise FhirError(400, issues[0].diagnostics, issues=issues) from None
+        issues = []
+        _check_json_types(resource, _schema(resource_type), resource_type, issues)
+        if issues:
+            raise FhirError(400, issues[0].diagnostics, issues=issues)
+    return resource
+
+
+def check_shape(resource: object, expected_type: str | None = None) -> dict:
+    """The cheap checks: a JSON object of a known type (the URL's), with a well-formed id."""
     if not isinstance(resource, dict):
         raise FhirError(400, "The body must be a JSON object holding a FHIR resource", "structure")
     resource_type = resource.get("resourceType")
@@ -60,18 +78,17 @@ def check_resource(resource: object, expected_type: str | None = None) -> dict:
     if rid is not None and not (isinstance(rid, str) and ID_PATTERN.match(rid)):
         raise FhirError(400, f"Invalid resource id {rid!r}: 1-64 of A-Z a-z 0-9 - .",
                         "value", f"{resource_type}.id")
-    model = _model(resource_type)
-    if model is not None:
-        try:
-            model.model_validate(resource)
-        except ValidationError as exc:
-            issues = [_issue(resource_type, err) for err in exc.errors()]
-            raise FhirError(400, issues[0].diagnostics, issues=issues) from None
-        issues = []
-        _check_json_types(resource, _schema(resource_type), resource_type, issues)
-        if issues:
-            raise FhirError(400, issues[0].diagnostics, issues=issues)
     return resource
+
+
+def check_update_id(resource: dict, resource_id: str) -> None:
+    """An update's body must carry the id of the URL it is PUT to."""
+    where = f"{resource['resourceType']}.id"
+    if resource.get("id") is None:
+        raise invalid("The resource in an update must have an id", where)
+    if resource["id"] != resource_id:
+        raise invalid(f"The resource id '{resource['id']}' does not match the URL id "
+                      f"'{resource_id}'", where)
 
 
 # -- JSON datatypes and required code bindings --------------------------------------------

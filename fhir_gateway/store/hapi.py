@@ -1,0 +1,194 @@
+"""The store contract over HTTP, against a HAPI FHIR JPA server (the production store).
+
+HAPI does the storing, versioning, searching and transaction processing; this class maps
+each store operation onto one FHIR request, passes HAPI's OperationOutcomes through
+unchanged, and turns an unreachable HAPI into a 503 OperationOutcome. Connections are
+pooled; only requests that are safe to repeat (GET, PUT, DELETE, and POST guarded by
+If-None-Exist) are retried, and only when the connection itself failed.
+"""
+
+from __future__ import annotations
+
+import time
+from urllib.parse import urlencode
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from fhir_gateway.outcome import FhirError, invalid
+from fhir_gateway.search.query import parse_query
+from fhir_gateway.search.registry import resource_types
+from fhir_gateway.store.base import HistoryEntry, HistoryResult, SearchResult, Written
+
+FHIR_JSON = "application/fhir+json"
+_SAFE = {"GET", "HEAD", "PUT", "DELETE"}
+#: HAPI answers a stale If-Match with 409 (400 inside a transaction); FHIR and the
+#: gateway's contract say 412
+_VERSION_CONFLICT = "HAPI-0989"
+#: the loser of two concurrent conditional creates gets 409; asking again finds the winner
+_CONDITIONAL_RACE = "HAPI-2745"
+
+
+class HapiStore:
+    """FhirStore backed by a FHIR server's REST API (HAPI FHIR JPA in production)."""
+
+    def __init__(self, base_url: str, timeout: float = 30.0, retries: int = 2,
+                 pool_size: int = 32):
+        self.base = base_url.rstrip("/")
+        self.timeout = timeout
+        self.retries = retries
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers.update({"Accept": FHIR_JSON, "Content-Type": FHIR_JSON})
+
+    # -- HTTP ---------------------------------------------------------------------------
+    def _request(self, method: str, path: str, *, params=None, json=None, headers=None,
+                 retry: bool | None = None) -> requests.Response:
+        url = f"{self.base}/{path}" if path else self.base
+        repeatable = method in _SAFE if retry is None else retry
+        attempts = 1 + (self.retries if repeatable else 0)
+        for attempt in range(attempts):
+            try:
+                return self.session.request(method, url, params=params, json=json,
+                                            headers=headers, timeout=self.timeout)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if attempt + 1 == attempts or isinstance(exc, requests.ReadTimeout):
+                    raise FhirError(503, f"The FHIR store at {self.base} is unreachable "
+                                         f"({type(exc).__name__})", "transient") from None
+                time.sleep(0.2 * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+    def _json(self, response: requests.Response, ok: tuple[int, ...] = (200, 201)) -> dict:
+        if response.status_code in ok:
+            return response.json() if response.content else {}
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
+            status = response.status_code
+            if status in (400, 409) and _VERSION_CONFLICT in response.text:
+                status = 412
+            raise FhirError.passthrough(status, body)
+        raise FhirError(502 if response.status_code < 400 else response.status_code,
+                        f"The FHIR store answered HTTP {response.status_code} without an "
+                        "OperationOutcome", "exception")
+
+    # -- contract -----------------------------------------------------------------------
+    def create(self, resource: dict, if_none_exist: str | None = None) -> Written:
+        headers = {"Prefer": "return=representation"}
+        if if_none_exist:
+            headers["If-None-Exist"] = if_none_exist
+        for _ in range(3):
+            response = self._request("POST", resource["resourceType"], json=resource,
+                                     headers=headers, retry=bool(if_none_exist))
+            if not (if_none_exist and response.status_code == 409
+                    and _CONDITIONAL_RACE in response.text):
+                break
+        return Written(self._json(response), response.status_code)
+
+    def read(self, resource_type: str, resource_id: str) -> dict:
+        return self._json(self._request("GET", f"{resource_type}/{resource_id}"))
+
+    def vread(self, resource_type: str, resource_id: str, version: str) -> dict:
+        return self._json(self._request("GET", f"{resource_type}/{resource_id}/_history/{version}"))
+
+    def update(self, resource_type: str, resource_id: str, resource: dict,
+               if_match: str | None = None) -> Written:
+        headers = {"Prefer": "return=representation"}
+        if if_match:
+            headers["If-Match"] = if_match
+        response = self._request("PUT", f"{resource_type}/{resource_id}", json=resource,
+                                 headers=headers)
+        return Written(self._json(response), response.status_code)
+
+    def conditional_update(self, resource_type: str, criteria: list[tuple[str, str]],
+                           resource: dict) -> Written:
+        response = self._request("PUT", f"{resource_type}?{urlencode(criteria)}", json=resource,
+                                 headers={"Prefer": "return=representation"})
+        return Written(self._json(response), response.status_code)
+
+    def delete(self, resource_type: str, resource_id: str) -> None:
+        self._json(self._request("DELETE", f"{resource_type}/{resource_id}"), ok=(200, 204))
+
+    def conditional_delete(self, resource_type: str, criteria: list[tuple[str, str]]) -> int:
+        before = self._total(resource_type, criteria)
+        self._json(self._request("DELETE", f"{resource_type}?{urlencode(criteria)}"),
+                   ok=(200, 204))
+        return before
+
+    def search(self, resource_type: str, params: list[tuple[str, str]],
+               strict: bool = False) -> SearchResult:
+        if resource_type not in resource_types():
+            raise FhirError(404, f"Unknown resource type '{resource_type}'", "not-supported")
+        query = parse_query(resource_type, params, strict)  # same meaning, same errors
+        unknown = {w.expression[0] for w in query.warnings}
+        forwarded = [(k, v) for k, v in params
+                     if k not in unknown and k not in ("_count", "_offset", "_format", "_pretty")]
+        forwarded += [("_count", str(query.count)), ("_offset", str(query.offset)),
+                      ("_total", "accurate")]
+        bundle = self._json(self._request("GET", resource_type, params=forwarded))
+        result = SearchResult([], bundle.get("total"), query.count, query.offset,
+                              warnings=query.warnings, summary=query.summary)
+        for entry in bundle.get("entry", []):
+            mode = entry.get("search", {}).get("mode", "match")
+            if mode == "match":
+                result.matches.append(entry["resource"])
+            elif mode == "include":
+                result.included.append(entry["resource"])
+        return result
+
+    def _total(self, resource_type: str, criteria: list[tuple[str, str]]) -> int:
+        params = [*criteria, ("_summary", "count"), ("_total", "accurate")]
+        return self._json(self._request("GET", resource_type, params=params)).get("total", 0)
+
+    def history(self, resource_type: str | None = None, resource_id: str | None = None,
+                since: str | None = None, count: int = 20, offset: int = 0) -> HistoryResult:
+        if resource_type and resource_type not in resource_types():
+            raise FhirError(404, f"Unknown resource type '{resource_type}'", "not-supported")
+        path = "/".join(p for p in (resource_type, resource_id, "_history") if p)
+        params = {"_count": str(count + offset)}
+        if since:
+            params["_since"] = since
+        bundle = self._json(self._request("GET", path, params=params))
+        entries = []
+        for entry in bundle.get("entry", [])[offset:offset + count]:
+            request, response = entry.get("request", {}), entry.get("response", {})
+            resource = entry.get("resource")
+            rtype, rid = _type_and_id(entry, resource)
+            version = int(response.get("etag", 'W/"0"').split('"')[1] or 0) if response.get(
+                "etag") else int((resource or {}).get("meta", {}).get("versionId", 0))
+            entries.append(HistoryEntry(rtype, rid, version,
+                                        response.get("lastModified") or
+                                        (resource or {}).get("meta", {}).get("lastUpdated", ""),
+                                        request.get("method", "PUT"), resource))
+        return HistoryResult(entries, bundle.get("total", len(entries)), count, offset)
+
+    def transaction(self, bundle: dict) -> dict:
+        return self._bundle(bundle, "transaction")
+
+    def batch(self, bundle: dict) -> dict:
+        return self._bundle(bundle, "batch")
+
+    def _bundle(self, bundle: dict, kind: str) -> dict:
+        if bundle.get("type") != kind:
+            raise invalid(f"Expected a Bundle of type '{kind}', got '{bundle.get('type')}'",
+                          "Bundle.type")
+        return self._json(self._request("POST", "", json=bundle, retry=False))
+
+    def is_empty(self) -> bool:
+        return self._total("Patient", []) == 0
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _type_and_id(entry: dict, resource: dict | None) -> tuple[str, str]:
+    if resource:
+        return resource["resourceType"], resource["id"]
+    url = entry.get("fullUrl") or entry.get("request", {}).get("url", "")
+    parts = url.split("/_history/")[0].rstrip("/").split("/")
+    return parts[-2], parts[-1]
+

@@ -1,0 +1,77 @@
+"""Validation on write, in front of any store.
+
+Every path that writes — REST, bundles, the loader, the demo, later the adapters — goes
+through a store, so wrapping the store is the one place where validation cannot be
+skipped. It also gives both stores the same verdicts: HAPI's parser silently drops unknown
+elements, the gateway refuses them with the path of the problem. In a batch, an invalid
+entry gets its own 400 and the valid ones are still stored.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from fhir_gateway import bundle as bundles
+from fhir_gateway.outcome import FhirError
+from fhir_gateway.search.dates import now_instant
+from fhir_gateway.store.base import FhirStore, Written
+from fhir_gateway.validation.structure import check_resource
+
+
+class ValidatingStore:
+    """A FhirStore that checks each incoming resource, then delegates."""
+
+    def __init__(self, inner: FhirStore):
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)  # reads, search, history, delete, close, ...
+
+    def create(self, resource: dict, if_none_exist: str | None = None) -> Written:
+        return self.inner.create(check_resource(resource), if_none_exist)
+
+    def update(self, resource_type: str, resource_id: str, resource: dict,
+               if_match: str | None = None) -> Written:
+        return self.inner.update(resource_type, resource_id,
+                                 check_resource(resource, resource_type), if_match)
+
+    def conditional_update(self, resource_type: str, criteria: list[tuple[str, str]],
+                           resource: dict) -> Written:
+        return self.inner.conditional_update(resource_type, criteria,
+                                             check_resource(resource, resource_type))
+
+    def transaction(self, bundle: dict) -> dict:
+        for index, entry in enumerate(_entries(bundle)):
+            _check_entry(index, entry)
+        return self.inner.transaction(bundle)
+
+    def batch(self, bundle: dict) -> dict:
+        entries = _entries(bundle)
+        failed: dict[int, dict] = {}
+        for index, entry in enumerate(entries):
+            try:
+                _check_entry(index, entry)
+            except FhirError as err:
+                failed[index] = {"response": {"status": bundles.status_line(err.status),
+                                              "outcome": err.outcome}}
+        if not failed:
+            return self.inner.batch(bundle)
+        valid = [e for i, e in enumerate(entries) if i not in failed]
+        answered = iter(self.inner.batch({**bundle, "entry": valid}).get("entry", [])
+                        if valid else [])
+        merged = [failed[i] if i in failed else next(answered) for i in range(len(entries))]
+        return {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": "batch-response",
+                "meta": {"lastUpdated": now_instant()[0]}, "entry": merged}
+
+
+def _entries(bundle: dict) -> list:
+    entries = bundle.get("entry") or []
+    return entries if isinstance(entries, list) else []
+
+
+def _check_entry(index: int, entry: object) -> None:
+    if isinstance(entry, dict) and "resource" in entry:
+        try:
+            check_resource(entry["resource"])
+        except FhirError as err:
+            raise bundles.at_entry(err, index) from None
