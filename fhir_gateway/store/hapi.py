@@ -102,7 +102,12 @@ class HapiStore:
             headers["If-Match"] = if_match
         response = self._request("PUT", f"{resource_type}/{resource_id}", json=resource,
                                  headers=headers)
-        return Written(self._json(response), response.status_code)
+        try:
+            return Written(self._json(response), response.status_code)
+        except FhirError as err:
+            if if_match and err.status == 409:  # lost a race to another writer (HAPI-0823)
+                err.status = 412
+            raise
 
     def conditional_update(self, resource_type: str, criteria: list[tuple[str, str]],
                            resource: dict) -> Written:
