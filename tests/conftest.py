@@ -96,12 +96,13 @@ def free_port() -> int:
 class LiveServer:
     """`fhir-gateway serve` in a subprocess, as a user would run it."""
 
-    def __init__(self, db: Path, demo: bool = False, env: dict | None = None):
+    def __init__(self, db: Path, demo: bool = False, env: dict | None = None,
+                 store: str | None = None):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}/fhir"
         self.db = db
         args = [sys.executable, "-m", "fhir_gateway.cli", "serve", "--port", str(self.port),
-                "--store", f"sqlite:///{db}", "--demo" if demo else "--no-demo"]
+                "--store", store or f"sqlite:///{db}", "--demo" if demo else "--no-demo"]
         self.log = db.with_suffix(".log")
         self.proc = subprocess.Popen(args, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})}, cwd=ROOT)

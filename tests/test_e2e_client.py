@@ -51,6 +51,11 @@ def post_transaction(http: httpx.Client, entries: list[dict]) -> dict:
     return body
 
 
+def location_id(entry: dict) -> str:
+    """The id in a transaction-response entry's `Type/id/_history/n` location."""
+    return entry["response"]["location"].split("/")[1]
+
+
 def post_entry(resource: dict, full_url: str | None = None) -> dict:
     entry = {"resource": resource, "request": {"method": "POST", "url": resource["resourceType"]}}
     if full_url:
@@ -134,7 +139,7 @@ def observation_run(live_server) -> tuple[str, set[str]]:
         body = post_transaction(http, entries)
     statuses = {e["response"]["status"] for e in body["entry"]}
     assert statuses == {"201 Created"}
-    ids = {e["resource"]["id"] for e in body["entry"]}
+    ids = {location_id(e) for e in body["entry"]}
     assert len(ids) == OBSERVATIONS
     return f"{TEST_CODES}|{run}", ids
 
@@ -199,9 +204,9 @@ def test_transaction_resolves_urn_uuid_references(fhir):
 
     assert result["type"] == "transaction-response"
     assert [e["response"]["status"] for e in result["entry"]] == ["201 Created"] * 4
-    stored = [e["resource"] for e in result["entry"]]
-    assert [r["resourceType"] for r in stored] == [
-        "Patient", "Condition", "Condition", "EpisodeOfCare"]
+    locations = [e["response"]["location"].split("/") for e in result["entry"]]
+    assert [loc[0] for loc in locations] == ["Patient", "Condition", "Condition", "EpisodeOfCare"]
+    stored = [{"id": loc[1]} for loc in locations]
     pid = stored[0]["id"]
     condition_ids = {stored[1]["id"], stored[2]["id"]}
 

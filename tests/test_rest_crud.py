@@ -137,3 +137,20 @@ def test_elements_and_summary_on_read(client):
     body = client.get(f"/fhir/Patient/{pid}?_elements=name").json()
     assert set(body) == {"resourceType", "id", "meta", "name"}
     assert body["meta"]["tag"][0]["code"] == "SUBSETTED"
+
+
+def test_references_must_resolve_on_write(client):
+    dangling = {"resourceType": "Condition", "subject": {"reference": "Patient/nobody"}}
+    r = client.post("/fhir/Condition", json=dangling)
+    assert r.status_code == 400 and "Patient/nobody" in r.json()["issue"][0]["diagnostics"]
+    assert client.get("/fhir/Condition").json()["total"] == 0
+
+
+def test_a_referenced_resource_cannot_be_deleted(client):
+    pid = client.post("/fhir/Patient", json=patient()).json()["id"]
+    cid = client.post("/fhir/Condition", json={"resourceType": "Condition",
+                                               "subject": {"reference": f"Patient/{pid}"}}).json()["id"]
+    assert client.delete(f"/fhir/Patient/{pid}").status_code == 409
+    assert client.get(f"/fhir/Patient/{pid}").status_code == 200
+    client.delete(f"/fhir/Condition/{cid}")
+    assert client.delete(f"/fhir/Patient/{pid}").status_code == 200

@@ -155,8 +155,10 @@ class SQLiteStore:
         with self._lock:
             conn.execute("BEGIN IMMEDIATE")
             self._local.depth = 1
+            self._local.references, self._local.deleted = {}, set()
             try:
                 yield conn
+                self._check_integrity(conn)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -164,6 +166,25 @@ class SQLiteStore:
                 raise
             finally:
                 self._local.depth = 0
+
+    def _check_integrity(self, conn: sqlite3.Connection) -> None:
+        """Referential integrity on write, as HAPI enforces it, checked once per transaction.
+
+        Checking at commit (not per write) lets a transaction create a Condition before the
+        Patient it points at, in any entry order.
+        """
+        for (ttype, tid), path in self._local.references.items():
+            if conn.execute("SELECT 1 FROM resource WHERE type=? AND id=? AND deleted=0",
+                            (ttype, tid)).fetchone() is None:
+                raise FhirError(400, f"Resource {ttype}/{tid} not found, specified in path: "
+                                     f"{path}", "not-found", path)
+        for rtype, rid in self._local.deleted:
+            row = conn.execute(
+                "SELECT s.type, s.id FROM idx_ref x JOIN resource s ON s.rid = x.rid "
+                "WHERE x.tid = ? AND x.ttype = ? AND s.deleted = 0 LIMIT 1", (rid, rtype)).fetchone()
+            if row:
+                raise FhirError(409, f"Unable to delete {rtype}/{rid}: {row[0]}/{row[1]} refers "
+                                     "to it", "conflict")
 
     def close(self) -> None:
         for conn in self._connections:
@@ -258,12 +279,11 @@ class SQLiteStore:
         with self.atomic() as conn:
             row = conn.execute("SELECT rid, version, deleted FROM resource WHERE type=? AND id=?",
                                (resource_type, resource_id)).fetchone()
-            if row is None:
-                raise not_found(resource_type, resource_id)
-            if row[2]:
-                return
+            if row is None or row[2]:
+                return  # deleting what is not there changes nothing (200, as HAPI answers)
             rid, version = row[0], row[1] + 1
             instant, epoch = now_instant()
+            self._local.deleted.add((resource_type, resource_id))
             self._clear_index(conn, rid)
             conn.execute("UPDATE resource SET version=?, updated=?, deleted=1, body=NULL "
                          "WHERE rid=?", (version, epoch, rid))
@@ -314,6 +334,11 @@ class SQLiteStore:
             if found:
                 pid = self.pid(resource_type, param.code, create=True)
                 rows.setdefault(param.type, []).extend((pid, *r, rid) for r in found)
+                if param.type == "reference":
+                    for _, ttype, tid in found:
+                        if ttype and (ttype, tid) != (resource_type, resource["id"]):
+                            self._local.references.setdefault(
+                                (ttype, tid), f"{resource_type}.{param.code}")
         for sp_type, batch in rows.items():
             conn.executemany(_INSERT[sp_type], batch)
 

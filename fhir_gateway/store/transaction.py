@@ -147,11 +147,7 @@ class BundleProcessor:
                     store.delete(path, found)
             else:
                 rtype, rid = path.split("/")[:2]
-                try:
-                    store.delete(rtype, rid)
-                except FhirError as err:
-                    if err.status != 404:
-                        raise
+                store.delete(rtype, rid)
             return {"response": {"status": "204 No Content"}}
         if method in ("GET", "HEAD"):
             return {"resource": self._get(url), "response": {"status": "200 OK"}}
@@ -238,8 +234,7 @@ def _write_response(written) -> dict:
                 "location": f"{res['resourceType']}/{res['id']}/_history/{res['meta']['versionId']}",
                 "etag": f'W/"{res["meta"]["versionId"]}"',
                 "lastModified": res["meta"]["lastUpdated"]}
-    return {"fullUrl": f"{res['resourceType']}/{res['id']}", "resource": res,
-            "response": response}
+    return {"fullUrl": f"{res['resourceType']}/{res['id']}", "response": response}
 
 
 def _response_bundle(kind: str, entries: list[dict]) -> dict:
