@@ -3,17 +3,15 @@
 HAPI does the storing, versioning, searching and transaction processing; this class maps
 each store operation onto one FHIR request, passes HAPI's OperationOutcomes through
 unchanged, and turns an unreachable HAPI into a 503 OperationOutcome. Connections are
-pooled; only requests that are safe to repeat (GET, PUT, DELETE, and POST guarded by
+pooled (httpx); only requests that are safe to repeat (GET, PUT, DELETE, and POST guarded by
 If-None-Exist) are retried, and only when the connection itself failed.
 """
 
 from __future__ import annotations
 
 import time
-from urllib.parse import urlencode
-
-import requests
-from requests.adapters import HTTPAdapter
+import httpx
+import orjson
 
 from fhir_gateway.outcome import FhirError, invalid
 from fhir_gateway.search.query import parse_query
@@ -37,32 +35,34 @@ class HapiStore:
         self.base = base_url.rstrip("/")
         self.timeout = timeout
         self.retries = retries
-        self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers.update({"Accept": FHIR_JSON, "Content-Type": FHIR_JSON})
+        self.client = httpx.Client(
+            base_url=self.base + "/", timeout=timeout, headers={"Accept": FHIR_JSON},
+            limits=httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size))
 
     # -- HTTP ---------------------------------------------------------------------------
     def _request(self, method: str, path: str, *, params=None, json=None, headers=None,
-                 retry: bool | None = None) -> requests.Response:
-        url = f"{self.base}/{path}" if path else self.base
+                 retry: bool | None = None) -> httpx.Response:
+        content = None
+        if json is not None:  # orjson: a 100-entry Bundle is serialised ~10x faster
+            content = orjson.dumps(json)
+            headers = {"Content-Type": FHIR_JSON, **(headers or {})}
         repeatable = method in _SAFE if retry is None else retry
         attempts = 1 + (self.retries if repeatable else 0)
         for attempt in range(attempts):
             try:
-                return self.session.request(method, url, params=params, json=json,
-                                            headers=headers, timeout=self.timeout)
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt + 1 == attempts or isinstance(exc, requests.ReadTimeout):
+                return self.client.request(method, path, params=params, content=content,
+                                           headers=headers)
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
+                    httpx.ReadTimeout) as exc:
+                if attempt + 1 == attempts or isinstance(exc, httpx.ReadTimeout):
                     raise FhirError(503, f"The FHIR store at {self.base} is unreachable "
                                          f"({type(exc).__name__})", "transient") from None
                 time.sleep(0.2 * 2 ** attempt)
         raise AssertionError("unreachable")
 
-    def _json(self, response: requests.Response, ok: tuple[int, ...] = (200, 201)) -> dict:
+    def _json(self, response: httpx.Response, ok: tuple[int, ...] = (200, 201)) -> dict:
         if response.status_code in ok:
-            return response.json() if response.content else {}
+            return orjson.loads(response.content) if response.content else {}
         try:
             body = response.json()
         except ValueError:
@@ -111,7 +111,7 @@ class HapiStore:
 
     def conditional_update(self, resource_type: str, criteria: list[tuple[str, str]],
                            resource: dict) -> Written:
-        response = self._request("PUT", f"{resource_type}?{urlencode(criteria)}", json=resource,
+        response = self._request("PUT", resource_type, params=criteria, json=resource,
                                  headers={"Prefer": "return=representation"})
         return Written(self._json(response), response.status_code)
 
@@ -120,8 +120,7 @@ class HapiStore:
 
     def conditional_delete(self, resource_type: str, criteria: list[tuple[str, str]]) -> int:
         before = self._total(resource_type, criteria)
-        self._json(self._request("DELETE", f"{resource_type}?{urlencode(criteria)}"),
-                   ok=(200, 204))
+        self._json(self._request("DELETE", resource_type, params=criteria), ok=(200, 204))
         return before
 
     def search(self, resource_type: str, params: list[tuple[str, str]],
@@ -132,8 +131,9 @@ class HapiStore:
         unknown = {w.expression[0] for w in query.warnings}
         forwarded = [(k, v) for k, v in params
                      if k not in unknown and k not in ("_count", "_offset", "_format", "_pretty")]
-        forwarded += [("_count", str(query.count)), ("_offset", str(query.offset)),
-                      ("_total", "accurate")]
+        forwarded.append(("_count", str(query.count)))
+        if query.offset:  # page 1 without it: HAPI's normal search, not its offset mode
+            forwarded.append(("_offset", str(query.offset)))
         bundle = self._json(self._request("GET", resource_type, params=forwarded))
         result = SearchResult([], bundle.get("total"), query.count, query.offset,
                               warnings=query.warnings, summary=query.summary)
@@ -146,7 +146,7 @@ class HapiStore:
         return result
 
     def _total(self, resource_type: str, criteria: list[tuple[str, str]]) -> int:
-        params = [*criteria, ("_summary", "count"), ("_total", "accurate")]
+        params = [*criteria, ("_summary", "count")]
         return self._json(self._request("GET", resource_type, params=params)).get("total", 0)
 
     def history(self, resource_type: str | None = None, resource_id: str | None = None,
@@ -187,7 +187,7 @@ class HapiStore:
         return self._total("Patient", []) == 0
 
     def close(self) -> None:
-        self.session.close()
+        self.client.close()
 
 
 def _type_and_id(entry: dict, resource: dict | None) -> tuple[str, str]:

@@ -1,0 +1,152 @@
+"""What the gateway costs in front of HAPI: the same workloads sent directly to HAPI and
+through `fhir-gateway serve --store <hapi>`, in one run, from one client.
+
+Prints p50/p95 per workload and the gateway/direct ratio (targets: p50 ratio <= 1.15 for
+reads and searches, <= 1.10 for 100-entry transactions), and HAPI's transaction ingest rate
+next to the embedded store's.
+
+    .venv/bin/python bench/gateway_overhead.py [--requests 300] [--hapi-url URL]
+
+Without --hapi-url it starts docker/hapi-local on a free port (and stops it afterwards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from store_bench import DCN, member_bundles  # noqa: E402
+
+from fhir_gateway.store.sqlite import SQLiteStore  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+JSON = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, seconds: float = 120) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer")
+
+
+@contextmanager
+def hapi(url: str | None, workdir: Path):
+    if url:
+        yield url.rstrip("/")
+        return
+    port = free_port()
+    env = {**os.environ, "HAPI_PORT": str(port), "HAPI_RUN_DIR": str(workdir / "hapi"),
+           "HAPI_DATA_DIR": str(workdir / "hapi" / "data")}
+    run = str(ROOT / "docker" / "hapi-local" / "run")
+    subprocess.run([run, "start"], env=env, check=True, stdout=subprocess.DEVNULL)
+    try:
+        yield f"http://127.0.0.1:{port}/fhir"
+    finally:
+        subprocess.run([run, "stop"], env=env, stdout=subprocess.DEVNULL)
+
+
+@contextmanager
+def gateway(store_url: str, workdir: Path):
+    port = free_port()
+    log = (workdir / "gateway.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "fhir_gateway.cli", "serve", "--no-demo",
+                             "--port", str(port), "--store", store_url, "--log-level", "warning"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/fhir/metadata")
+        yield f"http://127.0.0.1:{port}/fhir"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def timed(client: httpx.Client, requests: list[tuple[str, str, dict | None]]) -> list[float]:
+    out = []
+    for method, url, body in requests:
+        started = time.perf_counter()
+        response = client.request(method, url, json=body, headers=JSON)
+        out.append((time.perf_counter() - started) * 1000)
+        assert response.status_code < 300, response.text[:300]
+    return out
+
+
+def pct(values: list[float], p: int) -> float:
+    return statistics.quantiles(values, n=100)[p - 1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--transactions", type=int, default=30)
+    parser.add_argument("--hapi-url")
+    args = parser.parse_args()
+    rng = random.Random(3)
+    with tempfile.TemporaryDirectory() as tmp, hapi(args.hapi_url, Path(tmp)) as hapi_url, \
+            gateway(hapi_url, Path(tmp)) as gateway_url, \
+            httpx.Client(timeout=120, limits=httpx.Limits(max_keepalive_connections=4)) as client:
+        # data to read and search: 2,000 resources loaded directly into HAPI, timed (ingest)
+        bundles = list(member_bundles(2000, rng, start=900_000))
+        started = time.perf_counter()
+        for bundle in bundles:
+            client.post(hapi_url, json=bundle, headers=JSON).raise_for_status()
+        hapi_rate = 2000 / (time.perf_counter() - started)
+        embedded = SQLiteStore(Path(tmp) / "embedded.db")
+        started = time.perf_counter()
+        for bundle in member_bundles(2000, random.Random(3), start=900_000):
+            embedded.transaction(bundle)
+        embedded_rate = 2000 / (time.perf_counter() - started)
+        embedded.close()
+
+        ids = [e["resource"]["id"] for e in client.get(
+            f"{hapi_url}/Patient", params={"_count": "500", "_elements": "id"}).json()["entry"]]
+        n = args.requests
+        reads = [("GET", f"Patient/{rng.choice(ids)}", None) for _ in range(n)]
+        searches = [("GET", f"Patient?identifier={DCN}|{900_000 + rng.randrange(500):08d}", None)
+                    for _ in range(n)]
+        tx_start = 2_000_000
+        print(f"HAPI ingest: {hapi_rate:,.0f} resources/s; embedded store ingest: "
+              f"{embedded_rate:,.0f} resources/s (same 100-entry transactions)")
+        for name, workload in (("read", reads), ("search", searches), ("transaction", None)):
+            results = {}
+            for target, base in (("direct", hapi_url), ("gateway", gateway_url)):
+                if workload is None:  # fresh members each time: a transaction writes
+                    batch = list(member_bundles(100 * args.transactions, rng, start=tx_start))
+                    tx_start += 100 * args.transactions
+                    requests = [("POST", base, b) for b in batch]
+                else:
+                    requests = [(m, f"{base}/{u}", b) for m, u, b in workload]
+                timed(client, requests[:20])  # warm-up
+                results[target] = timed(client, requests)
+            d50, g50 = pct(results["direct"], 50), pct(results["gateway"], 50)
+            target = 1.10 if name == "transaction" else 1.15
+            print(f"{name:12} direct p50 {d50:7.2f} ms p95 {pct(results['direct'], 95):7.2f} ms | "
+                  f"gateway p50 {g50:7.2f} ms p95 {pct(results['gateway'], 95):7.2f} ms | "
+                  f"p50 ratio {g50 / d50:.3f} (target <= {target})")
+
+
+if __name__ == "__main__":
+    main()
