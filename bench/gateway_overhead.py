@@ -100,8 +100,8 @@ def pct(values: list[float], p: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=300)
-    parser.add_argument("--transactions", type=int, default=30)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--transactions", type=int, default=40)
     parser.add_argument("--hapi-url")
     args = parser.parse_args()
     rng = random.Random(3)
@@ -131,16 +131,24 @@ def main() -> None:
         print(f"HAPI ingest: {hapi_rate:,.0f} resources/s; embedded store ingest: "
               f"{embedded_rate:,.0f} resources/s (same 100-entry transactions)")
         for name, workload in (("read", reads), ("search", searches), ("transaction", None)):
-            results = {}
-            for target, base in (("direct", hapi_url), ("gateway", gateway_url)):
-                if workload is None:  # fresh members each time: a transaction writes
-                    batch = list(member_bundles(100 * args.transactions, rng, start=tx_start))
-                    tx_start += 100 * args.transactions
-                    requests = [("POST", base, b) for b in batch]
-                else:
-                    requests = [(m, f"{base}/{u}", b) for m, u, b in workload]
-                timed(client, requests[:20])  # warm-up
-                results[target] = timed(client, requests)
+            if workload is None:  # fresh members for every transaction: each one writes
+                count = 2 * args.transactions + 10
+                bodies = list(member_bundles(100 * count, rng, start=tx_start))
+                tx_start += 100 * count
+                pairs = [(("POST", hapi_url, b), ("POST", gateway_url, c))
+                         for b, c in zip(bodies[0::2], bodies[1::2])]
+            else:
+                pairs = [((m, f"{hapi_url}/{u}", b), (m, f"{gateway_url}/{u}", b))
+                         for m, u, b in workload]
+            warm, pairs = pairs[:len(pairs) // 10], pairs[len(pairs) // 10:]
+            timed(client, [r for pair in warm for r in pair])
+            # interleaved, alternating which goes first, so HAPI's JIT warm-up and the
+            # machine's load fall on both sides alike
+            results = {"direct": [], "gateway": []}
+            for i, (direct, via) in enumerate(pairs):
+                order = [("direct", direct), ("gateway", via)]
+                for target, request in (order if i % 2 else order[::-1]):
+                    results[target] += timed(client, [request])
             d50, g50 = pct(results["direct"], 50), pct(results["gateway"], 50)
             target = 1.10 if name == "transaction" else 1.15
             print(f"{name:12} direct p50 {d50:7.2f} ms p95 {pct(results['direct'], 95):7.2f} ms | "
