@@ -29,6 +29,7 @@ test: install hapi
 bench: install hapi
 	$(BIN)/python bench/store_bench.py
 	$(BIN)/python bench/gateway_overhead.py
+	$(BIN)/python bench/validation_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache docker/hapi-local/target

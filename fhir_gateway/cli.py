@@ -105,5 +105,40 @@ def load(
         raise typer.Exit(1)
 
 
+@app.command()
+def validate(
+    paths: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, readable=True,
+                                                help="FHIR resource JSON files")],
+    profile: Annotated[str | None, typer.Option(help="validate against this profile URL")] = None,
+) -> None:
+    """Validate resources against R4 and the Health Home profiles; exit 1 on any error."""
+    import orjson
+
+    from fhir_gateway.validation.rules import assess, errors, load_rules
+
+    settings = Settings()
+    rules = load_rules(settings.profiles, settings.validate_all)
+    failed = 0
+    for path in paths:
+        try:
+            resource = orjson.loads(path.read_bytes())
+        except orjson.JSONDecodeError as exc:
+            console.print(f"[red]✗ {escape(str(path))}[/red]: malformed JSON: {exc}", soft_wrap=True)
+            failed += 1
+            continue
+        issues = assess(resource, rules, profile) if isinstance(resource, dict) else []
+        bad = errors(issues) if isinstance(resource, dict) else ["not a JSON object"]
+        failed += bool(bad)
+        mark = "[red]✗[/red]" if bad else "[green]✓[/green]"
+        console.print(f"{mark} {escape(str(path))}", soft_wrap=True)
+        for issue in issues:
+            where = ", ".join(issue.expression)
+            console.print(f"    {issue.severity:<7} {escape(where)}: {escape(issue.diagnostics)}",
+                          soft_wrap=True)
+    console.print(f"{len(paths)} file(s), {failed} with errors")
+    if failed:
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":
     app()

@@ -12,6 +12,10 @@ def default_store() -> str:
     return f"sqlite:///{Path(user_data_dir('fhir-gateway')) / 'gateway.db'}"
 
 
+#: the Health Home IG package of this checkout (docker/Dockerfile sets FHIR_GATEWAY_PROFILES)
+DEFAULT_PROFILES = str(Path(__file__).resolve().parents[1] / "profiles" / "package")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FHIR_GATEWAY_")
 
@@ -24,6 +28,10 @@ class Settings(BaseSettings):
     #: load the synthetic Health Home population when the store is empty
     demo: bool = True
     log_level: str = "info"
+    #: the IG package (folder with package.json) whose profiles writes are validated against
+    profiles: str = DEFAULT_PROFILES
+    #: hold every resource of a profiled type to its type's profiles, claimed or not
+    validate_all: bool = False
 
     def store_url(self) -> str:
         return self.store or default_store()

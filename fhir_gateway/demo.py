@@ -25,6 +25,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import date, timedelta
 
+from fhir_gateway.healthhome.categories import categories
 from fhir_gateway.identifiers import (
     CANONICAL_BASE,
     CONDITION_CLINICAL,
@@ -48,6 +49,9 @@ ORGANIZATION_TYPE = "http://terminology.hl7.org/CodeSystem/organization-type"
 SUBSCRIBER_RELATIONSHIP = "http://terminology.hl7.org/CodeSystem/subscriber-relationship"
 ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
 MO_PROVIDER_TYPE = f"{CANONICAL_BASE}/CodeSystem/mo-provider-type"
+
+#: the IG profile each demo resource claims (EpisodeOfCare: enrollment or DD episode)
+CLAIMED = {"Patient": "hh-patient", "Condition": "hh-qualifying-condition"}
 
 AS_OF = date(2025, 7, 1)  # "today" for ages, onsets and periods
 MAX_ENTRIES = 100  # per transaction Bundle
@@ -221,8 +225,11 @@ def _entry(full_url: str, resource: dict, identifier: dict | None = None) -> dic
     request = {"method": "POST", "url": resource["resourceType"]}
     if identifier:
         request["ifNoneExist"] = f"identifier={identifier['system']}|{identifier['value']}"
-    tagged = {"resourceType": resource["resourceType"], "meta": {"tag": [dict(TEST_TAG)]},
-              **resource}
+    meta = {"tag": [dict(TEST_TAG)]}
+    profile = resource.pop("_profile", None) or CLAIMED.get(resource["resourceType"])
+    if profile:  # claimed, so the gateway holds the demo data to the IG on load
+        meta["profile"] = [f"{CANONICAL_BASE}/StructureDefinition/{profile}"]
+    tagged = {"resourceType": resource["resourceType"], "meta": meta, **resource}
     return {"fullUrl": full_url, "resource": tagged, "request": request}
 
 
@@ -293,7 +300,8 @@ def _condition(code: str, patient_url: str, onset: date) -> dict:
         "resourceType": "Condition",
         "clinicalStatus": _concept(CONDITION_CLINICAL, "active", "Active"),
         "verificationStatus": _concept(CONDITION_VERIFICATION, "confirmed", "Confirmed"),
-        "category": [_concept(CONDITION_CATEGORY, "problem-list-item", "Problem List Item")],
+        "category": [_concept(CONDITION_CATEGORY, "problem-list-item", "Problem List Item"),
+                     *({"coding": [category]} for category in categories(code))],
         "code": {**_concept(ICD10CM, code, CONDITIONS[code]), "text": CONDITIONS[code]},
         "subject": _ref(patient_url),
         "onsetDateTime": onset.isoformat(),
@@ -333,8 +341,10 @@ def _smoking(rng: random.Random, profile: Profile, patient_url: str, when: date)
 
 def _episode(type_concept: dict, patient_url: str, org_url: str, start: date,
              condition_urls: list[str]) -> dict:
+    dd = type_concept["coding"][0]["system"] == MO_PROVIDER_TYPE
     return {
         "resourceType": "EpisodeOfCare",
+        "_profile": "hh-dd-episode" if dd else "hh-enrollment",
         "status": "active",
         "type": [type_concept],
         "diagnosis": [{"condition": _ref(url), "rank": rank}

@@ -1,10 +1,18 @@
 """Naming systems the gateway stamps on identifiers and codes.
 
 One place for every system URI so that adapters, demo data, profiles and tests agree on
-how a MO HealthNet DCN or a KanCare ID is spelled on the wire.
+how a MO HealthNet DCN or a KanCare ID is spelled on the wire. The canonical base itself is
+defined once, by the IG package (`profiles/package/package.json`).
 """
 
-CANONICAL_BASE = "http://fhir.health-home-gateway.org"
+from pathlib import Path
+
+import orjson
+
+from fhir_gateway.config import Settings
+
+CANONICAL_BASE: str = orjson.loads((Path(Settings().profiles) / "package.json").read_bytes())[
+    "canonical"]
 
 MO_HEALTHNET_DCN = f"{CANONICAL_BASE}/sid/mo-healthnet-dcn"
 KANCARE_ID = f"{CANONICAL_BASE}/sid/kancare-id"

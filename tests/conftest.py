@@ -16,7 +16,9 @@ from fastapi.testclient import TestClient
 from fhir_gateway.api.app import create_app
 from fhir_gateway.store.hapi import HapiStore
 from fhir_gateway.store.sqlite import SQLiteStore
+from fhir_gateway.config import DEFAULT_PROFILES
 from fhir_gateway.validation.guard import ValidatingStore
+from fhir_gateway.validation.rules import load_rules
 
 ROOT = Path(__file__).resolve().parents[1]
 HAPI_RUN = ROOT / "docker" / "hapi-local" / "run"
@@ -56,11 +58,12 @@ def expunge(url: str) -> None:
 def store(request, tmp_path):
     """Every contract test runs on both stores, each empty at the start of the test."""
     if request.param == "sqlite":
-        s = ValidatingStore(SQLiteStore(tmp_path / "store.db"))
+        inner = SQLiteStore(tmp_path / "store.db")
     else:
         url = request.getfixturevalue("hapi_url")
         expunge(url)
-        s = ValidatingStore(HapiStore(url))
+        inner = HapiStore(url)
+    s = ValidatingStore(inner, load_rules(DEFAULT_PROFILES, False))
     yield s
     s.close()
 

@@ -227,3 +227,28 @@ def test_installed_script_help_lists_commands(tmp_path):
     assert result.returncode == 0, result.stderr
     commands = re.findall(r"^│ (\w+)\s", result.stdout, re.MULTILINE)
     assert {"serve", "load"} <= set(commands), result.stdout
+
+
+# -- validate --------------------------------------------------------------------------------
+
+EXAMPLES = ROOT / "profiles" / "examples"
+
+
+def test_validate_passes_valid_examples(tmp_path):
+    files = sorted(str(p) for p in (EXAMPLES / "valid").glob("*.json"))
+    result = cli("validate", *files, cwd=tmp_path)
+    assert result.returncode == 0, output(result)
+    assert f"{len(files)} file(s), 0 with errors" in output(result)
+
+
+def test_validate_reports_the_file_path_and_rule_and_exits_1(tmp_path):
+    bad = EXAMPLES / "invalid" / "hh-patient-no-birthdate.json"
+    good = EXAMPLES / "valid" / "hh-patient-mo.json"
+    malformed = tmp_path / "broken.json"
+    malformed.write_text('{"resourceType": "Patient",')
+    result = cli("validate", str(good), str(bad), str(malformed), cwd=tmp_path)
+    text = output(result)
+    assert result.returncode == 1
+    assert "hh-patient-no-birthdate.json" in text and "Patient.birthDate" in text
+    assert "broken.json: malformed JSON" in text
+    assert "3 file(s), 2 with errors" in text

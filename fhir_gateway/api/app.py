@@ -15,6 +15,7 @@ from fhir_gateway.api.http import outcome_response
 from fhir_gateway.config import Settings
 from fhir_gateway.outcome import FhirError
 from fhir_gateway.store.base import FhirStore
+from fhir_gateway.validation.rules import load_rules
 
 log = logging.getLogger("fhir_gateway.http")
 _HTTP_CODES = {404: "not-found", 405: "not-supported", 406: "not-supported", 413: "too-costly",
@@ -25,7 +26,8 @@ def create_app(store: FhirStore, settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="Health Home FHIR Gateway", version=__version__,
                   description="FHIR R4 gateway for Medicaid Health Homes (MO HealthNet, KanCare)")
     app.state.store = store
-    app.state.settings = settings or Settings()
+    app.state.settings = settings = settings or Settings()
+    app.state.rules = load_rules(settings.profiles, settings.validate_all)
     app.include_router(rest.router)
 
     @app.exception_handler(FhirError)

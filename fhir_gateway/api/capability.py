@@ -19,7 +19,8 @@ RESULT_PARAMS = [("_count", "number"), ("_offset", "number"), ("_sort", "string"
 
 
 @cache
-def capability_statement(base: str) -> dict:
+def capability_statement(base: str, rules=None) -> dict:
+    """`rules` (the loaded IG's ProfileRules, if any) adds each type's supportedProfile."""
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -33,17 +34,19 @@ def capability_statement(base: str) -> dict:
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
-            "resource": [_resource(t) for t in sorted(resource_types())],
+            "resource": [_resource(t, rules) for t in sorted(resource_types())],
             "interaction": [{"code": "transaction"}, {"code": "batch"},
                             {"code": "history-system"}],
         }],
     }
 
 
-def _resource(resource_type: str) -> dict:
+def _resource(resource_type: str, rules) -> dict:
     params = params_for(resource_type)
     references = sorted(p.code for p in params.values() if p.type == "reference")
+    profiles = rules.conformance.profiles_for_type(resource_type) if rules else []
     return {
+        **({"supportedProfile": profiles} if profiles else {}),
         "type": resource_type,
         "interaction": [{"code": code} for code in INTERACTIONS],
         "versioning": "versioned-update",
@@ -61,4 +64,6 @@ def _resource(resource_type: str) -> dict:
         "searchParam": [{"name": p.code, "definition": p.url, "type": p.type}
                         for p in sorted(params.values(), key=lambda p: p.code)]
                        + [{"name": n, "type": t} for n, t in RESULT_PARAMS],
+        "operation": [{"name": "validate",
+                       "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
     }

@@ -20,6 +20,7 @@ from fhir_gateway.outcome import FhirError, Issue, invalid, operation_outcome
 from fhir_gateway.search.query import DEFAULT_COUNT, MAX_COUNT, RESULT_PARAMS
 from fhir_gateway.search.registry import resource_types
 from fhir_gateway.store.base import FhirStore
+from fhir_gateway.validation.rules import assess
 from fhir_gateway.validation.structure import check_shape, check_update_id
 
 router = APIRouter(prefix="/fhir")
@@ -52,7 +53,8 @@ def _params(request: Request) -> list[tuple[str, str]]:
 @router.get("/metadata")
 async def metadata(request: Request) -> Response:
     check_accept(request)
-    return fhir_response(capability_statement(base_url(request)), pretty=is_pretty(request))
+    statement = capability_statement(base_url(request), request.app.state.rules)
+    return fhir_response(statement, pretty=is_pretty(request))
 
 
 @router.post("")
@@ -97,6 +99,30 @@ async def _search(request: Request, resource_type: str, params: list[tuple[str, 
                                      _strict(request))
     body = bundles.searchset(result, base_url(request), resource_type, params)
     return fhir_response(body, pretty=is_pretty(request))
+
+
+@router.post("/{resource_type}/$validate")
+async def validate_operation(request: Request, resource_type: str) -> Response:
+    """`$validate`: the resource itself, or a Parameters with `resource` (and `profile`).
+
+    Like HAPI, the answer is 200 with an OperationOutcome listing every issue; only a body
+    that is not a resource at all is a 400.
+    """
+    body = await read_body(request)
+    profile = request.query_params.get("profile")
+    if isinstance(body, dict) and body.get("resourceType") == "Parameters" and \
+            resource_type != "Parameters":
+        params = {p.get("name"): p for p in body.get("parameter", [])}
+        if "resource" not in params:
+            raise invalid("Parameters needs a 'resource' parameter", "Parameters.parameter")
+        body = params["resource"].get("resource")
+        profile = (params.get("profile") or {}).get("valueUri") or \
+            (params.get("profile") or {}).get("valueCanonical") or profile
+    resource = check_shape(body, _type(resource_type))
+    issues = await run_in_threadpool(assess, resource, request.app.state.rules, profile)
+    if not issues:
+        issues = [Issue("No issues detected during validation", "informational", "information")]
+    return fhir_response(operation_outcome(issues), pretty=is_pretty(request))
 
 
 @router.post("/{resource_type}")

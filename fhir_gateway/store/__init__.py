@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fhir_gateway.config import Settings
 from fhir_gateway.store.base import FhirStore
 
 
@@ -9,11 +10,13 @@ class StoreURLError(ValueError):
     pass
 
 
-def open_store(url: str) -> FhirStore:
+def open_store(url: str, settings: Settings | None = None) -> FhirStore:
     """The store behind `url`, wrapped so that every write is validated first."""
     from fhir_gateway.validation.guard import ValidatingStore
+    from fhir_gateway.validation.rules import load_rules
 
-    return ValidatingStore(_open(url))
+    settings = settings or Settings()
+    return ValidatingStore(_open(url), load_rules(settings.profiles, settings.validate_all))
 
 
 def _open(url: str) -> FhirStore:

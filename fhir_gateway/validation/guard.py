@@ -3,8 +3,9 @@
 Every path that writes — REST, bundles, the loader, the demo, later the adapters — goes
 through a store, so wrapping the store is the one place where validation cannot be
 skipped. It also gives both stores the same verdicts: HAPI's parser silently drops unknown
-elements, the gateway refuses them with the path of the problem. In a batch, an invalid
-entry gets its own 400 and the valid ones are still stored.
+elements, the gateway refuses them with the path of the problem. Structure errors are 400;
+a resource that breaks one of our profiles is 422. In a batch, an invalid entry gets its
+own error and the valid ones are still stored.
 """
 
 from __future__ import annotations
@@ -15,34 +16,44 @@ from fhir_gateway import bundle as bundles
 from fhir_gateway.outcome import FhirError
 from fhir_gateway.search.dates import now_instant
 from fhir_gateway.store.base import FhirStore, Written
+from fhir_gateway.validation.rules import ProfileRules, errors
 from fhir_gateway.validation.structure import check_resource
 
 
 class ValidatingStore:
     """A FhirStore that checks each incoming resource, then delegates."""
 
-    def __init__(self, inner: FhirStore):
+    def __init__(self, inner: FhirStore, rules: ProfileRules | None = None):
         self.inner = inner
+        self.rules = rules
+
+    def check(self, resource: object, expected_type: str | None = None) -> dict:
+        resource = check_resource(resource, expected_type)
+        if self.rules is not None:
+            problems = errors(self.rules.issues(resource))
+            if problems:
+                raise FhirError(422, problems[0].diagnostics, issues=problems)
+        return resource
 
     def __getattr__(self, name: str):
         return getattr(self.inner, name)  # reads, search, history, delete, close, ...
 
     def create(self, resource: dict, if_none_exist: str | None = None) -> Written:
-        return self.inner.create(check_resource(resource), if_none_exist)
+        return self.inner.create(self.check(resource), if_none_exist)
 
     def update(self, resource_type: str, resource_id: str, resource: dict,
                if_match: str | None = None) -> Written:
-        return self.inner.update(resource_type, resource_id,
-                                 check_resource(resource, resource_type), if_match)
+        return self.inner.update(resource_type, resource_id, self.check(resource, resource_type),
+                                 if_match)
 
     def conditional_update(self, resource_type: str, criteria: list[tuple[str, str]],
                            resource: dict) -> Written:
         return self.inner.conditional_update(resource_type, criteria,
-                                             check_resource(resource, resource_type))
+                                             self.check(resource, resource_type))
 
     def transaction(self, bundle: dict) -> dict:
         for index, entry in enumerate(_entries(bundle)):
-            _check_entry(index, entry)
+            self._check_entry(index, entry)
         return self.inner.transaction(bundle)
 
     def batch(self, bundle: dict) -> dict:
@@ -50,7 +61,7 @@ class ValidatingStore:
         failed: dict[int, dict] = {}
         for index, entry in enumerate(entries):
             try:
-                _check_entry(index, entry)
+                self._check_entry(index, entry)
             except FhirError as err:
                 failed[index] = {"response": {"status": bundles.status_line(err.status),
                                               "outcome": err.outcome}}
@@ -64,14 +75,14 @@ class ValidatingStore:
                 "meta": {"lastUpdated": now_instant()[0]}, "entry": merged}
 
 
+    def _check_entry(self, index: int, entry: object) -> None:
+        if isinstance(entry, dict) and "resource" in entry:
+            try:
+                self.check(entry["resource"])
+            except FhirError as err:
+                raise bundles.at_entry(err, index) from None
+
+
 def _entries(bundle: dict) -> list:
     entries = bundle.get("entry") or []
     return entries if isinstance(entries, list) else []
-
-
-def _check_entry(index: int, entry: object) -> None:
-    if isinstance(entry, dict) and "resource" in entry:
-        try:
-            check_resource(entry["resource"])
-        except FhirError as err:
-            raise bundles.at_entry(err, index) from None

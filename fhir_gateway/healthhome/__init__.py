@@ -1,0 +1,1 @@
+"""Health Home domain rules: plain functions over FHIR data, no HTTP, no SQL."""

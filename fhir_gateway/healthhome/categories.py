@@ -1,0 +1,38 @@
+"""ICD-10-CM diagnosis -> Health Home condition categories, from the IG's ConceptMap.
+
+The mapping is data (`ConceptMap/icd10cm-to-hh-category` in the IG package): a state can
+change which diagnoses count without code. It maps by prefix; the longest matching element
+wins (F43.10 -> F43.1 -> smi, though F43 alone is mental health).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import orjson
+
+from fhir_gateway.config import Settings
+
+CONCEPT_MAP = "ConceptMap-icd10cm-to-hh-category.json"
+
+
+@cache
+def _prefixes(package_dir: str) -> tuple[str, dict[str, tuple[dict, ...]]]:
+    concept_map = orjson.loads((Path(package_dir) / CONCEPT_MAP).read_bytes())
+    group = concept_map["group"][0]
+    table = {e["code"]: tuple({"system": group["target"], "code": t["code"],
+                               "display": t.get("display")} for t in e.get("target", []))
+             for e in group["element"]}
+    return group["target"], table
+
+
+def categories(icd10_code: str, package_dir: str | None = None) -> list[dict]:
+    """The category Codings an ICD-10-CM code counts toward (empty if it qualifies for none)."""
+    _, table = _prefixes(package_dir or Settings().profiles)
+    code = icd10_code.strip().upper()
+    for end in range(len(code), 2, -1):
+        found = table.get(code[:end])
+        if found:
+            return [dict(c) for c in found]
+    return []

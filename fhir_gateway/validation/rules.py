@@ -1,0 +1,75 @@
+"""Which of our profiles a resource must meet, and the verdict.
+
+A resource is held to the profiles it claims in `meta.profile` (those the IG package
+defines; others are not ours to judge). By configuration, every resource of a profiled type
+is held to its type's profiles too: it must meet at least one of them.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from fhir_gateway.outcome import FhirError, Issue
+from fhir_gateway.validation.conformance import prepare, validate
+from fhir_gateway.validation.profiles import Conformance
+from fhir_gateway.validation.structure import check_resource
+
+ERRORS = ("error", "fatal")
+
+
+class ProfileRules:
+    def __init__(self, conformance: Conformance, all_of_profiled_types: bool = False):
+        self.conformance = conformance
+        self.all_of_profiled_types = all_of_profiled_types
+
+    def claimed(self, resource: dict) -> list[str]:
+        urls = [p.split("|")[0] for p in (resource.get("meta") or {}).get("profile", [])]
+        return [u for u in urls if self.conformance.structure_definition(u) is not None]
+
+    def issues(self, resource: dict, profile: str | None = None) -> list[Issue]:
+        """Issues against `profile`, or against the profiles that apply to the resource."""
+        if profile:
+            if self.conformance.structure_definition(profile) is None:
+                return [Issue(f"Profile {profile} is not known to this server", "not-found",
+                              "error", ["Parameters.profile"])]
+            return validate(resource, profile, self.conformance)
+        claimed = self.claimed(resource)
+        if claimed:
+            return [i for url in claimed for i in validate(resource, url, self.conformance)]
+        if not self.all_of_profiled_types:
+            return []
+        candidates = self.conformance.profiles_for_type(resource["resourceType"])
+        verdicts = [validate(resource, url, self.conformance) for url in candidates]
+        if not verdicts:
+            return []
+        return min(verdicts, key=lambda issues: sum(i.severity in ERRORS for i in issues))
+
+
+def assess(resource: dict, rules: ProfileRules | None, profile: str | None = None) -> list[Issue]:
+    """Everything wrong with a resource (structure, then profiles), as `$validate` reports it."""
+    try:
+        check_resource(resource)
+    except FhirError as err:
+        return err.issues
+    if rules is None:
+        if profile:
+            return [Issue(f"Profile {profile} is not known to this server (no IG package "
+                          "loaded)", "not-found", "error", ["Parameters.profile"])]
+        return []
+    return rules.issues(resource, profile)
+
+
+def errors(issues: list[Issue]) -> list[Issue]:
+    return [i for i in issues if i.severity in ERRORS]
+
+
+@cache
+def load_rules(package_dir: str, all_of_profiled_types: bool) -> ProfileRules | None:
+    """The rules for an IG package directory (the folder holding package.json), if present."""
+    path = Path(package_dir)
+    if not (path / "package.json").is_file():
+        return None
+    conformance = Conformance.load(path)
+    prepare(conformance)  # compile every profile now, not on the first write
+    return ProfileRules(conformance, all_of_profiled_types)
