@@ -125,24 +125,49 @@ def test_validate_takes_parameters_with_a_profile(client):
 
 
 def _required_paths(profile_url: str) -> list[str]:
+    """Elements the differential makes required (min >= 1), outside slices and choices."""
     sd = RULES.conformance.structure_definition(profile_url)
     return [e["path"] for e in sd["differential"]["element"]
-            if e.get("min", 0) >= 1 and "sliceName" not in e and ":" not in e["id"]
-            and e["path"].count(".") == 1 and "[x]" not in e["path"]]
+            if e.get("min", 0) >= 1 and ":" not in e["id"] and "[x]" not in e["path"]
+            and e["path"].count(".") in (1, 2)]
+
+
+def _without(resource: dict, path: str) -> dict | None:
+    """A copy of the resource without `path` (every occurrence), or None if it has none."""
+    parts = path.split(".")[1:]
+    broken = copy.deepcopy(resource)
+    parents = [broken]
+    for part in parts[:-1]:
+        found = [p.get(part) for p in parents if isinstance(p, dict) and part in p]
+        parents = [i for f in found for i in (f if isinstance(f, list) else [f])]
+    holders = [p for p in parents if isinstance(p, dict) and parts[-1] in p]
+    for holder in holders:
+        del holder[parts[-1]]
+    return broken if holders else None
 
 
 @pytest.mark.parametrize("entry", VALID, ids=lambda e: e["file"])
 def test_removing_any_required_element_makes_a_valid_example_invalid(entry):
     resource = example(entry)
-    required = _required_paths(entry["profile"])
-    for path in required:
-        element = path.split(".", 1)[1]
-        if element not in resource:
+    checked = 0
+    for path in _required_paths(entry["profile"]):
+        broken = _without(resource, path)
+        if broken is None:
             continue
-        broken = {k: v for k, v in resource.items() if k != element}
+        checked += 1
         issues = errors(RULES.issues(broken, entry["profile"]))
-        assert any(path in e or path in i.diagnostics for i in issues for e in i.expression) \
+        assert any(path in e for i in issues for e in i.expression) \
             or any(path in i.diagnostics for i in issues), f"removing {path}: {issues}"
+    assert checked, "the valid example has none of its profile's required elements?"
+
+
+def test_capability_statement_lists_profiles_and_validate(client):
+    statement = client.get("/fhir/metadata").json()
+    patient = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Patient")
+    assert RULES.conformance.canonical + "/StructureDefinition/hh-patient" in \
+        patient["supportedProfile"]
+    assert {"name": "validate", "definition":
+            "http://hl7.org/fhir/OperationDefinition/Resource-validate"} in patient["operation"]
 
 
 def install_package(hapi: httpx.Client) -> None:
