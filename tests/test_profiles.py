@@ -230,3 +230,20 @@ def test_demo_population_conforms_to_the_ig_it_claims():
                if e["resource"].get("meta", {}).get("profile")]
     assert len(claimed) > 150
     assert [r for r in claimed if errors(rules.issues(r))] == []
+
+
+def test_categories_must_follow_from_the_icd10_code_by_the_concept_map(client):
+    condition = example(next(e for e in VALID if "qualifying-condition-smi" in e["file"]))
+    assert not [i for i in RULES.issues(condition) if i.code == "business-rule"]  # consistent
+    hh_system = RULES.conformance.canonical + "/CodeSystem/hh-condition-category"
+    wrong = copy.deepcopy(condition)
+    for cc in wrong["category"]:
+        for coding in cc.get("coding", []):
+            if coding.get("system") == hh_system:
+                coding["code"] = "asthma"
+    warnings = [i for i in RULES.issues(wrong) if i.severity == "warning"
+                and i.expression == ["Condition.category"]]
+    assert warnings and "asthma" in warnings[0].diagnostics
+    r = client.post("/fhir/Condition/$validate", json=wrong)
+    assert any(i["severity"] == "warning" and "asthma" in i["diagnostics"]
+               for i in r.json()["issue"])

@@ -13,6 +13,8 @@ from pathlib import Path
 import orjson
 
 from fhir_gateway.config import Settings
+from fhir_gateway.identifiers import ICD10CM
+from fhir_gateway.outcome import Issue
 
 CONCEPT_MAP = "ConceptMap-icd10cm-to-hh-category.json"
 
@@ -35,4 +37,32 @@ def categories(icd10_code: str, package_dir: str | None = None) -> list[dict]:
         found = table.get(code[:end])
         if found:
             return [dict(c) for c in found]
+    return []
+
+
+def category_issues(condition: dict, package_dir: str | None = None) -> list[Issue]:
+    """Warnings when a Condition's Health Home categories disagree with its ICD-10-CM code.
+
+    The profile makes a category required but cannot say *which*; the ConceptMap can. These
+    are warnings: the diagnosis may be recorded before the map knows it, and the verdict
+    must stay the one HAPI's validator gives.
+    """
+    package_dir = package_dir or Settings().profiles
+    system, _ = _prefixes(package_dir)
+    icd = [c["code"] for c in (condition.get("code") or {}).get("coding", [])
+           if c.get("system") == ICD10CM and c.get("code")]
+    given = {c.get("code") for cc in condition.get("category", []) for c in cc.get("coding", [])
+             if c.get("system") == system}
+    if not icd or not given:
+        return []
+    mapped = {c["code"] for code in icd for c in categories(code, package_dir)}
+    if not mapped:
+        return [Issue(f"ICD-10-CM {', '.join(icd)} is not a Health Home qualifying condition "
+                      "(ConceptMap icd10cm-to-hh-category)", "business-rule", "warning",
+                      ["Condition.code"])]
+    wrong = sorted(given - mapped)
+    if wrong:
+        return [Issue(f"Category {', '.join(wrong)} does not follow from ICD-10-CM "
+                      f"{', '.join(icd)}, which maps to {', '.join(sorted(mapped))}",
+                      "business-rule", "warning", ["Condition.category"])]
     return []

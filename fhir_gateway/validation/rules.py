@@ -10,6 +10,7 @@ from __future__ import annotations
 from functools import cache
 from pathlib import Path
 
+from fhir_gateway.healthhome.categories import category_issues
 from fhir_gateway.outcome import FhirError, Issue
 from fhir_gateway.validation.conformance import prepare, validate
 from fhir_gateway.validation.profiles import Conformance
@@ -19,9 +20,11 @@ ERRORS = ("error", "fatal")
 
 
 class ProfileRules:
-    def __init__(self, conformance: Conformance, all_of_profiled_types: bool = False):
+    def __init__(self, conformance: Conformance, all_of_profiled_types: bool = False,
+                 package_dir: str | None = None):
         self.conformance = conformance
         self.all_of_profiled_types = all_of_profiled_types
+        self.package_dir = package_dir
 
     def claimed(self, resource: dict) -> list[str]:
         urls = [p.split("|")[0] for p in (resource.get("meta") or {}).get("profile", [])]
@@ -36,7 +39,10 @@ class ProfileRules:
             return validate(resource, profile, self.conformance)
         claimed = self.claimed(resource)
         if claimed:
-            return [i for url in claimed for i in validate(resource, url, self.conformance)]
+            found = [i for url in claimed for i in validate(resource, url, self.conformance)]
+            if resource["resourceType"] == "Condition":  # the IG's ConceptMap, as data
+                found += category_issues(resource, self.package_dir)
+            return found
         if not self.all_of_profiled_types:
             return []
         candidates = self.conformance.profiles_for_type(resource["resourceType"])
@@ -72,4 +78,4 @@ def load_rules(package_dir: str, all_of_profiled_types: bool) -> ProfileRules | 
         return None
     conformance = Conformance.load(path)
     prepare(conformance)  # compile every profile now, not on the first write
-    return ProfileRules(conformance, all_of_profiled_types)
+    return ProfileRules(conformance, all_of_profiled_types, str(path))
