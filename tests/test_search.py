@@ -74,7 +74,7 @@ def test_reference_forms_and_chain(client, people):
     assert search(client, f"Condition?subject:Patient={ana}")["total"] == 2
     assert search(client, f"Condition?subject:Patient.identifier={DCN}|10000002")["total"] == 1
     assert search(client, "Condition?subject.family=smith")["total"] == 1
-    assert search(client, f"Observation?subject:Patient.gender=male&value-quantity=lt25")["total"] == 1
+    assert search(client, "Observation?subject:Patient.gender=male&value-quantity=lt25")["total"] == 1
 
 
 @pytest.mark.parametrize("query, expected", [

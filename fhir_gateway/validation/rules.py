@@ -7,6 +7,7 @@ is held to its type's profiles too: it must meet at least one of them.
 
 from __future__ import annotations
 
+import threading
 from functools import cache
 from pathlib import Path
 
@@ -25,6 +26,8 @@ class ProfileRules:
         self.conformance = conformance
         self.all_of_profiled_types = all_of_profiled_types
         self.package_dir = package_dir
+        # fhirpathpy keeps evaluation state in module globals: one validation at a time
+        self._lock = threading.Lock()
 
     def claimed(self, resource: dict) -> list[str]:
         urls = [p.split("|")[0] for p in (resource.get("meta") or {}).get("profile", [])]
@@ -32,6 +35,10 @@ class ProfileRules:
 
     def issues(self, resource: dict, profile: str | None = None) -> list[Issue]:
         """Issues against `profile`, or against the profiles that apply to the resource."""
+        with self._lock:
+            return self._issues(resource, profile)
+
+    def _issues(self, resource: dict, profile: str | None) -> list[Issue]:
         if profile:
             if self.conformance.structure_definition(profile) is None:
                 return [Issue(f"Profile {profile} is not known to this server", "not-found",
