@@ -105,7 +105,9 @@ def project(resource: dict, summary: str | None, elements: list[str]) -> dict:
         out = {k: v for k, v in resource.items()
                if k in keep_always or k in wanted or _choice_base(k) in wanted}
     meta = dict(out.get("meta") or {})
-    meta["tag"] = [*meta.get("tag", []), SUBSETTED]
+    tags = meta.get("tag", [])
+    if not any(t.get("code") == "SUBSETTED" for t in tags):  # HAPI may have subsetted already
+        meta["tag"] = [*tags, SUBSETTED]
     out["meta"] = meta
     return out
 
