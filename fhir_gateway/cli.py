@@ -105,6 +105,50 @@ def load(
         raise typer.Exit(1)
 
 
+@app.command("import")
+def import_(
+    system: Annotated[str, typer.Argument(help="cimor or cyberaccess")],
+    paths: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, readable=True,
+                                                help="extract XML files")],
+    store: StoreOption = "",
+    quarantine: Annotated[Path | None, typer.Option(
+        help="write rejected records here (NDJSON); default: <file>.quarantine.ndjson")] = None,
+) -> None:
+    """Import CIMOR or CyberAccess extracts; re-importing the same file changes nothing."""
+    from fhir_gateway.importer import SYSTEMS, import_extract, write_quarantine
+
+    if system not in SYSTEMS:
+        console.print(f"[red]error:[/red] unknown system '{escape(system)}': expected "
+                      f"{' or '.join(SYSTEMS)}")
+        raise typer.Exit(2)
+    fhir_store = _open(store)
+    failed = False
+    for path in paths:
+        with Progress(*Progress.get_default_columns()[:-1], console=console,
+                      transient=True) as progress:
+            task = progress.add_task(f"Importing {path.name}", total=None)
+            summary = import_extract(fhir_store, system, path,
+                                     lambda n: progress.advance(task, n))
+        console.print(f"{escape(str(path))}: {summary.records} records, {summary.created} created, "
+                      f"{summary.updated} updated, {summary.unchanged} unchanged, "
+                      f"{summary.quarantined} quarantined", soft_wrap=True)
+        if summary.quarantine:
+            target = quarantine or path.with_suffix(".quarantine.ndjson")
+            write_quarantine(target, summary.quarantine)
+            for row in summary.quarantine[:20]:
+                console.print(f"  [yellow]quarantined[/yellow] line {row['line']} record "
+                              f"{escape(row['record_id'])}: {escape(row['reason'])}", soft_wrap=True)
+            console.print(f"  quarantine: {escape(str(target))}", soft_wrap=True)
+        if summary.malformed:
+            console.print(f"[red]error:[/red] {escape(str(path))} is not well-formed XML at "
+                          f"{escape(summary.malformed)}; the records before it were imported",
+                          soft_wrap=True)
+            failed = True
+    fhir_store.close()
+    if failed:
+        raise typer.Exit(1)
+
+
 @app.command()
 def validate(
     paths: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, readable=True,

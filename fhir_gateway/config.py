@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     profiles: str = DEFAULT_PROFILES
     #: hold every resource of a profiled type to its type's profiles, claimed or not
     validate_all: bool = False
+    #: live lookup services (`$hh-status`): CIMOR and CyberAccess, or their simulators
+    cimor_url: str = ""
+    cyberaccess_url: str = ""
+    lookup_timeout: float = 2.0
 
     def store_url(self) -> str:
         return self.store or default_store()

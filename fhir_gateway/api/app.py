@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from fhir_gateway import __version__
-from fhir_gateway.api import rest
+from fhir_gateway.api import operations, rest
 from fhir_gateway.api.http import outcome_response
 from fhir_gateway.config import Settings
 from fhir_gateway.outcome import FhirError
@@ -28,6 +28,8 @@ def create_app(store: FhirStore, settings: Settings | None = None) -> FastAPI:
     app.state.store = store
     app.state.settings = settings = settings or Settings()
     app.state.rules = load_rules(settings.profiles, settings.validate_all)
+    app.state.lookups = lookup_clients(settings)
+    app.include_router(operations.router)  # before rest: `Patient/$hh-status` is no id
     app.include_router(rest.router)
 
     @app.exception_handler(FhirError)
@@ -53,6 +55,20 @@ def create_app(store: FhirStore, settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(AccessLog)
     return app
+
+
+def lookup_clients(settings: Settings) -> dict:
+    """The configured CIMOR / CyberAccess lookup clients (absent when not configured)."""
+    from adapters.cimor.client import Client as CimorClient
+    from adapters.cyberaccess.client import Client as CyberAccessClient
+
+    clients = {}
+    if settings.cimor_url:
+        clients["cimor"] = CimorClient(settings.cimor_url, timeout=settings.lookup_timeout)
+    if settings.cyberaccess_url:
+        clients["cyberaccess"] = CyberAccessClient(settings.cyberaccess_url,
+                                                   timeout=settings.lookup_timeout)
+    return clients
 
 
 class AccessLog:

@@ -1,0 +1,433 @@
+"""What the CIMOR and CyberAccess adapters share: records, errors, streaming parser, lookups.
+
+Both extracts have the same shape (one root element, one child element per person), so
+streaming, per-record XSD validation, the element -> plain-data conversion and the lookup
+simulator/client machinery live here once. Each system's modules only describe their
+format (`ExtractFormat`: namespace, root and record tags, id element, repeating elements)
+and their lookup route. The contract with the mappings is `adapters/RECORDS.md`.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import IO
+
+import requests
+from lxml import etree
+
+
+@dataclass
+class SourceRecord:
+    """One record of an extract, as RECORDS.md defines it."""
+
+    system: str        # "cimor" | "cyberaccess"
+    record_id: str     # CIMOR ConsumerId / CyberAccess DCN ("" if the record has none)
+    line: int          # line of the record's start tag in the file
+    raw: bytes         # the record's XML (re-serialised by lxml, namespace declared on it)
+    data: dict         # the record as plain data
+    errors: list[str]  # XSD problems of this record ("Episodes/Episode/AdmissionDate: ...")
+
+
+class MalformedExtract(Exception):
+    """The extract is not well-formed XML (or not this system's extract).
+
+    Raised *after* every complete record before the break has been yielded, so the caller
+    decides whether the records it already has are worth committing.
+    """
+
+    def __init__(self, path: str, line: int, column: int, message: str):
+        super().__init__(f"{path}:{line}:{column}: {message}")
+        self.path, self.line, self.column, self.message = path, line, column, message
+
+
+class SourceUnavailable(Exception):
+    """A source system's lookup service could not answer (refused, timed out, broken reply)."""
+
+    def __init__(self, system: str, reason: str):
+        super().__init__(f"{system} unavailable: {reason}")
+        self.system, self.reason = system, reason
+
+
+@dataclass(frozen=True)
+class ExtractFormat:
+    """Everything the generic parser needs to know about one system's extract."""
+
+    system: str
+    namespace: str
+    root: str                  # local name of the root element
+    record: str                # local name of the record element (a global element in the XSD)
+    id_element: str            # child of the record holding `record_id`
+    repeating: frozenset[str]  # "Parent/Child" pairs whose Child is always a list in `data`
+    xsd: Path
+
+    def tag(self, local: str) -> str:
+        return f"{{{self.namespace}}}{local}"
+
+    def schema(self) -> etree.XMLSchema:
+        """The compiled XSD, compiled once per thread.
+
+        lxml keeps a validator's error log on the validator object, so one shared schema
+        would mix up the messages of records validated at the same time in two threads
+        (the simulator serves requests in threads; clients may run in several).
+        """
+        cache = getattr(_SCHEMAS, "by_path", None)
+        if cache is None:
+            cache = _SCHEMAS.by_path = {}
+        if self.xsd not in cache:
+            cache[self.xsd] = etree.XMLSchema(etree.parse(str(self.xsd)))
+        return cache[self.xsd]
+
+
+_SCHEMAS = threading.local()
+
+
+def parse_file(fmt: ExtractFormat, path: str | Path) -> Iterator[SourceRecord]:
+    """Stream the records of an extract file (see `iter_records`)."""
+    return iter_records(fmt, str(path), str(path))
+
+
+def parse_bytes(fmt: ExtractFormat, data: bytes, label: str = "<bytes>") -> Iterator[SourceRecord]:
+    """Records of an extract held in memory (a lookup answer)."""
+    return iter_records(fmt, io.BytesIO(data), label)
+
+
+def iter_records(fmt: ExtractFormat, source: str | IO[bytes], label: str) -> Iterator[SourceRecord]:
+    """Yield one SourceRecord per record element, keeping memory flat.
+
+    iterparse reports only the record tag; once a record has been yielded its element is
+    cleared and its already-processed siblings are deleted, so the tree never holds more
+    than the record being read, whatever the size of the file. Entities are not resolved
+    and nothing is fetched from the network (an extract is data, not a document to trust).
+    """
+    schema = fmt.schema()
+    root_tag, record_tag = fmt.tag(fmt.root), fmt.tag(fmt.record)
+    context = etree.iterparse(source, events=("start", "end"), tag=record_tag, huge_tree=True,
+                              resolve_entities=False, no_network=True)
+    open_line = 0  # start line of a record whose end tag has not been read yet
+    checked_root = False
+    try:
+        for event, element in context:
+            if event == "start":
+                open_line = element.sourceline
+                if not checked_root:
+                    _check_parent(fmt, element, label)
+                    checked_root = True
+                continue
+            record = _record(fmt, schema, element)
+            open_line = 0
+            yield record
+            element.clear(keep_tail=True)
+            parent = element.getparent()
+            while element.getprevious() is not None:
+                del parent[0]
+    except etree.XMLSyntaxError as err:
+        line, column = err.position
+        message = _POSITION.sub("", err.msg)  # the position is in line/column already
+        if open_line:
+            message += f" (the {fmt.record} record starting at line {open_line} is incomplete)"
+        raise MalformedExtract(label, line, column, message) from None
+    if not checked_root and (context.root is None or context.root.tag != root_tag):
+        found = "nothing" if context.root is None else _local(context.root.tag)
+        raise MalformedExtract(label, 1, 1, f"root element is {found}, expected {fmt.root} "
+                                            f"in namespace {fmt.namespace}")
+
+
+_POSITION = re.compile(r", line \d+, column \d+$")
+
+
+def _check_parent(fmt: ExtractFormat, element: etree._Element, label: str) -> None:
+    """Refuse a file whose records do not sit directly under this system's root element."""
+    parent = element.getparent()
+    if parent is None or parent.tag != fmt.tag(fmt.root) or parent.getparent() is not None:
+        where = "the root" if parent is None else _local(parent.tag)
+        raise MalformedExtract(label, element.sourceline, 1,
+                               f"{fmt.record} found under {where}, expected directly under "
+                               f"{fmt.root} in namespace {fmt.namespace}")
+
+
+def _record(fmt: ExtractFormat, schema: etree.XMLSchema, element: etree._Element) -> SourceRecord:
+    data = to_data(element, fmt.repeating) or {}
+    record_id = data.get(fmt.id_element)
+    return SourceRecord(system=fmt.system,
+                        record_id=record_id if isinstance(record_id, str) else "",
+                        line=element.sourceline,
+                        raw=etree.tostring(element, with_tail=False),
+                        data=data,
+                        errors=validate(schema, element))
+
+
+# ---------------------------------------------------------------- element -> plain data
+
+_LOCAL: dict[str, str] = {}
+
+
+def _local(tag: str) -> str:
+    """Local name of a Clark-notation tag ({ns}name), cached: it is asked for every element."""
+    name = _LOCAL.get(tag)
+    if name is None:
+        name = _LOCAL[tag] = tag.rpartition("}")[2]
+    return name
+
+
+def to_data(element: etree._Element, repeating: frozenset[str]) -> dict | str | None:
+    """The element as plain data, per RECORDS.md.
+
+    - children -> dict keyed by local name; "Parent/Child" pairs in `repeating` -> lists;
+    - a leaf -> its text, whitespace-stripped; a leaf with attributes -> {"#text", "@attr"};
+    - attributes -> "@name" keys (values are the strings of the file, e.g. "true");
+    - empty elements (no text, no attributes, no non-empty children) -> None (absent);
+    - a child that repeats where the XSD does not allow it (an invalid record) becomes a
+      list rather than losing data; the record's `errors` say why.
+    Comments and processing instructions are ignored; so is text mixed with children.
+    """
+    names = _NAMES.get(repeating)
+    if names is None:
+        names = _NAMES[repeating] = {}
+    return _convert(element, repeating, names)
+
+
+# (parent tag, child tag) -> (child local name, always a list?), per repeating set: this
+# conversion is most of a record's parsing time, so each pair is worked out once.
+_NAMES: dict[frozenset[str], dict[tuple[str, str], tuple[str, bool]]] = {}
+
+
+def _convert(element: etree._Element, repeating: frozenset[str],
+             names: dict[tuple[str, str], tuple[str, bool]]) -> dict | str | None:
+    out: dict = {}
+    for name, value in element.items():
+        out["@" + _local(name)] = value
+    parent = element.tag
+    leaf = True
+    for child in element:
+        tag = child.tag
+        if tag.__class__ is not str:  # comment or processing instruction
+            continue
+        leaf = False
+        if len(child) or child.items():
+            value = _convert(child, repeating, names)
+        else:  # the common case, a plain leaf: no call
+            value = (child.text or "").strip() or None
+        if value is None:
+            continue
+        info = names.get((parent, tag))
+        if info is None:
+            local = _local(tag)
+            info = names[(parent, tag)] = (local, f"{_local(parent)}/{local}" in repeating)
+        name, repeats = info
+        if repeats:
+            out.setdefault(name, []).append(value)
+        elif name not in out:
+            out[name] = value
+        elif isinstance(out[name], list):
+            out[name].append(value)
+        else:
+            out[name] = [out[name], value]
+    if leaf:
+        text = (element.text or "").strip()
+        if not out:
+            return text or None
+        if text:
+            out["#text"] = text
+    return out or None
+
+
+# ---------------------------------------------------------------- per-record validation
+
+_CLARK = re.compile(r"\{[^{}]*:[^{}]*\}")  # {namespace-uri}; not a pattern's {8} or {1,4}
+_ELEMENT_PREFIX = re.compile(r"^Element '[^']*': ")
+_STEP = re.compile(r"^\*(?:\[(\d+)\])?$")
+
+
+def validate(schema: etree.XMLSchema, element: etree._Element) -> list[str]:
+    """XSD problems of one record, each "path/in/record: message".
+
+    lxml validates an element as if it were the root of its own document, so the record
+    is checked against the schema's global record element without copying it. libxml2
+    reports paths as positional steps (/*/*[9]/*[2]); they are turned back into names.
+    """
+    if schema.validate(element):
+        return []
+    problems = []
+    for entry in schema.error_log:
+        message = _ELEMENT_PREFIX.sub("", _CLARK.sub("", entry.message))
+        problems.append(f"{_named_path(element, entry.path)}: {message}")
+    return problems
+
+
+def _named_path(record: etree._Element, path: str | None) -> str:
+    """'/*/*[9]/*[2]/*[2]' -> 'Episodes/Episode[2]/AdmissionDate' (relative to the record).
+
+    An index is kept only where siblings share the name; a problem on the record itself is
+    reported under the record's name.
+    """
+    steps = [s for s in (path or "").split("/") if s][1:]  # the first step is the record
+    names, node = [], record
+    for step in steps:
+        match = _STEP.match(step)
+        children = [c for c in node if isinstance(c.tag, str)]
+        position = int(match.group(1) or 1) if match else 0
+        if not match or not 0 < position <= len(children):
+            names.append(step)  # not a shape we know: keep libxml2's own step
+            break
+        node = children[position - 1]
+        same = [c for c in children if c.tag == node.tag]
+        name = _local(node.tag)
+        names.append(f"{name}[{same.index(node) + 1}]" if len(same) > 1 else name)
+    return "/".join(names) or _local(record.tag)
+
+
+# ---------------------------------------------------------------- lookup: simulator and client
+#
+# Neither system offers a lookup service the gateway could call; the simulators stand in for
+# one (an extract indexed in memory behind HTTP) so that the clients, their timeouts and
+# their failure modes can be exercised for real. Answers are extracts with the matching
+# records, so the clients parse them with the very parser used for files.
+
+class LookupSimulator:
+    """Serve GET /{route}/{key} from an extract, on 127.0.0.1 and a free port.
+
+    The index holds every record's XML in memory (about the size of the file): meant for
+    test and demo extracts, not for a million members. `delay` seconds are slept before each
+    answer, to play a slow source.
+    """
+
+    def __init__(self, fmt: ExtractFormat, extract_path: str | Path, route: str,
+                 keys: dict[str, re.Pattern], delay: float = 0.0):
+        self.fmt, self.route, self.keys, self.delay = fmt, route, keys, delay
+        self.index: dict[str, list[bytes]] = {}
+        for record in parse_file(fmt, extract_path):
+            for element in keys:
+                value = record.data.get(element)
+                if isinstance(value, str):
+                    self.index.setdefault(value, []).append(record.raw)
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    def answer(self, key: str) -> tuple[int, bytes]:
+        """(status, body) for a lookup key: 200 with the records, 404 unknown, 400 malformed."""
+        if not any(pattern.fullmatch(key) for pattern in self.keys.values()):
+            return 400, f"not a {' or '.join(self.keys)}: {key!r}\n".encode()
+        records = self.index.get(key)
+        if not records:
+            return 404, f"no {self.fmt.record} with id {key}\n".encode()
+        generated = datetime.now(UTC).isoformat(timespec="seconds")
+        head = (f'<?xml version="1.0" encoding="UTF-8"?>\n<{self.fmt.root} '
+                f'xmlns="{self.fmt.namespace}" generated="{generated}">\n').encode()
+        return 200, head + b"\n".join(records) + f"\n</{self.fmt.root}>\n".encode()
+
+    def start(self) -> str:
+        """Start serving in a daemon thread; return the base URL (http://127.0.0.1:port)."""
+        simulator = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                path = self.path.split("?", 1)[0].rstrip("/")
+                prefix = f"/{simulator.route}/"
+                if simulator.delay:
+                    time.sleep(simulator.delay)
+                if path.startswith(prefix) and "/" not in path[len(prefix):]:
+                    status, body = simulator.answer(path[len(prefix):])
+                else:
+                    status, body = 404, b"unknown path\n"
+                kind = "application/xml" if status == 200 else "text/plain"
+                self.send_response(status)
+                self.send_header("Content-Type", f"{kind}; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):  # tests and demos want quiet servers
+                pass
+
+        self._server = _Server(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever,
+                                        name=f"{self.fmt.system}-simulator", daemon=True)
+        self._thread.start()
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join()
+            self._server = self._thread = None
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        """A client that gave up (timed out) before a slow answer is not a server error."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+class LookupClient:
+    """Look records up in a source's lookup service over HTTP (requests, pooled Session).
+
+    Connection failures (refused, reset, connect timeout) are retried `retries` times with a
+    short backoff: they mean nothing was asked yet. A read timeout is not retried: the source
+    got the question and is slow, and waiting again would only double the caller's wait.
+    Every failure becomes `SourceUnavailable`, so callers handle one exception.
+    """
+
+    def __init__(self, fmt: ExtractFormat, route: str, base_url: str, timeout: float = 2.0,
+                 retries: int = 2):
+        self.fmt, self.route = fmt, route
+        self.base_url, self.timeout, self.retries = base_url.rstrip("/"), timeout, retries
+        self.session = requests.Session()
+        self.session.headers["Accept"] = "application/xml"
+
+    def fetch(self, key: str, element: str) -> list[SourceRecord]:
+        """Every record whose `element` equals `key` ([] if the source does not know it)."""
+        url = f"{self.base_url}/{self.route}/{key}"
+        response = self._get(url)
+        if response.status_code == 404:
+            return []
+        if response.status_code != 200:
+            raise SourceUnavailable(self.fmt.system, f"HTTP {response.status_code} from {url}")
+        try:
+            records = list(parse_bytes(self.fmt, response.content, url))
+        except MalformedExtract as err:
+            raise SourceUnavailable(self.fmt.system, f"malformed answer from {url}: {err}") from None
+        return [r for r in records if r.data.get(element) == key]
+
+    def _get(self, url: str) -> requests.Response:
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(0.05 * 2 ** (attempt - 1))
+            try:
+                return self.session.get(url, timeout=self.timeout)
+            except requests.ConnectionError as err:  # includes ConnectTimeout
+                last = err
+            except requests.Timeout:
+                raise SourceUnavailable(self.fmt.system,
+                                        f"no answer within {self.timeout}s from {url}") from None
+            except requests.RequestException as err:
+                raise SourceUnavailable(self.fmt.system, f"{url}: {err}") from None
+        raise SourceUnavailable(self.fmt.system, f"cannot connect to {self.base_url} "
+                                                 f"({self.retries + 1} attempts): {last}")
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,111 @@
+"""`fhir-gateway import`: synthetic extracts into both stores, counted resource by resource,
+idempotent on re-import, bad records quarantined, a broken file stopped at its line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from adapters.cimor.parser import parse as parse_cimor
+from adapters.cyberaccess.parser import parse as parse_cyberaccess
+from adapters.synth import inject_bad_records, write_extracts
+from conftest import ROOT
+from fhir_gateway.importer import MAPPINGS, import_extract
+from fhir_gateway.mapping.engine import load_mapping
+from fhir_gateway.validation.rules import errors
+
+MEMBERS = 60
+TYPES = ("Patient", "Condition", "EpisodeOfCare", "Organization", "Coverage", "Practitioner",
+         "CareTeam")
+
+
+@pytest.fixture(scope="module")
+def extracts(tmp_path_factory):
+    return write_extracts(MEMBERS, tmp_path_factory.mktemp("extracts"))
+
+
+def expected_counts(*files) -> Counter:
+    """What the mappings say the extracts hold: one resource per (type, identifier)."""
+    seen = set()
+    for system, path, parse in files:
+        mapping = load_mapping(MAPPINGS / f"{system}.yaml")
+        for record in parse(path):
+            seen |= {(m.type, m.identifier) for m in mapping.apply(record.data)}
+    return Counter(t for t, _ in seen)
+
+
+def stored_counts(store) -> Counter:
+    return Counter({t: store.search(t, [("_summary", "count")]).total for t in TYPES})
+
+
+def test_import_both_extracts_counts_every_resource_and_reimport_changes_nothing(store, extracts):
+    cimor, cyberaccess = extracts
+    first = [import_extract(store, "cimor", cimor), import_extract(store, "cyberaccess", cyberaccess)]
+    assert [s.records for s in first] == [MEMBERS, MEMBERS]
+    assert [s.quarantined for s in first] == [0, 0], first[0].quarantine[:2] + first[1].quarantine[:2]
+    expected = expected_counts(("cimor", cimor, parse_cimor),
+                               ("cyberaccess", cyberaccess, parse_cyberaccess))
+    assert stored_counts(store) == +expected  # one Patient per DCN across both systems
+    assert stored_counts(store)["Patient"] == MEMBERS
+    versions = store.history(count=1).total
+    again = [import_extract(store, "cimor", cimor), import_extract(store, "cyberaccess", cyberaccess)]
+    assert [(s.created, s.updated) for s in again] == [(0, 0), (0, 0)]
+    assert sum(s.unchanged for s in again) > MEMBERS
+    assert store.history(count=1).total == versions  # not one new version
+
+
+def test_imported_resources_meet_their_profiles(store, extracts):
+    from fhir_gateway.config import DEFAULT_PROFILES
+    from fhir_gateway.validation.rules import load_rules
+
+    import_extract(store, "cimor", extracts[0])
+    rules = load_rules(DEFAULT_PROFILES, False)
+    for rtype in ("Patient", "Condition", "EpisodeOfCare", "CareTeam"):
+        found = store.search(rtype, [("_count", "1000")]).matches
+        assert found
+        claimed = [r for r in found if r.get("meta", {}).get("profile")]
+        assert len(claimed) == len(found)
+        assert [r["id"] for r in claimed if errors(rules.issues(r))] == []
+
+
+def test_bad_records_are_quarantined_and_the_rest_imported(store, extracts, tmp_path):
+    bad_file = tmp_path / "cimor-bad.xml"
+    damaged = inject_bad_records(extracts[0], bad_file, every_nth=7)
+    summary = import_extract(store, "cimor", bad_file)
+    assert sorted(row["record_id"] for row in summary.quarantine) == sorted(damaged)
+    assert summary.records == MEMBERS and summary.quarantined == len(damaged)
+    row = summary.quarantine[0]
+    assert row["line"] > 1 and row["raw"].lstrip().startswith("<") and row["reason"]
+    assert store.search("Patient", [("_summary", "count")]).total == MEMBERS - len(damaged)
+
+
+def test_a_broken_file_stops_at_its_line_and_keeps_the_records_before(store, extracts, tmp_path):
+    text = extracts[1].read_text()
+    cut = text.index("<Participant", len(text) // 2)
+    broken = tmp_path / "broken.xml"
+    broken.write_text(text[:cut] + "<Participant><DCN>1</DC")
+    summary = import_extract(store, "cyberaccess", broken)
+    assert summary.malformed and "line" in summary.malformed and "column" in summary.malformed
+    complete = text[:cut].count("<Participant>") + text[:cut].count("<Participant ")
+    assert summary.records == complete
+    assert store.search("Patient", [("_summary", "count")]).total == complete
+
+
+def test_cli_import_prints_the_summary_and_writes_the_quarantine(tmp_path, extracts):
+    bad_file = tmp_path / "ca.xml"
+    damaged = inject_bad_records(extracts[1], bad_file, every_nth=10)
+    result = subprocess.run(
+        [sys.executable, "-m", "fhir_gateway.cli", "import", "cyberaccess", str(bad_file),
+         "--store", f"sqlite:///{tmp_path / 'cli.db'}"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300)
+    text = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 0, text
+    assert f"{MEMBERS} records" in text and f"{len(damaged)} quarantined" in text
+    rows = [json.loads(line) for line in
+            (tmp_path / "ca.quarantine.ndjson").read_text().splitlines()]
+    assert {r["record_id"] for r in rows} == set(damaged)
+    assert all({"file", "line", "record_id", "reason", "raw"} <= set(r) for r in rows)

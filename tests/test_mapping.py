@@ -1,0 +1,542 @@
+"""Declarative mappings (mappings/*.yaml) from CIMOR and CyberAccess records to the IG's resources.
+
+Records are hand-written `data` dicts as adapters/RECORDS.md defines them (repeating
+elements always lists, attributes as `@name`, a leaf with attributes as `#text`); the last
+tests run the adapters' real sample extracts through the same path.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fhir_gateway.config import DEFAULT_PROFILES
+from fhir_gateway.identifiers import (CANONICAL_BASE, DMH_CONSUMER_ID, HH_PROGRAM, ICD10CM,
+                                      MO_HEALTHNET_DCN, NPI, SOURCE_OF_PAYMENT)
+from fhir_gateway.mapping import MappingError, load_mapping, to_transaction
+from fhir_gateway.mapping.paths import Condition, Context, items, resolve
+from fhir_gateway.store.sqlite import SQLiteStore
+from fhir_gateway.validation.guard import ValidatingStore
+from fhir_gateway.validation.rules import assess, errors, load_rules
+
+ROOT = Path(__file__).resolve().parents[1]
+MAPPINGS = ROOT / "mappings"
+SD = f"{CANONICAL_BASE}/StructureDefinition"
+PROFILED = {"Patient": f"{SD}/hh-patient", "Condition": f"{SD}/hh-qualifying-condition",
+            "CareTeam": f"{SD}/hh-care-team"}
+EPISODES = {"enrollment": f"{SD}/hh-enrollment", "dd-episode": f"{SD}/hh-dd-episode"}
+CATEGORY = f"{CANONICAL_BASE}/CodeSystem/hh-condition-category"
+PROVIDER_TYPE = f"{CANONICAL_BASE}/CodeSystem/mo-provider-type"
+DCN = "10000024"
+
+CONSUMER = {
+    "ConsumerId": "1000003", "DCN": DCN,
+    "Name": {"Last": "Dunmore", "First": "Vera", "Middle": "I"},
+    "BirthDate": "2008-06-19", "Sex": "F",
+    "Address": {"Line1": "7190 Bluebird Ln", "City": "Kirksville", "State": "MO", "Zip": "63501"},
+    "County": "Adair",
+    "HealthHome": {"Indicator": "Y", "Program": "CMHC",
+                   "Provider": {"Name": "Little Dixie CMHC", "NPI": "1800000030"},
+                   "EffectiveDate": "2023-10-27"},
+    "Episodes": {"Episode": [
+        {"EpisodeId": "100000301", "AdmissionDate": "2011-12-18",
+         "AdmissionReason": "Administrative Transfer", "Division": "DD", "ProviderType": "85",
+         "WaiverProgram": "lopez",
+         "Programs": {"Program": [{"@code": "DD-WAIVER", "#text": "HCBS Waiver Services"}]},
+         "Diagnoses": {"Diagnosis": [
+             {"@code": "G80.9", "@primary": "true", "#text": "Cerebral palsy, unspecified"},
+             {"@code": "J06.9", "@primary": "false", "#text": "Acute URI"}]}},  # not HH
+        {"EpisodeId": "100000302", "AdmissionDate": "2012-01-05",
+         "AdmissionReason": "DD Intake and Evaluation", "Division": "DD", "ProviderType": "15",
+         "Diagnoses": {"Diagnosis": [{"@code": "F84.0", "@primary": "true"}]}},
+        {"EpisodeId": "100000303", "AdmissionDate": "2020-03-01",
+         "AdmissionReason": "Criteria Met", "Division": "BH",
+         "Diagnoses": {"Diagnosis": [{"@code": "F32.9", "@primary": "true"}]}}]},
+    "ConsumerResources": {"SupportCoordinator": {
+        "Name": "Emmett Abernathy", "Agency": "Big Muddy Support Coordination",
+        "Phone": "660-555-0169"}},
+}
+
+PARTICIPANT = {
+    "DCN": DCN, "Name": {"Last": "Dunmore", "First": "Vera"},
+    "BirthDate": "2008-06-19", "Sex": "F",
+    "Address": {"Line1": "7190 Bluebird Ln", "City": "Kirksville", "State": "MO", "Zip": "63501"},
+    "Eligibility": {"Segment": [
+        {"MECode": "71", "Description": "MO HealthNet for Kids", "StartDate": "2022-01-01",
+         "EndDate": "2022-12-31"},
+        {"MECode": "71", "Description": "MO HealthNet for Kids", "StartDate": "2023-01-01",
+         "ManagedCarePlan": {"Name": "Show-Me Health Plan", "PlanId": "100000029"}}]},
+    "HealthHome": {"Status": "Enrolled", "Program": "CMHC",
+                   "Provider": {"Name": "Little Dixie CMHC", "NPI": "1800000030"},
+                   "StartDate": "2023-10-27"},
+    "Claims": {"Claim": [
+        {"ClaimId": "2024000000001", "ServiceLines": {"Line": [
+            {"FromDate": "2024-03-04", "ToDate": "2024-03-04", "ProviderNPI": "1500000011",
+             "ProviderType": "15", "Procedure": "T1017", "Diagnoses": {"Code": ["G809"]}},
+            {"FromDate": "2024-02-02", "ToDate": "2024-02-02", "ProviderNPI": "1500000011",
+             "ProviderType": "15", "Procedure": "T1017", "Diagnoses": {"Code": ["G80.9"]}}]}},
+        {"ClaimId": "2024000000002", "ServiceLines": {"Line": [
+            {"FromDate": "2024-02-10", "ToDate": "2024-02-10", "ProviderNPI": "8500000012",
+             "ProviderType": "85", "Procedure": "T2021"},
+            {"FromDate": "2024-02-12", "ToDate": "2024-02-12", "ProviderNPI": "2000000013",
+             "ProviderType": "20", "Procedure": "99213",
+             "Diagnoses": {"Code": ["F90.2", "J06.9"]}}]}}]},
+}
+
+
+def consumer(**changes) -> dict:
+    data = copy.deepcopy(CONSUMER)
+    data.update(changes)
+    return data
+
+
+def participant(**changes) -> dict:
+    data = copy.deepcopy(PARTICIPANT)
+    data.update(changes)
+    return data
+
+
+@pytest.fixture(scope="module")
+def cimor():
+    return load_mapping(MAPPINGS / "cimor.yaml")
+
+
+@pytest.fixture(scope="module")
+def cyberaccess():
+    return load_mapping(MAPPINGS / "cyberaccess.yaml")
+
+
+@pytest.fixture(scope="module")
+def rules():
+    return load_rules(DEFAULT_PROFILES, False)
+
+
+@pytest.fixture
+def store(tmp_path, rules):
+    s = ValidatingStore(SQLiteStore(tmp_path / "store.db"), rules)
+    yield s
+    s.close()
+
+
+def by_key(mapped) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for m in mapped:
+        out.setdefault(m.key, []).append(m.resource)
+    return out
+
+
+def one(mapped, key: str) -> dict:
+    found = by_key(mapped).get(key, [])
+    assert len(found) == 1, f"{key}: {len(found)}"
+    return found[0]
+
+
+def codes(codeable: dict) -> list[tuple[str, str]]:
+    return [(c.get("system"), c.get("code")) for c in codeable.get("coding", [])]
+
+
+def extension(resource: dict, name: str) -> dict | None:
+    return next((e for e in resource.get("extension", []) if e["url"] == f"{SD}/{name}"), None)
+
+
+def history_total(store) -> int:
+    return store.history(count=1).total
+
+
+# -- CIMOR ------------------------------------------------------------------------------
+def test_cimor_consumer_maps_to_the_ig_resources(cimor):
+    mapped = cimor.apply(consumer())
+    assert Counter(m.key for m in mapped) == {
+        "patient": 1, "condition": 3, "hh-provider": 1, "enrollment": 1, "dd-episode": 2,
+        "dd-agency": 1, "coordinator": 1, "care-team": 1}
+
+    patient = one(mapped, "patient")
+    assert patient["identifier"] == [{"system": MO_HEALTHNET_DCN, "value": DCN},
+                                     {"system": DMH_CONSUMER_ID, "value": "1000003"}]
+    assert patient["name"] == [{"use": "official", "family": "Dunmore", "given": ["Vera", "I"]}]
+    assert (patient["gender"], patient["birthDate"]) == ("female", "2008-06-19")
+    assert patient["address"] == [{"use": "home", "line": ["7190 Bluebird Ln"],
+                                   "city": "Kirksville", "district": "Adair", "state": "MO",
+                                   "postalCode": "63501"}]
+
+    conditions = {c["code"]["coding"][0]["code"]: c for c in by_key(mapped)["condition"]}
+    assert set(conditions) == {"G80.9", "F84.0", "F32.9"}  # J06.9 qualifies for nothing
+    g809 = conditions["G80.9"]
+    assert g809["identifier"][0]["value"] == f"{DCN}/G80.9"
+    assert codes(g809["code"]) == [(ICD10CM, "G80.9")]
+    assert codes(g809["clinicalStatus"])[0][1] == "active"
+    assert [codes(c) for c in conditions["F32.9"]["category"]] == [
+        [(CATEGORY, "smi")], [(CATEGORY, "depression")]]  # one ICD code, two HH categories
+    assert g809["subject"]["reference"] == \
+        f"Patient?identifier={MO_HEALTHNET_DCN}|{DCN}"
+
+    enrollment = one(mapped, "enrollment")
+    assert codes(enrollment["type"][0]) == [(HH_PROGRAM, "mo-cmhc")]
+    assert enrollment["status"] == "active"
+    assert enrollment["period"] == {"start": "2023-10-27"}
+    assert codes(extension(enrollment, "hh-enrollment-source")["valueCodeableConcept"]) == [
+        (f"{CANONICAL_BASE}/CodeSystem/hh-enrollment-source", "claims-list")]
+    assert enrollment["managingOrganization"]["reference"] == \
+        f"Organization?identifier={NPI}|1800000030"
+    assert len(enrollment["diagnosis"]) == 3
+    assert one(mapped, "hh-provider")["name"] == "Little Dixie CMHC"
+
+
+def test_dd_episodes_by_provider_type(cimor):
+    mapped = cimor.apply(consumer())
+    episodes = {e["identifier"][0]["value"]: e for e in by_key(mapped)["dd-episode"]}
+    assert set(episodes) == {"100000301", "100000302"}  # the BH episode is none
+    waiver, tcm = episodes["100000301"], episodes["100000302"]
+    assert codes(waiver["type"][0]) == [(PROVIDER_TYPE, "85")]
+    assert codes(extension(waiver, "hh-dd-waiver-program")["valueCodeableConcept"]) == [
+        (f"{CANONICAL_BASE}/CodeSystem/hh-dd-waiver", "lopez")]
+    assert codes(tcm["type"][0]) == [(PROVIDER_TYPE, "15")]
+    assert extension(tcm, "hh-dd-waiver-program") is None
+    assert waiver["period"] == {"start": "2011-12-18"} and waiver["status"] == "active"
+    assert waiver["diagnosis"] == [{"condition": {"reference": (
+        f"Condition?identifier={CANONICAL_BASE}/sid/hh-condition|{DCN}/G80.9")}, "rank": 1}]
+    assert waiver["managingOrganization"]["reference"].endswith(
+        "/sid/mo-dd-agency|Big%20Muddy%20Support%20Coordination")
+    assert waiver["careManager"]["reference"].startswith("Practitioner?identifier=")
+    team = one(mapped, "care-team")
+    assert team["participant"][0]["member"] == waiver["careManager"]
+    assert one(mapped, "coordinator")["telecom"] == [
+        {"system": "phone", "use": "work", "value": "660-555-0169"}]
+
+    other = consumer()
+    for episode in other["Episodes"]["Episode"]:
+        episode["ProviderType"] = "20"
+    assert "dd-episode" not in by_key(cimor.apply(other))
+
+
+def test_discharged_episode_and_ended_enrollment_are_finished(cimor):
+    data = consumer()
+    data["HealthHome"]["EndDate"] = "2024-06-30"
+    data["Episodes"]["Episode"][0]["DischargeDate"] = "2015-01-31"
+    mapped = cimor.apply(data)
+    enrollment = one(mapped, "enrollment")
+    assert enrollment["status"] == "finished"
+    assert enrollment["period"] == {"start": "2023-10-27", "end": "2024-06-30"}
+    assert enrollment["identifier"][0]["value"] == f"{DCN}/hh/mo-cmhc/2023-10-27"
+    episode = next(e for e in by_key(mapped)["dd-episode"]
+                   if e["identifier"][0]["value"] == "100000301")
+    assert (episode["status"], episode["period"]["end"]) == ("finished", "2015-01-31")
+
+
+def test_health_home_indicator_n_means_no_enrollment(cimor):
+    data = consumer(HealthHome={"Indicator": "N"})
+    keys = by_key(cimor.apply(data))
+    assert "enrollment" not in keys and "hh-provider" not in keys
+    assert "patient" in keys and "dd-episode" in keys
+
+
+def test_pchh_program_translates(cimor):
+    data = consumer()
+    data["HealthHome"]["Program"] = "PCHH"
+    enrollment = one(cimor.apply(data), "enrollment")
+    assert codes(enrollment["type"][0]) == [(HH_PROGRAM, "mo-pchh")]
+
+
+def test_no_support_coordinator_means_no_care_team_but_dd_episode_needs_the_agency(cimor):
+    data = consumer()
+    del data["ConsumerResources"]
+    data["Episodes"]["Episode"] = data["Episodes"]["Episode"][2:]  # BH only: no DD episode
+    keys = by_key(cimor.apply(data))
+    assert not {"care-team", "coordinator", "dd-agency", "dd-episode"} & set(keys)
+    data = consumer()
+    del data["ConsumerResources"]
+    with pytest.raises(MappingError) as err:
+        cimor.apply(data)
+    assert err.value.path == "ConsumerResources.SupportCoordinator.Agency"
+
+
+# -- CyberAccess ------------------------------------------------------------------------
+def test_cyberaccess_participant_maps(cyberaccess):
+    mapped = cyberaccess.apply(participant())
+    assert Counter(m.key for m in mapped) == {
+        "patient": 1, "condition": 2, "mo-healthnet": 1, "mco-plan": 1, "coverage": 2,
+        "hh-provider": 1, "enrollment": 1, "dd-provider": 2, "dd-episode": 2}
+    assert {m.write for m in mapped if m.key in ("patient", "condition", "hh-provider")} == \
+        {"create"}  # CIMOR's when CIMOR has the person
+
+    conditions = sorted(c["code"]["coding"][0]["code"] for c in by_key(mapped)["condition"])
+    assert conditions == ["F90.2", "G80.9"]  # G809 and G80.9 are one; J06.9 qualifies for nothing
+
+    coverages = {c["period"]["start"]: c for c in by_key(mapped)["coverage"]}
+    ffs, mco = coverages["2022-01-01"], coverages["2023-01-01"]
+    assert codes(ffs["type"]) == [(SOURCE_OF_PAYMENT, "2")]
+    assert ffs["identifier"][0]["value"] == f"{DCN}/71/2022-01-01"
+    assert ffs["period"] == {"start": "2022-01-01", "end": "2022-12-31"}
+    assert ffs["payor"] == [{"reference": f"Organization?identifier={CANONICAL_BASE}"
+                                          "/sid/payer|mo-healthnet"}]
+    assert mco["payor"] == [{"reference": f"Organization?identifier={CANONICAL_BASE}"
+                                          "/sid/mo-healthnet-mco-plan|100000029"}]
+    assert ffs["subscriberId"] == DCN and ffs["class"][0]["value"] == "71"
+
+    enrollment = one(mapped, "enrollment")
+    assert (enrollment["status"], codes(enrollment["type"][0])) == \
+        ("active", [(HH_PROGRAM, "mo-cmhc")])
+    assert len(enrollment["diagnosis"]) == 2
+
+
+def test_claim_lines_of_provider_type_15_or_85_are_dd_episodes(cyberaccess):
+    episodes = {e["identifier"][0]["value"]: e
+                for e in by_key(cyberaccess.apply(participant()))["dd-episode"]}
+    assert set(episodes) == {f"{DCN}/dd/15/1500000011", f"{DCN}/dd/85/8500000012"}
+    tcm = episodes[f"{DCN}/dd/15/1500000011"]
+    assert tcm["period"] == {"start": "2024-02-02"}  # two lines, one episode, earliest start
+    assert codes(tcm["type"][0]) == [(PROVIDER_TYPE, "15")]
+    assert tcm["managingOrganization"]["reference"] == f"Organization?identifier={NPI}|1500000011"
+
+    data = participant()
+    for claim in data["Claims"]["Claim"]:
+        for line in claim["ServiceLines"]["Line"]:
+            line["ProviderType"] = "11"
+    keys = by_key(cyberaccess.apply(data))
+    assert "dd-episode" not in keys and "dd-provider" not in keys
+
+
+@pytest.mark.parametrize("status, expected", [("Enrolled", "active"), ("Disenrolled", "finished"),
+                                              ("Not Enrolled", None)])
+def test_cyberaccess_health_home_status(cyberaccess, rules, status, expected):
+    data = participant()
+    data["HealthHome"]["Status"] = status
+    if status == "Disenrolled":
+        data["HealthHome"]["EndDate"] = "2024-04-30"
+    found = by_key(cyberaccess.apply(data)).get("enrollment", [])
+    assert [e["status"] for e in found] == ([expected] if expected else [])
+    for e in found:
+        assert not errors(assess(e, rules))
+
+
+# -- profiles ---------------------------------------------------------------------------
+@pytest.mark.parametrize("system, data", [("cimor", CONSUMER), ("cyberaccess", PARTICIPANT)])
+def test_every_mapped_resource_claims_its_profile_and_validates(system, data, cimor,
+                                                                cyberaccess, rules):
+    mapping = {"cimor": cimor, "cyberaccess": cyberaccess}[system]
+    for m in mapping.apply(copy.deepcopy(data)):
+        claimed = m.resource.get("meta", {}).get("profile", [])
+        expected = PROFILED.get(m.type) or EPISODES.get(m.key)
+        assert claimed == ([expected] if expected else []), m.key  # Coverage etc.: none in the IG
+        assert "id" not in m.resource
+        assert m.resource["identifier"][0] == {"system": m.identifier[0],
+                                               "value": m.identifier[1]}
+        problems = errors(assess(m.resource, rules))
+        assert not problems, (m.key, [p.diagnostics for p in problems])
+
+
+def test_conceptmaps_are_fhir_conceptmaps(rules):
+    import orjson
+    for file in (MAPPINGS / "conceptmaps").glob("*.json"):
+        cm = orjson.loads(file.read_bytes())
+        assert cm["resourceType"] == "ConceptMap" and file.stem == cm["id"]
+        assert not errors(assess(cm, rules)), file.name
+
+
+# -- the transaction --------------------------------------------------------------------
+def test_transaction_uses_conditional_updates_and_bundle_local_references(cimor):
+    bundle = to_transaction(cimor.apply(consumer()))
+    assert bundle["type"] == "transaction"
+    entries = {e["request"]["url"]: e for e in bundle["entry"]}
+    patient = entries[f"Patient?identifier={MO_HEALTHNET_DCN}|{DCN}"]
+    assert patient["request"]["method"] == "PUT" and patient["fullUrl"].startswith("urn:uuid:")
+    condition = next(e for e in bundle["entry"] if e["resource"]["resourceType"] == "Condition")
+    # the gateway resolves conditional references against stored resources only, so the
+    # Patient this Bundle creates is referenced by its fullUrl
+    assert condition["resource"]["subject"] == {"reference": patient["fullUrl"]}
+    create_only = [e for e in bundle["entry"] if e["request"]["method"] == "POST"]
+    assert [e["request"] for e in create_only] == [{
+        "method": "POST", "url": "EpisodeOfCare",
+        "ifNoneExist": (f"identifier={CANONICAL_BASE}/sid/hh-enrollment"
+                        f"|{DCN}/hh/mo-cmhc/2023-10-27")}]
+    assert to_transaction(cimor.apply(consumer())) == bundle  # deterministic fullUrls
+
+
+def test_import_twice_changes_nothing(cimor, cyberaccess, store):
+    for mapping, data in ((cimor, consumer()), (cyberaccess, participant())):
+        first = store.transaction(to_transaction(mapping.apply(data)))
+        assert "201 Created" in {e["response"]["status"] for e in first["entry"]}
+        total = history_total(store)
+        again = store.transaction(to_transaction(mapping.apply(data)))
+        assert {e["response"]["status"] for e in again["entry"]} == {"200 OK"}
+        assert [e["response"]["location"] for e in again["entry"]] == \
+            [e["response"]["location"] for e in first["entry"]]  # same ids, same versions
+        assert history_total(store) == total
+
+
+@pytest.mark.parametrize("order", ["cimor-first", "cyberaccess-first"])
+def test_both_systems_merge_into_one_patient(cimor, cyberaccess, store, order):
+    imports = [(cimor, consumer()), (cyberaccess, participant())]
+    if order == "cyberaccess-first":
+        imports.reverse()
+    for mapping, data in imports:
+        store.transaction(to_transaction(mapping.apply(data)))
+    total = history_total(store)
+    for mapping, data in imports:  # and again, in the same order: nothing moves
+        response = store.transaction(to_transaction(mapping.apply(data)))
+        assert {e["response"]["status"] for e in response["entry"]} == {"200 OK"}
+    assert history_total(store) == total
+
+    patients = store.search("Patient", [("identifier", f"{MO_HEALTHNET_DCN}|{DCN}")]).matches
+    assert len(patients) == 1 and store.search("Patient", []).total == 1
+    assert {"system": DMH_CONSUMER_ID, "value": "1000003"} in patients[0]["identifier"]  # CIMOR's
+    g809 = store.search("Condition", [("code", f"{ICD10CM}|G80.9")])
+    assert g809.total == 1  # reported by both, one Condition
+    enrollments = store.search("EpisodeOfCare", [("type", f"{HH_PROGRAM}|mo-cmhc")]).matches
+    assert len(enrollments) == 1
+    assert enrollments[0]["patient"]["reference"] == f"Patient/{patients[0]['id']}"
+
+
+def test_one_bundle_for_both_records(cimor, cyberaccess, store, rules):
+    mapped = cimor.apply(consumer()) + cyberaccess.apply(participant())
+    response = store.transaction(to_transaction(mapped))
+    assert len(response["entry"]) == len({m.reference for m in mapped})
+    assert store.search("Patient", []).total == 1
+    for rtype in ("Patient", "Condition", "EpisodeOfCare", "CareTeam", "Coverage"):
+        for resource in store.search(rtype, [("_count", "100")]).matches:
+            assert not errors(assess(resource, rules)), resource["id"]
+
+
+# -- mappings are data ------------------------------------------------------------------
+def test_adding_a_field_is_a_mapping_edit(tmp_path):
+    folder = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS, folder)
+    doc = yaml.safe_load((folder / "cimor.yaml").read_text())
+    condition = next(r for r in doc["resources"] if r["key"] == "condition")
+    condition["resource"]["code"]["text"] = "$#text"  # the diagnosis' description
+    episode = next(r for r in doc["resources"] if r["key"] == "dd-episode")
+    episode["resource"]["statusHistory"] = [{"status": "active",
+                                             "period": {"start": {"path": "AdmissionDate",
+                                                                  "date": True}}}]
+    (folder / "cimor.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+
+    before = by_key(load_mapping(MAPPINGS / "cimor.yaml").apply(consumer()))
+    after = by_key(load_mapping(folder / "cimor.yaml").apply(consumer()))
+    text = {c["code"]["coding"][0]["code"]: c["code"].get("text") for c in after["condition"]}
+    assert text == {"G80.9": "Cerebral palsy, unspecified", "F84.0": None, "F32.9": None}
+    assert all("text" not in c["code"] for c in before["condition"])
+    assert after["dd-episode"][0]["statusHistory"] == [
+        {"status": "active", "period": {"start": "2011-12-18"}}]
+
+
+def test_a_code_translation_is_a_conceptmap_edit(tmp_path):
+    folder = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS, folder)
+    data = consumer()
+    data["HealthHome"]["Program"] = "BHH"
+    with pytest.raises(MappingError, match="'BHH' has no translation in ConceptMap hh-program"):
+        load_mapping(folder / "cimor.yaml").apply(data)
+    cm_file = folder / "conceptmaps" / "hh-program.json"
+    cm_file.write_text(cm_file.read_text().replace('"code": "CMHC"', '"code": "BHH"'))
+    enrollment = one(load_mapping(folder / "cimor.yaml").apply(data), "enrollment")
+    assert codes(enrollment["type"][0]) == [(HH_PROGRAM, "mo-cmhc")]
+
+
+# -- errors -----------------------------------------------------------------------------
+@pytest.mark.parametrize("system, change, path", [
+    ("cimor", lambda d: d.pop("DCN"), "DCN"),
+    ("cimor", lambda d: d.pop("BirthDate"), "BirthDate"),
+    ("cimor", lambda d: d["HealthHome"].pop("EffectiveDate"), "HealthHome.EffectiveDate"),
+    ("cimor", lambda d: d["Episodes"]["Episode"][1].pop("AdmissionDate"),
+     "Episodes.Episode[1].AdmissionDate"),
+    ("cimor", lambda d: d["Episodes"]["Episode"][0].update(AdmissionDate="12/40/2011"),
+     "Episodes.Episode[0].AdmissionDate"),
+    ("cyberaccess", lambda d: d["Eligibility"]["Segment"][1].pop("StartDate"),
+     "Eligibility.Segment[1].StartDate"),
+    ("cyberaccess", lambda d: d["Claims"]["Claim"][0]["ServiceLines"]["Line"][1].pop(
+        "ProviderNPI"), "Claims.Claim[0].ServiceLines.Line[1].ProviderNPI"),
+])
+def test_missing_or_bad_source_field_names_it(cimor, cyberaccess, system, change, path):
+    data = consumer() if system == "cimor" else participant()
+    change(data)
+    with pytest.raises(MappingError) as err:
+        {"cimor": cimor, "cyberaccess": cyberaccess}[system].apply(data)
+    assert err.value.path == path
+    record = "cimor 1000003" if system == "cimor" else f"cyberaccess {DCN}"
+    assert str(err.value).startswith(f"{record}: {path}: ")
+
+
+def test_paths_and_conditions():
+    data = {"Claims": {"Claim": [{"ClaimId": "1", "ServiceLines": {"Line": [
+        {"ProviderType": "15"}, {"ProviderType": "20"}]}}]}, "DCN": "9"}
+    line = items(Context(data), "Claims.Claim[].ServiceLines.Line[]")[1]
+    assert line.where == "Claims.Claim[0].ServiceLines.Line[1]"
+    assert (resolve(line, "../ClaimId"), resolve(line, "/DCN"), resolve(line, ".")) == \
+        ("1", "9", {"ProviderType": "20"})
+    assert resolve(Context(data), "Claims.Claim[].ServiceLines.Line[].ProviderType") == \
+        ["15", "20"]
+    with pytest.raises(MappingError, match="address it with"):
+        resolve(Context(data), "Claims.Claim.ClaimId")
+    fns = {"upper": lambda v, p: v.upper()}
+    root = Context(data)
+    assert Condition("Claims.Claim[].ServiceLines.Line[].ProviderType in ['85', '15']", fns)(root)
+    assert Condition("ProviderType not in ['15', '85']", fns)(line)  # the line's is 20
+    assert not Condition("not DCN or DCN != '9'", fns)(root)
+    assert Condition("upper(DCN) == '9' and (Missing or DCN)", fns)(root)
+
+
+def test_identifier_values_are_escaped_for_the_match(cimor, store):
+    data = consumer()
+    data["ConsumerResources"]["SupportCoordinator"]["Agency"] = "Smith, Jones | Co $5 & 100%"
+    for _ in range(2):
+        store.transaction(to_transaction(cimor.apply(data)))
+    found = store.search("Organization", [(
+        "identifier", f"{CANONICAL_BASE}/sid/mo-dd-agency|Smith\\, Jones \\| Co \\$5 & 100%")])
+    assert found.total == 1 and history_total(store) == 11
+
+
+def test_a_broken_mapping_fails_at_load(tmp_path):
+    folder = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS, folder)
+    text = (folder / "cimor.yaml").read_text()
+    for bad, message in ((text.replace("date: true", "dates: true", 1), "unknown transform"),
+                         (text.replace("translate: hh-program", "translate: nope", 1),
+                          "no ConceptMap with id 'nope'"),
+                         (text.replace("{ref: patient,", "{ref: person,", 1), "no resource"),
+                         (text.replace("when: HealthHome.Indicator == 'Y'",
+                                       "when: HealthHome.Indicator = 'Y'", 1), "cannot read")):
+        (folder / "cimor.yaml").write_text(bad)
+        with pytest.raises(MappingError, match=message):
+            load_mapping(folder / "cimor.yaml")
+
+
+# -- the adapters' sample extracts --------------------------------------------------------
+def _samples():
+    cimor_parser = pytest.importorskip("adapters.cimor.parser")
+    cyberaccess_parser = pytest.importorskip("adapters.cyberaccess.parser")
+    return (list(cimor_parser.parse(ROOT / "adapters" / "cimor" / "sample.xml")) +
+            list(cyberaccess_parser.parse(ROOT / "adapters" / "cyberaccess" / "sample.xml")))
+
+
+def test_sample_extracts_map_validate_and_import_idempotently(cimor, cyberaccess, store, rules):
+    records = _samples()
+    mappings = {"cimor": cimor, "cyberaccess": cyberaccess}
+    assert records and all(not r.errors for r in records)
+    counts = Counter()
+    for record in records:
+        mapped = mappings[record.system].apply(record.data)
+        counts.update(f"{record.system}:{m.type}" for m in mapped)
+        for m in mapped:
+            if m.type in PROFILED:
+                assert m.resource["meta"]["profile"] == [PROFILED[m.type]]
+            problems = errors(assess(m.resource, rules))
+            assert not problems, (record.record_id, m.key, [p.diagnostics for p in problems])
+        store.transaction(to_transaction(mapped))
+    assert counts["cimor:Patient"] + counts["cyberaccess:Patient"] == len(records)
+    assert counts["cimor:EpisodeOfCare"] and counts["cyberaccess:Coverage"]
+
+    total = history_total(store)
+    for record in records:
+        response = store.transaction(to_transaction(mappings[record.system].apply(record.data)))
+        assert {e["response"]["status"] for e in response["entry"]} == {"200 OK"}
+    assert history_total(store) == total
+    dcns = {r.data["DCN"] for r in records}
+    assert store.search("Patient", [("_count", "100")]).total == len(dcns)  # one per DCN
+    for rtype in ("Patient", "Condition", "EpisodeOfCare", "CareTeam"):
+        for resource in store.search(rtype, [("_count", "500")]).matches:
+            assert not errors(assess(resource, rules)), (rtype, resource["id"])
