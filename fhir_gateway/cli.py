@@ -150,6 +150,19 @@ def import_(
 
 
 @app.command()
+def synth(
+    members: Annotated[int, typer.Option(help="how many synthetic people")] = 100,
+    out: Annotated[Path, typer.Option(file_okay=False, help="directory for the two extracts")] = Path("."),
+    seed: Annotated[int, typer.Option()] = 1945,
+) -> None:
+    """Write consistent synthetic CIMOR and CyberAccess extracts for the same people."""
+    from adapters.synth import write_extracts
+
+    cimor, cyberaccess = write_extracts(members, out, seed)
+    console.print(f"Wrote {escape(str(cimor))} and {escape(str(cyberaccess))} ({members} people)")
+
+
+@app.command()
 def validate(
     paths: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, readable=True,
                                                 help="FHIR resource JSON files")],

@@ -109,3 +109,18 @@ def test_cli_import_prints_the_summary_and_writes_the_quarantine(tmp_path, extra
             (tmp_path / "ca.quarantine.ndjson").read_text().splitlines()]
     assert {r["record_id"] for r in rows} == set(damaged)
     assert all({"file", "line", "record_id", "reason", "raw"} <= set(r) for r in rows)
+
+
+def test_cli_synth_then_import_twice_changes_nothing_the_second_time(tmp_path):
+    def run(*args):
+        result = subprocess.run([sys.executable, "-m", "fhir_gateway.cli", *args],
+                                capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert result.returncode == 0, result.stderr
+        return " ".join((result.stdout + result.stderr).split())
+
+    run("synth", "--members", "15", "--out", str(tmp_path))
+    store = f"sqlite:///{tmp_path / 'synth.db'}"
+    first = run("import", "cimor", str(tmp_path / "cimor.xml"), "--store", store)
+    second = run("import", "cimor", str(tmp_path / "cimor.xml"), "--store", store)
+    assert "15 records" in first and " 0 created" not in first
+    assert "0 created, 0 updated" in second and "0 quarantined" in second

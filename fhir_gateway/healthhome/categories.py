@@ -20,6 +20,11 @@ CONCEPT_MAP = "ConceptMap-icd10cm-to-hh-category.json"
 
 
 @cache
+def _default_package() -> str:
+    return Settings().profiles  # read the environment once, not per diagnosis
+
+
+@cache
 def _prefixes(package_dir: str) -> tuple[str, dict[str, tuple[dict, ...]]]:
     concept_map = orjson.loads((Path(package_dir) / CONCEPT_MAP).read_bytes())
     group = concept_map["group"][0]
@@ -31,7 +36,7 @@ def _prefixes(package_dir: str) -> tuple[str, dict[str, tuple[dict, ...]]]:
 
 def categories(icd10_code: str, package_dir: str | None = None) -> list[dict]:
     """The category Codings an ICD-10-CM code counts toward (empty if it qualifies for none)."""
-    _, table = _prefixes(package_dir or Settings().profiles)
+    _, table = _prefixes(package_dir or _default_package())
     code = icd10_code.strip().upper()
     for end in range(len(code), 2, -1):
         found = table.get(code[:end])
@@ -47,7 +52,7 @@ def category_issues(condition: dict, package_dir: str | None = None) -> list[Iss
     are warnings: the diagnosis may be recorded before the map knows it, and the verdict
     must stay the one HAPI's validator gives.
     """
-    package_dir = package_dir or Settings().profiles
+    package_dir = package_dir or _default_package()
     system, _ = _prefixes(package_dir)
     icd = [c["code"] for c in (condition.get("code") or {}).get("coding", [])
            if c.get("system") == ICD10CM and c.get("code")]
