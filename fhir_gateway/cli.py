@@ -1,4 +1,4 @@
-"""`fhir-gateway`: serve the FHIR API, load files into the store."""
+"""`fhir-gateway`: serve the FHIR API; load, import and validate files; synthesise extracts."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from platformdirs import user_data_dir
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
@@ -17,6 +18,8 @@ from fhir_gateway.store import StoreURLError, open_store
 
 app = typer.Typer(help="Health Home FHIR Gateway", no_args_is_help=True)
 console = Console(stderr=True)
+
+DEMO_EXTRACT_MEMBERS = 40
 
 StoreOption = Annotated[str, typer.Option(
     "--store", envvar="FHIR_GATEWAY_STORE",
@@ -55,15 +58,27 @@ def serve(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = Settings(store=store or Settings().store, host=host, port=port, demo=demo)
     fhir_store = _open(settings.store_url())
-    if demo and fhir_store.is_empty():
-        _load_demo(fhir_store)
+    simulators = []
+    if demo:
+        extracts = _demo_extracts_dir(settings.store_url())
+        if fhir_store.is_empty():
+            _load_demo(fhir_store, extracts)
+        simulators = _demo_lookups(settings, extracts)
     console.print(f"FHIR base: [bold]http://{host}:{port}/fhir[/bold]  store: {settings.store_url()}")
-    uvicorn.run(create_app(fhir_store, settings), host=host, port=port, access_log=False,
-                log_level=log_level)
+    try:
+        uvicorn.run(create_app(fhir_store, settings), host=host, port=port, access_log=False,
+                    log_level=log_level)
+    finally:
+        for simulator in simulators:
+            simulator.stop()
 
 
-def _load_demo(fhir_store) -> None:
+def _load_demo(fhir_store, extracts: Path) -> None:
+    """The synthetic population: Kansas and Missouri members as FHIR, and Missouri members
+    as CIMOR and CyberAccess extracts imported through the adapters."""
+    from adapters.synth import write_extracts
     from fhir_gateway.demo import demo_population
+    from fhir_gateway.importer import import_extract
 
     bundles = demo_population()
     with Progress(console=console, transient=True) as progress:
@@ -71,7 +86,35 @@ def _load_demo(fhir_store) -> None:
         for bundle in bundles:
             fhir_store.transaction(bundle)
             progress.advance(task)
-    console.print(f"Loaded the demo population ({len(bundles)} bundles)")
+    cimor, cyberaccess = write_extracts(DEMO_EXTRACT_MEMBERS, extracts)
+    imported = [import_extract(fhir_store, "cimor", cimor),
+                import_extract(fhir_store, "cyberaccess", cyberaccess)]
+    console.print(f"Loaded the demo population ({len(bundles)} bundles) and imported "
+                  f"{sum(s.records for s in imported)} CIMOR/CyberAccess records")
+
+
+def _demo_extracts_dir(store_url: str) -> Path:
+    """Beside the SQLite file (so each demo store has its own), else in the user data dir."""
+    if store_url.startswith("sqlite://"):
+        db = Path(store_url.removeprefix("sqlite://"))
+        return db.with_name(f"{db.stem}-demo-extracts")
+    return Path(user_data_dir("fhir-gateway")) / "demo-extracts"
+
+
+def _demo_lookups(settings: Settings, extracts: Path) -> list:
+    """Serve the demo extracts as the CIMOR/CyberAccess lookups, unless real ones are set."""
+    from adapters.cimor.simulator import Simulator as CimorSimulator
+    from adapters.cyberaccess.simulator import Simulator as CyberAccessSimulator
+
+    started = []
+    for field, name, simulator in (("cimor_url", "cimor", CimorSimulator),
+                                   ("cyberaccess_url", "cyberaccess", CyberAccessSimulator)):
+        extract = extracts / f"{name}.xml"
+        if not getattr(settings, field) and extract.is_file():
+            started.append(simulator(extract))
+            setattr(settings, field, started[-1].start())
+            console.print(f"{name} lookups: simulated from {escape(str(extract))}")
+    return started
 
 
 @app.command()
