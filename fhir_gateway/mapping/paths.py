@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 
@@ -105,11 +106,30 @@ def items(ctx: Context, path: str) -> list[Context]:
     return found
 
 
+@cache
+def _plain_steps(path: str) -> tuple[str, ...] | None:
+    """The keys of a path with no `[]`, `/` or `../` (most paths), else None."""
+    if "[]" in path or path.startswith(("/", "../")) or path in ("", "."):
+        return None
+    return tuple(path.split("."))
+
+
 def resolve(ctx: Context, path: str) -> Any:
     """The value at `path`: one value (or None) without `[]`, a list of values with `[]`.
 
     Empty elements are absent (RECORDS.md), so "" never reaches a mapping either.
     """
+    steps = _plain_steps(path)
+    if steps is not None:  # the hot path: plain dict look-ups, no contexts built
+        value = ctx.item
+        for i, key in enumerate(steps):
+            value = value.get(key) if isinstance(value, dict) else None
+            if value is None:
+                return None
+            if isinstance(value, list):
+                where = ".".join(filter(None, (ctx.where, *steps[:i + 1])))
+                raise MappingError(where, "repeats: address it with '[]'")
+        return None if value == "" else value
     values = [c.item for c in items(ctx, path)]
     if is_many(path):
         return [v for v in values if v not in (None, "")]
