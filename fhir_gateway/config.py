@@ -14,6 +14,8 @@ def default_store() -> str:
 
 #: the Health Home IG package of this checkout (docker/Dockerfile sets FHIR_GATEWAY_PROFILES)
 DEFAULT_PROFILES = str(Path(__file__).resolve().parents[1] / "profiles" / "package")
+#: the declarative CIMOR/CyberAccess mappings of this checkout (the image sets FHIR_GATEWAY_MAPPINGS)
+DEFAULT_MAPPINGS = str(Path(__file__).resolve().parents[1] / "mappings")
 
 
 class Settings(BaseSettings):
@@ -32,6 +34,8 @@ class Settings(BaseSettings):
     profiles: str = DEFAULT_PROFILES
     #: hold every resource of a profiled type to its type's profiles, claimed or not
     validate_all: bool = False
+    #: the folder of the declarative source -> FHIR mappings (`<system>.yaml`)
+    mappings: str = DEFAULT_MAPPINGS
     #: live lookup services (`$hh-status`): CIMOR and CyberAccess, or their simulators
     cimor_url: str = ""
     cyberaccess_url: str = ""

@@ -18,12 +18,13 @@ from pathlib import Path
 import orjson
 
 from adapters.common import MalformedExtract, SourceRecord
+from fhir_gateway.config import Settings
 from fhir_gateway.mapping.engine import load_mapping, to_transaction
 from fhir_gateway.mapping.paths import MappingError
 from fhir_gateway.outcome import FhirError
 from fhir_gateway.store.base import FhirStore
 
-MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"
+MAPPINGS = Path(Settings().mappings)
 GROUP = 25  # records per transaction: fewer round trips, small enough to retry one by one
 SYSTEMS = ("cimor", "cyberaccess")
 #: HAPI's storage response code for a conditional create that found the resource already there

@@ -39,7 +39,13 @@ def test_gateway_points_at_hapi_and_is_built_from_our_dockerfile():
     assert gateway["environment"]["FHIR_GATEWAY_STORE"] == "http://hapi:8080/fhir"
     dockerfile = (DOCKER / "docker-compose.yml").parent / gateway["build"]["context"] / \
         gateway["build"]["dockerfile"]
-    assert "fhir-gateway" in dockerfile.read_text()
+    text = dockerfile.read_text()
+    assert "fhir-gateway" in text
+    # what the code reads at run time outside the Python package is in the image too
+    for folder, variable in (("profiles/package", "FHIR_GATEWAY_PROFILES"),
+                             ("mappings", "FHIR_GATEWAY_MAPPINGS"), ("adapters", None)):
+        assert f"COPY {folder} " in text
+        assert variable is None or f"{variable}=/app/{folder}" in text
 
 
 def test_hapi_configuration_is_r4_on_the_compose_postgres():
