@@ -1,4 +1,4 @@
-"""Health Home operations on Patient: `$hh-status` (more arrive with the domain issues).
+"""Health Home operations on Patient: `$hh-status`, `$hh-eligibility`.
 
 Registered before the generic REST routes, so `Patient/$hh-status` is not read as an id.
 """
@@ -6,14 +6,15 @@ Registered before the generic REST routes, so `Patient/$hh-status` is not read a
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import date
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from fhir_gateway.api.http import fhir_response, is_pretty
+from fhir_gateway.api.http import fhir_response, is_pretty, read_body
 from fhir_gateway.healthhome import status as hh
-from fhir_gateway.identifiers import MO_HEALTHNET_DCN
+from fhir_gateway.identifiers import LOINC, MO_HEALTHNET_DCN
 from fhir_gateway.outcome import FhirError, invalid
 
 router = APIRouter(prefix="/fhir")
@@ -84,3 +85,67 @@ def _held(store, patient_id: str) -> hh.SourceStatus:
     names = {f"Organization/{o['id']}": o.get("name") for o in result.included
              if o.get("resourceType") == "Organization" and o.get("name")}
     return hh.from_store(result.matches, names)
+
+
+# -- $hh-eligibility ----------------------------------------------------------------------
+
+@router.post("/Patient/$hh-eligibility")
+async def hh_eligibility_posted(request: Request) -> Response:
+    """Evaluate the resources of a posted Parameters(`bundle`, `state`?, `asOf`?)."""
+    body = await read_body(request)
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        raise invalid("$hh-eligibility takes a Parameters resource", "resourceType")
+    params = {p.get("name"): p for p in body.get("parameter", [])}
+    bundle = (params.get("bundle") or {}).get("resource")
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise invalid("Parameters needs a 'bundle' parameter holding a Bundle",
+                      "Parameters.parameter")
+    resources = [e["resource"] for e in bundle.get("entry", []) if isinstance(e.get("resource"), dict)]
+    state = (params.get("state") or {}).get("valueCode")
+    as_of = (params.get("asOf") or {}).get("valueDate")
+    return _eligibility_response(request, resources, state, as_of)
+
+
+@router.get("/Patient/{patient_id}/$hh-eligibility")
+async def hh_eligibility(request: Request, patient_id: str) -> Response:
+    """Evaluate what the store holds for one member."""
+    store = request.app.state.store
+    resources = await run_in_threadpool(_member_record, store, patient_id)
+    query = request.query_params
+    return _eligibility_response(request, resources, query.get("state"), query.get("asOf"))
+
+
+def _member_record(store, patient_id: str) -> list[dict]:
+    """The facts eligibility reads: the Patient, Conditions, BMI/smoking Observations, Coverage."""
+    patient = store.read("Patient", patient_id)
+    subject = f"Patient/{patient_id}"
+    found = [patient]
+    for resource_type, params in (
+            ("Condition", [("patient", subject)]),
+            ("Observation", [("patient", subject), ("code", f"{LOINC}|39156-5,{LOINC}|72166-2")]),
+            ("Coverage", [("beneficiary", subject)])):
+        found += store.search(resource_type, [*params, ("_count", "1000")]).matches
+    return found
+
+
+def _eligibility_response(request: Request, resources: list[dict], state: str | None,
+                          as_of: str | None) -> Response:
+    from fhir_gateway.healthhome.eligibility import EligibilityInputError, evaluate
+
+    try:
+        when = date.fromisoformat(as_of) if as_of else None
+    except ValueError:
+        raise invalid(f"asOf must be a date (YYYY-MM-DD), not '{as_of}'", "asOf") from None
+    try:
+        result = evaluate(resources, state, when)
+    except EligibilityInputError as err:
+        raise invalid(str(err), getattr(err, "where", None)) from None
+    parameters = [{"name": "program", "part": [
+        {"name": "code", "valueCode": v.code},
+        {"name": "eligible", "valueBoolean": v.eligible},
+        *({"name": "basis", "valueString": b} for b in v.basis),
+        {"name": "rule", "valueString": v.rule},
+        {"name": "explanation", "valueString": v.explanation}]} for v in result.programs]
+    parameters += [{"name": "category", "valueCode": c} for c in result.categories]
+    return fhir_response({"resourceType": "Parameters", "parameter": parameters},
+                         pretty=is_pretty(request))

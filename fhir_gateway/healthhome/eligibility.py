@@ -1,0 +1,448 @@
+"""Health Home eligibility: one small engine over rules that are data.
+
+The rules live in YAML (`healthhome/rules/`: `facts.yaml` for thresholds, code lists and
+category groups; one file per state with its gates, programs and rule alternatives, each
+citing its seed). This module only derives facts from a member's FHIR resources and
+interprets the rule language documented at the top of `rules/mo.yaml`; a state changes a
+rule by editing a file (or pointing `FHIR_GATEWAY_HH_RULES` at another folder), not code.
+
+Pure functions over FHIR dicts: the only I/O is reading the rule files once.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
+from functools import cache
+from pathlib import Path
+
+import yaml
+
+from fhir_gateway import identifiers
+from fhir_gateway.healthhome.categories import categories as icd10_categories
+from fhir_gateway.identifiers import (
+    CONDITION_CLINICAL,
+    CONDITION_VERIFICATION,
+    ICD10CM,
+    LOINC,
+    SNOMED,
+)
+
+RULES_DIR = Path(__file__).resolve().parent / "rules"
+FACTS = ("medicaid", "chip", "pediatric")
+CONDITION_KEYS = ("all_of", "any_of", "not", "count_at_least", "one_plus")
+
+
+class EligibilityInputError(ValueError):
+    """Bad input (no Patient, two Patients, unknown state, bad date): an HTTP 400."""
+
+    def __init__(self, message: str, where: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.where = where
+
+
+class RuleFileError(ValueError):
+    """A rule file that does not follow the rule language (a deployment error, not a 400)."""
+
+
+@dataclass
+class ProgramVerdict:
+    code: str
+    eligible: bool
+    basis: list[str]
+    rule: str
+    explanation: str
+    source: str = ""
+    #: ids of later rule alternatives that also matched (the verdict names the first)
+    also_met: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Evaluation:
+    state: str
+    as_of: date
+    categories: list[str]
+    medicaid: bool
+    chip: bool
+    programs: list[ProgramVerdict]
+    age: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def program(self, code: str) -> ProgramVerdict:
+        return next(p for p in self.programs if p.code == code)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["as_of"] = self.as_of.isoformat()
+        return out
+
+
+# ---------------------------------------------------------------- rule files
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    facts: dict
+    states: dict  # state code -> state document
+    groups: dict  # group name -> frozenset of categories
+    aliases: dict  # upper-case name or code -> state code
+
+
+def _rules_dir(rules_dir: str | os.PathLike | None) -> str:
+    return str(rules_dir or os.environ.get("FHIR_GATEWAY_HH_RULES") or RULES_DIR)
+
+
+@cache
+def load_rules(rules_dir: str) -> RuleSet:
+    """Read and check `facts.yaml` and every state file in `rules_dir` (once per folder)."""
+    folder = Path(rules_dir)
+    facts = yaml.safe_load((folder / "facts.yaml").read_text())
+    known = set(facts["categories"])
+    groups = {name: frozenset(members) for name, members in (facts.get("groups") or {}).items()}
+    for name, members in groups.items():
+        if name in known or name in FACTS:
+            raise RuleFileError(f"facts.yaml: group {name!r} shadows a category or fact")
+        if unknown := members - known:
+            raise RuleFileError(f"facts.yaml: group {name!r} has unknown {sorted(unknown)}")
+    names = known | set(groups) | set(FACTS)
+    states, aliases = {}, {}
+    for path in sorted(folder.glob("*.yaml")):
+        if path.name == "facts.yaml":
+            continue
+        doc = yaml.safe_load(path.read_text())
+        code = str(doc["state"]).upper()
+        _check_state(doc, names, path.name)
+        states[code] = doc
+        aliases[code] = code
+    for code, spelled in (facts.get("state_names") or {}).items():
+        for name in spelled:
+            aliases[str(name).upper()] = code
+    return RuleSet(facts, states, groups, aliases)
+
+
+def _check_state(doc: dict, names: set, file: str) -> None:
+    def check_cond(cond, where):
+        if isinstance(cond, str):
+            if cond not in names:
+                raise RuleFileError(f"{file} {where}: unknown name {cond!r}")
+            return
+        if not isinstance(cond, dict) or len(cond) != 1 or next(iter(cond)) not in CONDITION_KEYS:
+            raise RuleFileError(f"{file} {where}: a condition is a name or one of "
+                                f"{', '.join(CONDITION_KEYS)}, got {cond!r}")
+        (key, arg), = cond.items()
+        if key in ("all_of", "any_of"):
+            for c in arg:
+                check_cond(c, where)
+        elif key == "not":
+            check_cond(arg, where)
+        elif key == "count_at_least":
+            if not isinstance(arg.get("n"), int):
+                raise RuleFileError(f"{file} {where}: count_at_least needs an integer n")
+            for c in arg["of"]:
+                check_cond(c, where)
+        else:  # one_plus
+            for c in list(arg["of"]) + list(arg["plus"]):
+                check_cond(c, where)
+
+    def check_item(item, kind, need_when=True):
+        for key in ("id", "explanation") + (("source", "when") if need_when else ()):
+            if key not in item:
+                raise RuleFileError(f"{file}: {kind} {item.get('id', '?')} has no {key}")
+        if need_when:
+            check_cond(item["when"], f"{kind} {item['id']}")
+
+    seen = set()
+    for gate in doc.get("gates") or []:
+        check_item(gate, "gate")
+    for program in doc["programs"]:
+        for kind in ("gates", "rules", "exclusions"):
+            for item in program.get(kind) or []:
+                check_item(item, kind[:-1])
+                if item["id"] in seen:
+                    raise RuleFileError(f"{file}: duplicate id {item['id']}")
+                seen.add(item["id"])
+        if not program.get("rules"):
+            raise RuleFileError(f"{file}: program {program['code']} has no rules")
+        check_item(program["no_match"], "no_match", need_when=False)
+
+
+# ---------------------------------------------------------------- facts from FHIR
+
+
+def _parse_date(value, where: str) -> date:
+    """A FHIR date or dateTime (partial dates take the first day) as a date."""
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    if not isinstance(value, str) or not value:
+        raise EligibilityInputError(f"not a date: {value!r}", where)
+    text = value[:10]
+    try:
+        if len(text) == 4:
+            return date(int(text), 1, 1)
+        if len(text) == 7 and text[4] == "-":
+            return date(int(text[:4]), int(text[5:7]), 1)
+        return date.fromisoformat(text)
+    except ValueError:
+        raise EligibilityInputError(f"not a date: {value!r}", where) from None
+
+
+def _codes(concept: dict | None, system: str) -> list[str]:
+    return [c["code"] for c in (concept or {}).get("coding", [])
+            if c.get("system") == system and c.get("code")]
+
+
+@cache
+def _icd_categories(code: str) -> tuple[str, ...]:
+    return tuple(c["code"] for c in icd10_categories(code))
+
+
+def _same_patient(resource: dict, field_name: str, patient_id: str | None) -> bool:
+    ref = (resource.get(field_name) or {}).get("reference") or ""
+    if not patient_id or not ref.startswith("Patient/"):
+        return True
+    return ref.split("/")[1] == patient_id
+
+
+def _condition_categories(condition: dict, facts: dict) -> set[str]:
+    rules = facts["condition"]
+    clinical = _codes(condition.get("clinicalStatus"), CONDITION_CLINICAL)
+    verification = _codes(condition.get("verificationStatus"), CONDITION_VERIFICATION)
+    if not any(c in rules["clinical_active"] for c in clinical):
+        return set()
+    if any(v in rules["verification_excluded"] for v in verification):
+        return set()
+    return {cat for code in _codes(condition.get("code"), ICD10CM)
+            for cat in _icd_categories(code)}
+
+
+def _observation_time(obs: dict) -> str:
+    return (obs.get("effectiveDateTime") or (obs.get("effectivePeriod") or {}).get("end")
+            or (obs.get("effectivePeriod") or {}).get("start") or obs.get("effectiveInstant")
+            or obs.get("issued") or "")
+
+
+def _latest(observations: list[dict], loinc: str, facts: dict, as_of: date) -> dict | None:
+    usable = facts["observation"]["usable_status"]
+    found = []
+    for obs in observations:
+        if obs.get("status") not in usable or loinc not in _codes(obs.get("code"), LOINC):
+            continue
+        when = _observation_time(obs)
+        if when and _parse_date(when, "Observation.effective") > as_of:
+            continue  # recorded after the evaluation date
+        found.append((when[:10] if when else "", obs))
+    return max(found, key=lambda pair: pair[0])[1] if found else None
+
+
+def _observation_categories(observations: list[dict], facts: dict, as_of: date) -> set[str]:
+    out = set()
+    bmi_rules, smoking = facts["observation"]["bmi"], facts["observation"]["smoking"]
+    bmi = _latest(observations, bmi_rules["loinc"], facts, as_of)
+    value = ((bmi or {}).get("valueQuantity") or {}).get("value")
+    if isinstance(value, (int, float)):
+        if value > bmi_rules["overweight_above"]:
+            out.add("overweight")
+        if value >= bmi_rules["obesity_at_least"]:
+            out.add("obesity")
+    status = _latest(observations, smoking["loinc"], facts, as_of)
+    if status and set(_codes(status.get("valueCodeableConcept"), SNOMED)) & set(
+            smoking["current_smoker"]):
+        out.add("tobacco")
+    return out
+
+
+def _covers(period: dict | None, as_of: date, where: str) -> bool:
+    period = period or {}
+    if period.get("start") and _parse_date(period["start"], f"{where}.start") > as_of:
+        return False
+    return not (period.get("end") and _parse_date(period["end"], f"{where}.end") < as_of)
+
+
+def _coverage(coverages: list[dict], facts: dict, as_of: date) -> tuple[bool, bool]:
+    rules = facts["coverage"]
+    medicaid = chip = False
+    for cov in coverages:
+        if cov.get("status") != "active" or not _covers(cov.get("period"), as_of,
+                                                         "Coverage.period"):
+            continue
+        for code in _codes(cov.get("type"), rules["system"]):
+            if code in rules["medicaid_codes"] or any(
+                    code.startswith(p) for p in rules["medicaid_prefixes"]):
+                medicaid = True
+            if code in rules["chip_codes"]:
+                chip = True
+    return medicaid, chip
+
+
+def _age(birth: date, as_of: date) -> int:
+    return as_of.year - birth.year - ((as_of.month, as_of.day) < (birth.month, birth.day))
+
+
+def _system(name: str) -> str:
+    return name if ":" in name else getattr(identifiers, name)
+
+
+def _derive_state(patient: dict, coverages: list[dict], rules: RuleSet) -> str:
+    by_system = {_system(n): state for state, systems in
+                 (rules.facts.get("state_identifiers") or {}).items() for n in systems}
+    found = {by_system[i["system"]] for res in [patient, *coverages]
+             for i in res.get("identifier", []) if i.get("system") in by_system}
+    if len(found) == 1:
+        return found.pop()
+    addresses = sorted(patient.get("address", []), key=lambda a: a.get("use") != "home")
+    from_address = [rules.aliases.get(str(a.get("state", "")).upper()) for a in addresses]
+    from_address = [s for s in from_address if s in rules.states]
+    if from_address and (not found or from_address[0] in found):
+        return from_address[0]
+    if found:
+        raise EligibilityInputError(
+            f"cannot tell the state: identifiers of {', '.join(sorted(found))}; pass state",
+            "state")
+    raise EligibilityInputError("cannot tell the state: no DCN / KanCare ID and no address "
+                                "state; pass state", "state")
+
+
+# ---------------------------------------------------------------- the engine
+
+
+class _Context:
+    def __init__(self, cats: set[str], facts: dict[str, bool], groups: dict):
+        self.cats, self.facts, self.groups = cats, facts, groups
+
+    def present(self, name: str) -> set[str]:
+        """The categories that make `name` (category or group) present; empty if absent."""
+        if name in self.groups:
+            return self.groups[name] & self.cats
+        return {name} if name in self.cats else set()
+
+    def test(self, cond) -> tuple[bool, set[str]]:
+        if isinstance(cond, str):
+            if cond in self.facts:
+                return self.facts[cond], set()
+            hit = self.present(cond)
+            return bool(hit), hit
+        (key, arg), = cond.items()
+        if key == "all_of":
+            basis = set()
+            for c in arg:
+                ok, hit = self.test(c)
+                if not ok:
+                    return False, set()
+                basis |= hit
+            return True, basis
+        if key == "any_of":
+            results = [self.test(c) for c in arg]
+            hits = [hit for ok, hit in results if ok]
+            return bool(hits), set().union(*hits)
+        if key == "not":
+            return not self.test(arg)[0], set()
+        if key == "count_at_least":
+            hits = [h for h in (self.present(n) for n in arg["of"]) if h]
+            return len(hits) >= arg["n"], set().union(*hits) if len(hits) >= arg["n"] else set()
+        # one_plus: one of `of`, and a different one of `plus` (adding a category)
+        basis = set()
+        for first in (self.present(n) for n in arg["of"]):
+            for second in (self.present(n) for n in arg["plus"]):
+                if first and second - first:
+                    basis |= first | second
+        return bool(basis), basis
+
+
+def _say(item: dict, program: dict, basis, age, source: str | None = None) -> str:
+    text = " ".join(str(item["explanation"]).split())
+    return text.format(program=program["name"], source=source or item.get("source", ""),
+                       basis=", ".join(sorted(basis)) or "none", age=age)
+
+
+def _verdict(program: dict, state_doc: dict, ctx: _Context, age) -> ProgramVerdict:
+    code = program["code"]
+    for gate in [*(state_doc.get("gates") or []), *(program.get("gates") or [])]:
+        if not ctx.test(gate["when"])[0]:
+            return ProgramVerdict(code, False, [], gate["id"], _say(gate, program, [], age),
+                                  gate["source"])
+    matched = [(rule, hit) for rule in program["rules"]
+               for ok, hit in [ctx.test(rule["when"])] if ok]
+    if not matched:
+        miss = program["no_match"]
+        return ProgramVerdict(code, False, [], miss["id"],
+                              _say(miss, program, ctx.cats, age), miss.get("source", ""))
+    rule, basis = matched[0]
+    for excl in program.get("exclusions") or []:
+        ok, hit = ctx.test(excl["when"])
+        if ok:
+            return ProgramVerdict(code, False, sorted(basis | hit), excl["id"],
+                                  _say(excl, program, basis | hit, age), excl["source"])
+    also = [r["id"] for r, _ in matched[1:]]
+    text = _say(rule, program, basis, age)
+    if also:
+        text += f" Also meets: {', '.join(also)}."
+    return ProgramVerdict(code, True, sorted(basis), rule["id"], text, rule["source"], also)
+
+
+def evaluate(resources: list[dict], state: str | None = None, as_of: date | None = None, *,
+             rules_dir: str | os.PathLike | None = None) -> Evaluation:
+    """Which Health Home programs of the member's state the member qualifies for, and why.
+
+    `resources`: one member's Patient with their Conditions, Observations and Coverages
+    (other resource types are ignored). `state`: "MO"/"KS" (or Missouri/Kansas); derived from
+    identifiers or the address when omitted. `as_of`: the evaluation date, today by default.
+    """
+    rules = load_rules(_rules_dir(rules_dir))
+    facts = rules.facts
+    as_of = date.today() if as_of is None else _parse_date(as_of, "as_of")
+    if not isinstance(resources, list) or not all(isinstance(r, dict) for r in resources):
+        raise EligibilityInputError("resources must be a list of FHIR resources", "resources")
+    by_type: dict[str, list[dict]] = {}
+    for res in resources:
+        by_type.setdefault(res.get("resourceType"), []).append(res)
+    patients = by_type.get("Patient", [])
+    if len(patients) != 1:
+        raise EligibilityInputError(
+            "no Patient" if not patients else f"{len(patients)} Patients; evaluate one member",
+            "Patient")
+    patient = patients[0]
+    pid = patient.get("id")
+    conditions = [c for c in by_type.get("Condition", []) if _same_patient(c, "subject", pid)]
+    observations = [o for o in by_type.get("Observation", [])
+                    if _same_patient(o, "subject", pid)]
+    coverages = [c for c in by_type.get("Coverage", []) if _same_patient(c, "beneficiary", pid)]
+
+    if state is None:
+        code = _derive_state(patient, coverages, rules)
+    else:
+        code = rules.aliases.get(str(state).strip().upper())
+        if code not in rules.states:
+            raise EligibilityInputError(
+                f"unknown state {state!r}; known: {', '.join(sorted(rules.states))}", "state")
+    state_doc = rules.states[code]
+
+    cats: set[str] = set()
+    for cond in conditions:
+        cats |= _condition_categories(cond, facts)
+    cats |= _observation_categories(observations, facts, as_of)
+    for cat, implied in (facts.get("implies") or {}).items():
+        if cat in cats:
+            cats |= set(implied)
+    medicaid, chip = _coverage(coverages, facts, as_of)
+    age = None
+    if patient.get("birthDate"):
+        age = _age(_parse_date(patient["birthDate"], "Patient.birthDate"), as_of)
+    pediatric = age is not None and age < facts["pediatric_age"]
+
+    ctx = _Context(cats, {"medicaid": medicaid, "chip": chip, "pediatric": pediatric},
+                   rules.groups)
+    verdicts = [_verdict(p, state_doc, ctx, age) for p in state_doc["programs"]]
+    notes = []
+    eligible = {v.code for v in verdicts if v.eligible}
+    for rule in state_doc.get("mutually_exclusive") or []:
+        if set(rule["programs"]) <= eligible:
+            note = " ".join(rule["note"].split()).format(source=rule["source"])
+            notes.append(note)
+            for v in verdicts:
+                if v.code in rule["programs"]:
+                    v.explanation += f" {note}"
+    return Evaluation(code, as_of, sorted(cats), medicaid, chip, verdicts, age, notes)
