@@ -1,10 +1,11 @@
-"""Health Home operations on Patient: `$hh-status`, `$hh-eligibility`.
+"""Health Home operations on Patient: `$hh-status`, `$hh-eligibility`, `$enroll`, `$disenroll`.
 
 Registered before the generic REST routes, so `Patient/$hh-status` is not read as an id.
 """
 
 from __future__ import annotations
 
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 
@@ -12,10 +13,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from fhir_gateway.api.http import fhir_response, is_pretty, read_body
+from fhir_gateway.api.http import fhir_response, is_pretty, read_body, version_headers
+from fhir_gateway.api.rest import base_url
+from fhir_gateway.healthhome import enrollment as hh_enrollment
 from fhir_gateway.healthhome import status as hh
+from fhir_gateway.healthhome.enrollment import EnrollmentRefused
 from fhir_gateway.identifiers import LOINC, MO_HEALTHNET_DCN
 from fhir_gateway.outcome import FhirError, invalid
+from fhir_gateway.search.dates import now_instant
 
 router = APIRouter(prefix="/fhir")
 
@@ -149,3 +154,105 @@ def _eligibility_response(request: Request, resources: list[dict], state: str | 
     parameters += [{"name": "category", "valueCode": c} for c in result.categories]
     return fhir_response({"resourceType": "Parameters", "parameter": parameters},
                          pretty=is_pretty(request))
+
+
+# -- $enroll / $disenroll ------------------------------------------------------------------
+
+def _parameters(body: object) -> dict[str, dict]:
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        raise invalid("The operation takes a Parameters resource", "resourceType")
+    return {p.get("name"): p for p in body.get("parameter", [])}
+
+
+def _date(params: dict, name: str, required: bool = True) -> date | None:
+    value = (params.get(name) or {}).get("valueDate")
+    if value is None:
+        if required:
+            raise invalid(f"Parameter '{name}' (valueDate) is required", name)
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise invalid(f"Parameter '{name}' must be a date (YYYY-MM-DD), not '{value}'", name) from None
+
+
+def _code(params: dict, name: str) -> str:
+    value = (params.get(name) or {}).get("valueCode")
+    if not value:
+        raise invalid(f"Parameter '{name}' (valueCode) is required", name)
+    return value
+
+
+def _refused(err: EnrollmentRefused) -> FhirError:
+    code = {409: "conflict", 422: "business-rule", 404: "not-found"}.get(err.status, "invalid")
+    return FhirError(err.status, str(err), code, err.where)
+
+
+@router.post("/Patient/{patient_id}/$enroll")
+async def enroll(request: Request, patient_id: str) -> Response:
+    params = _parameters(await read_body(request))
+    provider = ((params.get("provider") or {}).get("valueReference") or {}).get("reference", "")
+    if not provider.startswith("Organization/"):
+        raise invalid("Parameter 'provider' must reference the Health Home Organization",
+                      "provider")
+    override = (params.get("override") or {}).get("valueBoolean") is True
+    reason = (params.get("reason") or {}).get("valueString")
+    if override and not reason:
+        raise invalid("An override needs a 'reason'", "reason")
+    wanted = hh_enrollment.Request(_code(params, "program"), provider, _date(params, "start"),
+                                   _code(params, "source"), reason if override else None)
+    store = request.app.state.store
+    episode = await run_in_threadpool(_enroll, store, patient_id, wanted)
+    headers = version_headers(episode, base_url(request))
+    return fhir_response(episode, 201, headers, pretty=is_pretty(request))
+
+
+def _enroll(store, patient_id: str, wanted) -> dict:
+    from fhir_gateway.healthhome.eligibility import EligibilityInputError, evaluate
+
+    record = _member_record(store, patient_id)
+    try:
+        programs = evaluate(record, None, wanted.start).programs
+        verdict = next((p for p in programs if p.code == wanted.program), None)
+    except EligibilityInputError as err:
+        raise invalid(str(err), getattr(err, "where", None)) from None
+    conditions = [r for r in record if r["resourceType"] == "Condition"]
+    episodes = _episodes(store, patient_id)
+    try:
+        episode = hh_enrollment.enroll(record[0], wanted, verdict, conditions, episodes)
+    except EnrollmentRefused as err:
+        raise _refused(err) from None
+    if not wanted.override_reason:
+        return store.create(episode).resource
+    target = f"urn:uuid:{uuid.uuid4()}"
+    provenance = hh_enrollment.override_provenance(target, f"Patient/{patient_id}",
+                                                   wanted.override_reason, now_instant()[0])
+    response = store.transaction({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"fullUrl": target, "resource": episode, "request": {"method": "POST", "url": "EpisodeOfCare"}},
+        {"resource": provenance, "request": {"method": "POST", "url": "Provenance"}}]})
+    location = response["entry"][0]["response"]["location"].split("/")
+    return store.read(location[0], location[1])
+
+
+@router.post("/Patient/{patient_id}/$disenroll")
+async def disenroll(request: Request, patient_id: str) -> Response:
+    params = _parameters(await read_body(request))
+    program, reason, end = _code(params, "program"), _code(params, "reason"), _date(params, "end")
+    store = request.app.state.store
+
+    def close() -> dict:
+        store.read("Patient", patient_id)
+        try:
+            episode = hh_enrollment.disenroll(_episodes(store, patient_id), program, reason, end)
+        except EnrollmentRefused as err:
+            raise _refused(err) from None
+        version = episode["meta"]["versionId"]
+        return store.update("EpisodeOfCare", episode["id"], episode, f'W/"{version}"').resource
+
+    episode = await run_in_threadpool(close)
+    return fhir_response(episode, 200, version_headers(episode), pretty=is_pretty(request))
+
+
+def _episodes(store, patient_id: str) -> list[dict]:
+    return store.search("EpisodeOfCare", [("patient", f"Patient/{patient_id}"),
+                                          ("_count", "1000")]).matches
