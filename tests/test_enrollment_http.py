@@ -93,3 +93,24 @@ def test_bad_parameters_are_400(client):
     assert client.post("/fhir/Patient/m1/$enroll", json=no_reason).status_code == 400
     wrong_state = client.post("/fhir/Patient/m1/$enroll", json=enroll_params("ks-cc"))
     assert wrong_state.status_code == 400
+
+
+def test_mco_assignment_sends_the_assignment_letter(client):
+    import base64
+
+    setup_member(client, "KS", ["F31.9"])
+    episode = client.post("/fhir/Patient/m1/$enroll",
+                          json=enroll_params("ks-smi", "mco-assignment")).json()
+    letters = client.get("/fhir/Communication?subject=Patient/m1").json()
+    assert letters["total"] == 1
+    letter = letters["entry"][0]["resource"]
+    assert letter["about"][0]["reference"] == f"EpisodeOfCare/{episode['id']}"
+    html = base64.b64decode(letter["payload"][0]["contentAttachment"]["data"]).decode()
+    for part in ("Why you are eligible", "Demo Health Home", "Choosing another", "Opting out"):
+        assert part in html
+    # a referral enrollment sends no letter
+    client.post("/fhir/Patient/m1/$disenroll", json={"resourceType": "Parameters", "parameter": [
+        {"name": "program", "valueCode": "ks-smi"}, {"name": "reason", "valueCode": "other"},
+        {"name": "end", "valueDate": "2026-07-01"}]})
+    client.post("/fhir/Patient/m1/$enroll", json=enroll_params("ks-smi", "referral"))
+    assert client.get("/fhir/Communication?subject=Patient/m1").json()["total"] == 1

@@ -222,14 +222,22 @@ def _enroll(store, patient_id: str, wanted) -> dict:
         episode = hh_enrollment.enroll(record[0], wanted, verdict, conditions, episodes)
     except EnrollmentRefused as err:
         raise _refused(err) from None
-    if not wanted.override_reason:
-        return store.create(episode).resource
-    target = f"urn:uuid:{uuid.uuid4()}"
-    provenance = hh_enrollment.override_provenance(target, f"Patient/{patient_id}",
-                                                   wanted.override_reason, now_instant()[0])
-    response = store.transaction({"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"fullUrl": target, "resource": episode, "request": {"method": "POST", "url": "EpisodeOfCare"}},
-        {"resource": provenance, "request": {"method": "POST", "url": "Provenance"}}]})
+    # the enrollment and what goes with it (override Provenance, KanCare assignment letter)
+    # are written in one transaction: all or nothing
+    target, when = f"urn:uuid:{uuid.uuid4()}", now_instant()[0]
+    entries = [{"fullUrl": target, "resource": episode,
+                "request": {"method": "POST", "url": "EpisodeOfCare"}}]
+    if wanted.override_reason:
+        entries.append({"resource": hh_enrollment.override_provenance(
+            target, f"Patient/{patient_id}", wanted.override_reason, when),
+            "request": {"method": "POST", "url": "Provenance"}})
+    if wanted.source == "mco-assignment":
+        provider = store.read(*wanted.provider.split("/", 1))
+        entries.append({"resource": hh_enrollment.assignment_letter(
+            record[0], target, wanted.program, verdict, provider, when),
+            "request": {"method": "POST", "url": "Communication"}})
+    response = store.transaction({"resourceType": "Bundle", "type": "transaction",
+                                  "entry": entries})
     location = response["entry"][0]["response"]["location"].split("/")
     return store.read(location[0], location[1])
 

@@ -7,8 +7,10 @@ enrollment blocks another (KanCare: a member eligible for SMI and CC must choose
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from datetime import date
+from html import escape
 
 from fhir_gateway.healthhome.categories import categories
 from fhir_gateway.identifiers import CANONICAL_BASE, HH_PROGRAM, ICD10CM
@@ -123,3 +125,36 @@ def disenroll(episodes: list[dict], program: str, reason: str, end: date) -> dic
     episode.update(extension=extensions, status="finished",
                    period={**episode.get("period", {}), "end": end.isoformat()})
     return episode
+
+
+def assignment_letter(patient: dict, episode_ref: str, program: str, verdict, provider: dict,
+                      when: str) -> dict:
+    """The KanCare assignment letter (manual 4.2) as a Communication with readable HTML:
+    why the member is eligible, the assigned Health Home Partner, how to choose another,
+    and how to opt out."""
+    name = " ".join([*((patient.get("name") or [{}])[0].get("given", [])),
+                     (patient.get("name") or [{}])[0].get("family", "")]).strip() or "Member"
+    partner = provider.get("name") or provider.get("id", "your Health Home Partner")
+    html = (
+        "<html><body>"
+        f"<p>Dear {escape(name)},</p>"
+        f"<p>Your KanCare plan has assigned you to a Health Home ({escape(program)}). "
+        f"<strong>Why you are eligible:</strong> {escape(verdict.explanation)}</p>"
+        f"<p><strong>Your Health Home Partner:</strong> {escape(partner)}.</p>"
+        "<p><strong>Choosing another Health Home Partner:</strong> call your KanCare plan's "
+        "member services and name the partner you prefer; the change takes effect the "
+        "following month.</p>"
+        "<p><strong>Opting out:</strong> Health Homes are voluntary. Call your KanCare plan to "
+        "opt out at any time; you will keep all your other KanCare benefits, and your plan "
+        "will ask you again in a year.</p>"
+        "</body></html>")
+    return {
+        "resourceType": "Communication", "status": "completed",
+        "category": [{"text": "Health Home assignment letter"}],
+        "subject": {"reference": f"Patient/{patient['id']}"},
+        "about": [{"reference": episode_ref}], "sent": when,
+        "recipient": [{"reference": f"Patient/{patient['id']}"}],
+        "payload": [{"contentAttachment": {
+            "contentType": "text/html; charset=utf-8", "title": "Health Home assignment letter",
+            "data": base64.b64encode(html.encode()).decode()}}],
+    }
