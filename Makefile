@@ -31,6 +31,8 @@ bench: install hapi
 	$(BIN)/python bench/store_bench.py
 	$(BIN)/python bench/gateway_overhead.py
 	$(BIN)/python bench/validation_bench.py
+	$(BIN)/python bench/adapter_bench.py
+	$(BIN)/python bench/eligibility_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache docker/hapi-local/target

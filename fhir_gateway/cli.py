@@ -193,6 +193,65 @@ def import_(
 
 
 @app.command()
+def eligibility(
+    state: Annotated[str | None, typer.Option(help="MO or KS; default: derived per member")] = None,
+    as_of: Annotated[str | None, typer.Option("--as-of", help="evaluation date, YYYY-MM-DD")] = None,
+    input_file: Annotated[Path | None, typer.Option("--input", exists=True, dir_okay=False,
+                                                    help="NDJSON of members; default: the store")] = None,
+    out: Annotated[Path, typer.Option(help="report: .csv or .ndjson")] = Path("eligibility.csv"),
+    store: StoreOption = "",
+) -> None:
+    """Evaluate Health Home eligibility for every member; write a CSV or NDJSON report."""
+    import csv
+    from datetime import date
+
+    import orjson
+
+    from fhir_gateway.healthhome.batch import COLUMNS, members_from_ndjson, rows
+
+    try:
+        when = date.fromisoformat(as_of) if as_of else None
+    except ValueError:
+        console.print(f"[red]error:[/red] --as-of must be YYYY-MM-DD, not {escape(as_of)}")
+        raise typer.Exit(2) from None
+    if input_file:
+        members = members_from_ndjson(input_file)
+    else:
+        members = _store_members(_open(store))
+    count = 0
+    with out.open("w", newline="") as fh, Progress(console=console, transient=True) as progress:
+        task = progress.add_task("Evaluating members", total=None)
+        writer = csv.DictWriter(fh, COLUMNS) if out.suffix == ".csv" else None
+        if writer:
+            writer.writeheader()
+        last = None
+        for row in rows(members, state, when):
+            if row["patient"] != last:
+                count, last = count + 1, row["patient"]
+                progress.advance(task)
+            if writer:
+                writer.writerow(row)
+            else:
+                fh.write(orjson.dumps(row).decode() + "\n")
+    console.print(f"{count} member(s) evaluated; report: {escape(str(out))}")
+
+
+def _store_members(fhir_store):
+    """Each stored member's record, page by page."""
+    from fhir_gateway.members import member_record
+
+    offset = 0
+    while True:
+        page = fhir_store.search("Patient", [("_count", "500"), ("_offset", str(offset)),
+                                             ("_elements", "id")]).matches
+        for patient in page:
+            yield member_record(fhir_store, patient["id"])
+        if len(page) < 500:
+            return
+        offset += 500
+
+
+@app.command()
 def synth(
     members: Annotated[int, typer.Option(help="how many synthetic people")] = 100,
     out: Annotated[Path, typer.Option(file_okay=False, help="directory for the two extracts")] = Path("."),

@@ -100,3 +100,46 @@ def test_bad_input_is_400(client):
     assert r.status_code == 400 and r.json()["resourceType"] == "OperationOutcome"
     client.put("/fhir/Patient/m1", json=member("MO"))
     assert client.get("/fhir/Patient/m1/$hh-eligibility?asOf=June").status_code == 400
+
+
+def test_batch_eligibility_cli_from_ndjson_and_from_the_store(tmp_path):
+    import csv
+    import json
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    lines = []
+    for i, (state, code) in enumerate((("MO", "F20.9"), ("MO", "I10"), ("KS", "F31.9"))):
+        patient = member(state)
+        patient["id"] = f"m{i}"
+        patient["identifier"][0]["value"] = patient["identifier"][0]["value"][:-1] + str(i)
+        others = [condition(code), coverage()]
+        for r in others:
+            r[{"Condition": "subject", "Coverage": "beneficiary"}[r["resourceType"]]] = \
+                {"reference": f"Patient/m{i}"}
+        lines += [json.dumps(r) for r in (patient, *others)]
+    source = tmp_path / "members.ndjson"
+    source.write_text("\n".join(lines) + "\n")
+
+    def run(*args):
+        result = subprocess.run([sys.executable, "-m", "fhir_gateway.cli", "eligibility", *args],
+                                capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    report = tmp_path / "report.csv"
+    run("--input", str(source), "--as-of", AS_OF, "--out", str(report))
+    rows = list(csv.DictReader(report.open()))
+    verdict = {(r["patient"], r["program"]): r["eligible"] for r in rows}
+    assert verdict[("m0", "mo-cmhc")] == "True" and verdict[("m1", "mo-cmhc")] == "False"
+    assert verdict[("m2", "ks-smi")] == "True"
+    store = f"sqlite:///{tmp_path / 'batch.db'}"
+    subprocess.run([sys.executable, "-m", "fhir_gateway.cli", "load", str(source), "--store", store],
+                   capture_output=True, cwd=ROOT, timeout=120, check=True)
+    out = tmp_path / "report.ndjson"
+    run("--store", store, "--as-of", AS_OF, "--out", str(out))
+    stored = {(r["patient"], r["program"]): r["eligible"]
+              for r in map(json.loads, out.read_text().splitlines())}
+    assert stored == {k: v == "True" for k, v in verdict.items()}

@@ -18,7 +18,8 @@ from fhir_gateway.api.rest import base_url
 from fhir_gateway.healthhome import enrollment as hh_enrollment
 from fhir_gateway.healthhome import status as hh
 from fhir_gateway.healthhome.enrollment import EnrollmentRefused
-from fhir_gateway.identifiers import LOINC, MO_HEALTHNET_DCN
+from fhir_gateway.identifiers import MO_HEALTHNET_DCN
+from fhir_gateway.members import member_record
 from fhir_gateway.outcome import FhirError, invalid
 from fhir_gateway.search.dates import now_instant
 
@@ -115,22 +116,9 @@ async def hh_eligibility_posted(request: Request) -> Response:
 async def hh_eligibility(request: Request, patient_id: str) -> Response:
     """Evaluate what the store holds for one member."""
     store = request.app.state.store
-    resources = await run_in_threadpool(_member_record, store, patient_id)
+    resources = await run_in_threadpool(member_record, store, patient_id)
     query = request.query_params
     return _eligibility_response(request, resources, query.get("state"), query.get("asOf"))
-
-
-def _member_record(store, patient_id: str) -> list[dict]:
-    """The facts eligibility reads: the Patient, Conditions, BMI/smoking Observations, Coverage."""
-    patient = store.read("Patient", patient_id)
-    subject = f"Patient/{patient_id}"
-    found = [patient]
-    for resource_type, params in (
-            ("Condition", [("patient", subject)]),
-            ("Observation", [("patient", subject), ("code", f"{LOINC}|39156-5,{LOINC}|72166-2")]),
-            ("Coverage", [("beneficiary", subject)])):
-        found += store.search(resource_type, [*params, ("_count", "1000")]).matches
-    return found
 
 
 def _eligibility_response(request: Request, resources: list[dict], state: str | None,
@@ -210,7 +198,7 @@ async def enroll(request: Request, patient_id: str) -> Response:
 def _enroll(store, patient_id: str, wanted) -> dict:
     from fhir_gateway.healthhome.eligibility import EligibilityInputError, evaluate
 
-    record = _member_record(store, patient_id)
+    record = member_record(store, patient_id)
     try:
         programs = evaluate(record, None, wanted.start).programs
         verdict = next((p for p in programs if p.code == wanted.program), None)

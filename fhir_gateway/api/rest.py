@@ -14,8 +14,15 @@ from starlette.concurrency import run_in_threadpool
 
 from fhir_gateway import bundle as bundles
 from fhir_gateway.api.capability import capability_statement
-from fhir_gateway.api.http import (check_accept, fhir_response, is_pretty, prefer, read_body,
-                                   version_headers, written_response)
+from fhir_gateway.api.http import (
+    check_accept,
+    fhir_response,
+    is_pretty,
+    prefer,
+    read_body,
+    version_headers,
+    written_response,
+)
 from fhir_gateway.outcome import FhirError, Issue, invalid, operation_outcome
 from fhir_gateway.search.query import DEFAULT_COUNT, MAX_COUNT, RESULT_PARAMS
 from fhir_gateway.search.registry import resource_types

@@ -1,7 +1,12 @@
 """Source records (CIMOR, CyberAccess) -> FHIR resources, by declarative mappings in `mappings/`."""
 
-from fhir_gateway.mapping.engine import (MappedResource, Mapping, load_mapping, merge_mapped,
-                                         to_transaction)
+from fhir_gateway.mapping.engine import (
+                                         MappedResource,
+                                         Mapping,
+                                         load_mapping,
+                                         merge_mapped,
+                                         to_transaction,
+)
 from fhir_gateway.mapping.paths import MappingError
 
 __all__ = ["MappedResource", "Mapping", "MappingError", "load_mapping", "merge_mapped",

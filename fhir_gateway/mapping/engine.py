@@ -39,7 +39,14 @@ from urllib.parse import quote
 import yaml
 
 from fhir_gateway import identifiers
-from fhir_gateway.mapping.paths import Condition, Context, MappingError, items, resolve, text
+from fhir_gateway.mapping.paths import (
+    Condition,
+    Context,
+    MappingError,
+    items,
+    resolve,
+    text,
+)
 from fhir_gateway.mapping.transforms import ConceptMaps, registry
 
 MISSING = object()

@@ -10,6 +10,7 @@ If-None-Exist) are retried, and only when the connection itself failed.
 from __future__ import annotations
 
 import time
+
 import httpx
 import orjson
 
