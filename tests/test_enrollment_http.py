@@ -114,3 +114,33 @@ def test_mco_assignment_sends_the_assignment_letter(client):
         {"name": "end", "valueDate": "2026-07-01"}]})
     client.post("/fhir/Patient/m1/$enroll", json=enroll_params("ks-smi", "referral"))
     assert client.get("/fhir/Communication?subject=Patient/m1").json()["total"] == 1
+
+
+MO_PROVIDER_TYPE = "http://fhir.health-home-gateway.org/CodeSystem/mo-provider-type"
+
+
+def test_dd_member_gets_a_care_team_with_the_support_coordinator_and_tcm_agency(client):
+    setup_member(client, "MO", ["F20.9", "F84.0"])
+    client.put("/fhir/Practitioner/sc1", json={"resourceType": "Practitioner", "id": "sc1",
+                                               "name": [{"family": "Coordinator"}]})
+    client.put("/fhir/Organization/tcm1", json={"resourceType": "Organization", "id": "tcm1",
+                                                "name": "Demo TCM Agency"})
+    dd = {"resourceType": "EpisodeOfCare", "status": "active", "patient": {"reference": "Patient/m1"},
+          "type": [{"coding": [{"system": MO_PROVIDER_TYPE, "code": "15"}]}],
+          "managingOrganization": {"reference": "Organization/tcm1"},
+          "careManager": {"reference": "Practitioner/sc1"}}
+    assert client.post("/fhir/EpisodeOfCare", json=dd).status_code == 201
+    episode = client.post("/fhir/Patient/m1/$enroll", json=enroll_params("mo-cmhc")).json()
+    team = client.get(f"/fhir/{episode['team'][0]['reference']}").json()
+    members = {p["member"]["reference"] for p in team["participant"]}
+    assert members == {"Practitioner/sc1", "Organization/tcm1"}
+    drafts = client.get("/fhir/ServiceRequest?status=draft&code=dd-regional-office-referral").json()
+    assert drafts["total"] == 0  # the DD episode is open: no referral needed
+
+
+def test_dd_condition_without_a_dd_episode_becomes_a_regional_office_work_item(client):
+    setup_member(client, "MO", ["F20.9", "F84.0"])
+    assert client.post("/fhir/Patient/m1/$enroll", json=enroll_params("mo-cmhc")).status_code == 201
+    drafts = client.get("/fhir/ServiceRequest?status=draft&code=dd-regional-office-referral").json()
+    assert drafts["total"] == 1
+    assert drafts["entry"][0]["resource"]["subject"]["reference"] == "Patient/m1"

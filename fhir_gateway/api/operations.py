@@ -219,6 +219,15 @@ def _enroll(store, patient_id: str, wanted) -> dict:
         entries.append({"resource": hh_enrollment.override_provenance(
             target, f"Patient/{patient_id}", wanted.override_reason, when),
             "request": {"method": "POST", "url": "Provenance"}})
+    dd_episodes = hh_enrollment.open_dd_episodes(episodes)
+    team = hh_enrollment.dd_care_team(f"Patient/{patient_id}", target, dd_episodes)
+    if team:
+        entries.append({"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": team,
+                        "request": {"method": "POST", "url": "CareTeam"}})
+        episode["team"] = [{"reference": entries[-1]["fullUrl"]}]
+    if hh_enrollment.dd_referral_needed(conditions, dd_episodes):
+        entries.append({"resource": hh_enrollment.dd_referral(record[0], when),
+                        "request": {"method": "POST", "url": "ServiceRequest"}})
     if wanted.source == "mco-assignment":
         provider = store.read(*wanted.provider.split("/", 1))
         entries.append({"resource": hh_enrollment.assignment_letter(

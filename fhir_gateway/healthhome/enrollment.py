@@ -158,3 +158,58 @@ def assignment_letter(patient: dict, episode_ref: str, program: str, verdict, pr
             "contentType": "text/html; charset=utf-8", "title": "Health Home assignment letter",
             "data": base64.b64encode(html.encode()).decode()}}],
     }
+
+
+# -- DD coordination (mo-healthnet-health-homes-and-dd-coordination) --------------------------
+
+DD_PROVIDER_TYPES = ("15", "85")
+
+
+def open_dd_episodes(episodes: list[dict]) -> list[dict]:
+    """Active Division of DD episodes: provider type 15 (TCM) or 85 (waiver)."""
+    return [e for e in episodes if e.get("status") in ("active", "onhold", "waitlist")
+            and any(c.get("code") in DD_PROVIDER_TYPES
+                    and c.get("system", "").endswith("/mo-provider-type")
+                    for t in e.get("type", []) for c in t.get("coding", []))]
+
+
+def dd_care_team(patient_ref: str, enrollment_ref: str, dd_episodes: list[dict]) -> dict | None:
+    """The enrollment's CareTeam with the DD support coordinator(s) and TCM agency/agencies:
+    the Health Home coordinates with them, it does not replace them."""
+    members = []
+    for episode in dd_episodes:
+        if episode.get("careManager"):
+            members.append({"role": [{"text": "DD support coordinator"}],
+                            "member": episode["careManager"]})
+        if episode.get("managingOrganization"):
+            members.append({"role": [{"text": "TCM agency / Regional Office"}],
+                            "member": episode["managingOrganization"]})
+    if not members:
+        return None
+    return {"resourceType": "CareTeam", "meta": {"profile": [f"{SD}/hh-care-team"]},
+            "status": "active", "name": "Health Home and DD coordination",
+            "subject": {"reference": patient_ref}, "participant": members,
+            "note": [{"text": f"Care team of {enrollment_ref}"}]}
+
+
+def dd_referral_needed(conditions: list[dict], dd_episodes: list[dict]) -> bool:
+    """A developmental-disability condition but no open DD episode: refer to the Regional Office."""
+    return not dd_episodes and any(
+        c["code"] == "developmental-disability"
+        for condition in conditions
+        for coding in (condition.get("code") or {}).get("coding", [])
+        if coding.get("system") == ICD10CM and coding.get("code")
+        for c in categories(coding["code"]))
+
+
+def dd_referral(patient: dict, when: str) -> dict:
+    """The work item: a draft ServiceRequest to the DD Regional Office for the member's county."""
+    address = (patient.get("address") or [{}])[0]
+    county = address.get("district") or address.get("city") or "the member's county"
+    return {"resourceType": "ServiceRequest", "status": "draft", "intent": "proposal",
+            "code": {"coding": [{"system": f"{CS}/hh-codes", "code": "dd-regional-office-referral",
+                                 "display": "Referral to the DD Regional Office"}]},
+            "subject": {"reference": f"Patient/{patient['id']}"}, "authoredOn": when,
+            "performerType": {"text": f"DD Regional Office serving {county}"},
+            "reasonCode": [{"text": "Developmental disability on record without an open "
+                                    "Division of DD episode"}]}
