@@ -308,6 +308,17 @@ def _provider(parent: etree._Element, ns: str, tag: str, org: tuple[str, str]) -
     _el(el, f"{{{ns}}}NPI", org[1])
 
 
+def _enrollment(hh: etree._Element, ns: str, enrollment: Enrollment, start_tag: str) -> None:
+    """Program, provider and dates of a Health Home enrollment; the systems differ only in
+    what they call the start date."""
+    n = f"{{{ns}}}"
+    _el(hh, n + "Program", enrollment.program)
+    _provider(hh, ns, "Provider", enrollment.provider)
+    _el(hh, n + start_tag, enrollment.start.isoformat())
+    if enrollment.end:
+        _el(hh, n + "EndDate", enrollment.end.isoformat())
+
+
 def cimor_consumer(p: Person) -> etree._Element:
     """The person as CIMOR shows them: demographics, HH indicator, episodes, resources."""
     n = f"{{{CIMOR_NS}}}"
@@ -319,11 +330,7 @@ def cimor_consumer(p: Person) -> etree._Element:
     hh = _el(rec, n + "HealthHome")
     _el(hh, n + "Indicator", p.cimor_indicator)
     if p.cimor_hh:
-        _el(hh, n + "Program", p.cimor_hh.program)
-        _provider(hh, CIMOR_NS, "Provider", p.cimor_hh.provider)
-        _el(hh, n + "EffectiveDate", p.cimor_hh.start.isoformat())
-        if p.cimor_hh.end:
-            _el(hh, n + "EndDate", p.cimor_hh.end.isoformat())
+        _enrollment(hh, CIMOR_NS, p.cimor_hh, "EffectiveDate")
     if p.dd or p.bh:
         episodes = _el(rec, n + "Episodes")
         serial = 0
@@ -378,11 +385,7 @@ def cyberaccess_participant(p: Person, i: int, rng: random.Random, k: Knobs) -> 
         hh = _el(rec, n + "HealthHome")
         _el(hh, n + "Status", p.hh_status)
         if p.hh:
-            _el(hh, n + "Program", p.hh.program)
-            _provider(hh, CA_NS, "Provider", p.hh.provider)
-            _el(hh, n + "StartDate", p.hh.start.isoformat())
-            if p.hh.end:
-                _el(hh, n + "EndDate", p.hh.end.isoformat())
+            _enrollment(hh, CA_NS, p.hh, "StartDate")
     claims = [c for c in _claims(p, rng, k) if c]
     if claims:
         parent = _el(rec, n + "Claims")
