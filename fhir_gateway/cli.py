@@ -197,7 +197,7 @@ def eligibility(
     state: Annotated[str | None, typer.Option(help="MO or KS; default: derived per member")] = None,
     as_of: Annotated[str | None, typer.Option("--as-of", help="evaluation date, YYYY-MM-DD")] = None,
     input_file: Annotated[Path | None, typer.Option("--input", exists=True, dir_okay=False,
-                                                    help="NDJSON of members; default: the store")] = None,
+                                                    help="members as NDJSON, or a Bundle (.json); default: the store")] = None,
     out: Annotated[Path, typer.Option(help="report: .csv or .ndjson")] = Path("eligibility.csv"),
     store: StoreOption = "",
 ) -> None:
@@ -207,32 +207,47 @@ def eligibility(
 
     import orjson
 
-    from fhir_gateway.healthhome.batch import COLUMNS, members_from_ndjson, rows
+    from fhir_gateway.healthhome import batch
 
     try:
         when = date.fromisoformat(as_of) if as_of else None
     except ValueError:
         console.print(f"[red]error:[/red] --as-of must be YYYY-MM-DD, not {escape(as_of)}")
         raise typer.Exit(2) from None
-    if input_file:
-        members = members_from_ndjson(input_file)
-    else:
-        members = _store_members(_open(store))
-    count = 0
-    with out.open("w", newline="") as fh, Progress(console=console, transient=True) as progress:
-        task = progress.add_task("Evaluating members", total=None)
-        writer = csv.DictWriter(fh, COLUMNS) if out.suffix == ".csv" else None
-        if writer:
-            writer.writeheader()
-        last = None
-        for row in rows(members, state, when):
-            if row["patient"] != last:
-                count, last = count + 1, row["patient"]
-                progress.advance(task)
+
+    def report(rows) -> int:
+        count = 0
+        with out.open("w", newline="") as fh, Progress(console=console, transient=True) as bar:
+            task = bar.add_task("Evaluating members", total=None)
+            writer = csv.DictWriter(fh, batch.COLUMNS) if out.suffix == ".csv" else None
             if writer:
-                writer.writerow(row)
-            else:
-                fh.write(orjson.dumps(row).decode() + "\n")
+                writer.writeheader()
+            last = None
+            for row in rows:
+                if row["patient"] != last:
+                    count, last = count + 1, row["patient"]
+                    bar.advance(task)
+                if writer:
+                    writer.writerow(row)
+                else:
+                    fh.write(orjson.dumps(row).decode() + "\n")
+        return count
+
+    if input_file is None:
+        count = report(batch.rows(_store_members(_open(store)), state, when))
+    elif input_file.suffix == ".json":
+        try:
+            count = report(batch.rows(batch.members_from_bundle(input_file), state, when))
+        except ValueError as err:
+            console.print(f"[red]error:[/red] {escape(str(err))}")
+            raise typer.Exit(2) from None
+    else:
+        try:
+            count = report(batch.rows_from_ndjson(input_file, state, when))
+        except batch.MembersInterleaved as err:
+            console.print(f"{escape(str(input_file))} {escape(str(err))}: members' resources "
+                          "are not together, so the file is grouped in memory")
+            count = report(batch.rows(batch.members_from_ndjson(input_file), state, when))
     console.print(f"{count} member(s) evaluated; report: {escape(str(out))}")
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import yaml
@@ -88,6 +88,7 @@ class RuleSet:
     states: dict  # state code -> state document
     groups: dict  # group name -> frozenset of categories
     aliases: dict  # upper-case name or code -> state code
+    uses_age: bool = False  # some explanation says {age}: verdicts then depend on the age
 
 
 def _rules_dir(rules_dir: str | os.PathLike | None) -> str:
@@ -119,7 +120,15 @@ def load_rules(rules_dir: str) -> RuleSet:
     for code, spelled in (facts.get("state_names") or {}).items():
         for name in spelled:
             aliases[str(name).upper()] = code
-    return RuleSet(facts, states, groups, aliases)
+    return RuleSet(facts, states, groups, aliases, any(map(_quotes_age, states.values())))
+
+
+def _quotes_age(doc: dict) -> bool:
+    items = [*(doc.get("gates") or [])]
+    for program in doc["programs"]:
+        items += [*(program.get("gates") or []), *program["rules"],
+                  *(program.get("exclusions") or []), program["no_match"]]
+    return any("{age}" in str(item["explanation"]) for item in items)
 
 
 def _check_state(doc: dict, names: set, file: str) -> None:
@@ -207,16 +216,20 @@ def _same_patient(resource: dict, field_name: str, patient_id: str | None) -> bo
     return ref.split("/")[1] == patient_id
 
 
-def _condition_categories(condition: dict, facts: dict) -> set[str]:
+def _has_code(concept: dict | None, system: str, wanted) -> bool:
+    return any(c.get("system") == system and c.get("code") in wanted
+               for c in (concept or {}).get("coding", ()))
+
+
+def _condition_categories(condition: dict, facts: dict) -> list[str]:
     rules = facts["condition"]
-    clinical = _codes(condition.get("clinicalStatus"), CONDITION_CLINICAL)
-    verification = _codes(condition.get("verificationStatus"), CONDITION_VERIFICATION)
-    if not any(c in rules["clinical_active"] for c in clinical):
-        return set()
-    if any(v in rules["verification_excluded"] for v in verification):
-        return set()
-    return {cat for code in _codes(condition.get("code"), ICD10CM)
-            for cat in _icd_categories(code)}
+    if not _has_code(condition.get("clinicalStatus"), CONDITION_CLINICAL,
+                     rules["clinical_active"]) or _has_code(
+            condition.get("verificationStatus"), CONDITION_VERIFICATION,
+            rules["verification_excluded"]):
+        return []
+    return [cat for code in _codes(condition.get("code"), ICD10CM)
+            for cat in _icd_categories(code)]
 
 
 def _observation_time(obs: dict) -> str:
@@ -391,7 +404,8 @@ def evaluate(resources: list[dict], state: str | None = None, as_of: date | None
     (other resource types are ignored). `state`: "MO"/"KS" (or Missouri/Kansas); derived from
     identifiers or the address when omitted. `as_of`: the evaluation date, today by default.
     """
-    rules = load_rules(_rules_dir(rules_dir))
+    folder = _rules_dir(rules_dir)
+    rules = load_rules(folder)
     facts = rules.facts
     as_of = date.today() if as_of is None else _parse_date(as_of, "as_of")
     if not isinstance(resources, list) or not all(isinstance(r, dict) for r in resources):
@@ -418,11 +432,8 @@ def evaluate(resources: list[dict], state: str | None = None, as_of: date | None
         if code not in rules.states:
             raise EligibilityInputError(
                 f"unknown state {state!r}; known: {', '.join(sorted(rules.states))}", "state")
-    state_doc = rules.states[code]
 
-    cats: set[str] = set()
-    for cond in conditions:
-        cats |= _condition_categories(cond, facts)
+    cats = {cat for cond in conditions for cat in _condition_categories(cond, facts)}
     cats |= _observation_categories(observations, facts, as_of)
     for cat, implied in (facts.get("implies") or {}).items():
         if cat in cats:
@@ -433,7 +444,26 @@ def evaluate(resources: list[dict], state: str | None = None, as_of: date | None
         age = _age(_parse_date(patient["birthDate"], "Patient.birthDate"), as_of)
     pediatric = age is not None and age < facts["pediatric_age"]
 
-    ctx = _Context(cats, {"medicaid": medicaid, "chip": chip, "pediatric": pediatric},
+    key_age = age if rules.uses_age else None
+    verdicts, notes = _judge(folder, code, frozenset(cats), medicaid, chip,
+                             pediatric, key_age)
+    return Evaluation(code, as_of, sorted(cats), medicaid, chip,
+                      [ProgramVerdict(c, ok, list(basis), rule, text, source, list(also))
+                       for c, ok, basis, rule, text, source, also in verdicts], age, list(notes))
+
+
+@lru_cache(maxsize=8192)
+def _judge(rules_dir: str, code: str, cats: frozenset, medicaid: bool, chip: bool,
+           pediatric: bool, age: int | None) -> tuple[tuple, tuple]:
+    """The verdicts (as tuples) and notes for one combination of facts.
+
+    A verdict depends on nothing but the categories and the three facts (and the age, only
+    if an explanation quotes it), and members share few combinations: batch evaluation
+    judges each combination once.
+    """
+    rules = load_rules(rules_dir)
+    state_doc = rules.states[code]
+    ctx = _Context(set(cats), {"medicaid": medicaid, "chip": chip, "pediatric": pediatric},
                    rules.groups)
     verdicts = [_verdict(p, state_doc, ctx, age) for p in state_doc["programs"]]
     notes = []
@@ -445,4 +475,5 @@ def evaluate(resources: list[dict], state: str | None = None, as_of: date | None
             for v in verdicts:
                 if v.code in rule["programs"]:
                     v.explanation += f" {note}"
-    return Evaluation(code, as_of, sorted(cats), medicaid, chip, verdicts, age, notes)
+    return (tuple((v.code, v.eligible, tuple(v.basis), v.rule, v.explanation, v.source,
+                   tuple(v.also_met)) for v in verdicts), tuple(notes))
