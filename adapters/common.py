@@ -195,17 +195,20 @@ def to_data(element: etree._Element, repeating: frozenset[str]) -> dict | str | 
     return _convert(element, repeating, names)
 
 
-# (parent tag, child tag) -> (child local name, always a list?), per repeating set: this
+# parent tag -> child tag -> (child local name, always a list?), per repeating set: this
 # conversion is most of a record's parsing time, so each pair is worked out once.
-_NAMES: dict[frozenset[str], dict[tuple[str, str], tuple[str, bool]]] = {}
+_NAMES: dict[frozenset[str], dict[str, dict[str, tuple[str, bool]]]] = {}
 
 
 def _convert(element: etree._Element, repeating: frozenset[str],
-             names: dict[tuple[str, str], tuple[str, bool]]) -> dict | str | None:
+             names: dict[str, dict[str, tuple[str, bool]]]) -> dict | str | None:
     out: dict = {}
     for name, value in element.items():
         out["@" + _local(name)] = value
     parent = element.tag
+    known = names.get(parent)
+    if known is None:
+        known = names[parent] = {}
     leaf = True
     for child in element:
         tag = child.tag
@@ -214,17 +217,26 @@ def _convert(element: etree._Element, repeating: frozenset[str],
         leaf = False
         if len(child) or child.items():
             value = _convert(child, repeating, names)
+            if value is None:
+                continue
         else:  # the common case, a plain leaf: no call
-            value = (child.text or "").strip() or None
-        if value is None:
-            continue
-        info = names.get((parent, tag))
+            value = child.text
+            if value is None:
+                continue
+            value = value.strip()
+            if not value:
+                continue
+        info = known.get(tag)
         if info is None:
             local = _local(tag)
-            info = names[(parent, tag)] = (local, f"{_local(parent)}/{local}" in repeating)
+            info = known[tag] = (local, f"{_local(parent)}/{local}" in repeating)
         name, repeats = info
         if repeats:
-            out.setdefault(name, []).append(value)
+            found = out.get(name)
+            if found is None:
+                out[name] = [value]
+            else:
+                found.append(value)
         elif name not in out:
             out[name] = value
         elif isinstance(out[name], list):

@@ -1,15 +1,24 @@
-"""Import a CIMOR or CyberAccess extract into the store: parse, map, transact, quarantine.
+"""Import a CIMOR or CyberAccess extract into the store: parse, map, validate, transact,
+quarantine.
 
-Records stream from the parser in groups; each group becomes one transaction of
-identifier-based conditional updates, so re-importing a file changes nothing. If a group
-fails, its records are retried one by one so that only the bad record is quarantined (with
-file, line, record id, reason and raw XML) and everything else is stored. A file that is not
-well-formed stops at the break: the complete records before it are stored, and the error
-names the line and column.
+Records stream from the parser and are prepared in groups: mapped, each resource validated
+exactly as the store's guard would, and the good ones turned into one transaction of
+identifier-based conditional updates, so re-importing a file changes nothing. A record that
+fails the XSD, the mapping or validation is quarantined (file, line, record id, reason, raw
+XML) and the rest of its group goes on. If a transaction still fails in the store (a
+reference it cannot resolve, say), its records are retried one by one so that only the bad
+one is quarantined. A file that is not well-formed stops at the break: the complete records
+before it are stored, and the error names the line and column.
+
+Preparing is the CPU-heavy half and storing the other, so a big file is prepared in a
+worker process while the main process stores the previous groups (two cores, one each).
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import queue as queues
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -19,14 +28,19 @@ import orjson
 
 from adapters.common import MalformedExtract, SourceRecord
 from fhir_gateway.config import Settings
-from fhir_gateway.mapping.engine import load_mapping, to_transaction
+from fhir_gateway.mapping.engine import MappedResource, load_mapping, to_transaction
 from fhir_gateway.mapping.paths import MappingError
 from fhir_gateway.outcome import FhirError
 from fhir_gateway.store.base import FhirStore
+from fhir_gateway.validation.guard import ValidatingStore
+from fhir_gateway.validation.rules import load_rules
 
 MAPPINGS = Path(Settings().mappings)
 GROUP = 25  # records per transaction: fewer round trips, small enough to retry one by one
 SYSTEMS = ("cimor", "cyberaccess")
+#: files from this size on are prepared in a worker process (below, its start-up costs more
+#: than it saves)
+WORKER_FROM_BYTES = 2_000_000
 #: HAPI's storage response code for a conditional create that found the resource already there
 MATCHED_EXISTING = "SUCCESSFUL_CREATE_WITH_CONDITIONAL_MATCH"
 
@@ -42,6 +56,56 @@ class ImportSummary:
     malformed: str | None = None  # "line L, column C: message" when the file broke off
 
 
+@dataclass
+class Prepared:
+    """One record: its mapped, validated resources, or the reason it cannot be stored.
+
+    Resources travel as JSON (orjson): between processes, that is far cheaper than pickle.
+    """
+
+    line: int
+    record_id: str
+    raw: bytes
+    mapped_json: bytes = b"[]"  # [[key, resource, identifier, write, merge], ...]
+    reason: str | None = None
+
+    @property
+    def mapped(self) -> list[MappedResource]:
+        return [MappedResource(key, resource, tuple(ident), write, merge)
+                for key, resource, ident, write, merge in orjson.loads(self.mapped_json)]
+
+
+@dataclass
+class Group:
+    records: list[Prepared]
+    transaction_json: bytes | None  # the good records' transaction; None if there are none
+    malformed: str | None = None  # set on the last group when the file broke off
+
+
+@dataclass(frozen=True)
+class Validator:
+    """The store guard's checks, by value, so that a worker process can rebuild them."""
+
+    package_dir: str | None = None  # the IG package whose profiles apply, if any
+    all_of_profiled_types: bool = False
+
+    @classmethod
+    def of(cls, store: FhirStore) -> Validator | None:
+        if not isinstance(store, ValidatingStore):
+            return None
+        rules = store.rules
+        return cls(rules.package_dir, rules.all_of_profiled_types) if rules else cls()
+
+    def check(self, resource: dict) -> None:
+        """Raise the FhirError the guard would (400 structure, 422 profiles)."""
+        self._guard().check(resource)
+
+    def _guard(self) -> ValidatingStore:
+        rules = load_rules(self.package_dir, self.all_of_profiled_types) \
+            if self.package_dir else None
+        return ValidatingStore(None, rules)  # its checks only: no store behind it
+
+
 def _parser(system: str) -> Callable[[Path], Iterator[SourceRecord]]:
     if system == "cimor":
         from adapters.cimor.parser import parse
@@ -52,59 +116,141 @@ def _parser(system: str) -> Callable[[Path], Iterator[SourceRecord]]:
     return parse
 
 
-def import_extract(store: FhirStore, system: str, path: Path,
-                   progress: Callable[[int], None] = lambda n: None) -> ImportSummary:
-    """Import one extract file; `progress` gets the number of records done."""
+# ------------------------------------------------------------------ preparing
+
+
+def prepare(system: str, path: Path, validator: Validator | None) -> Iterator[Group]:
+    """The extract's records in groups, each ready to store."""
     parse, mapping = _parser(system), load_mapping(MAPPINGS / f"{system}.yaml")
-    summary = ImportSummary()
-    group: list[tuple[SourceRecord, list]] = []
-
-    def flush() -> None:
-        _store_group(store, group, summary, path)
-        progress(len(group))
-        group.clear()
-
+    records: list[tuple[Prepared, list[MappedResource]]] = []
     try:
         for record in parse(path):
-            summary.records += 1
-            if record.errors:
-                _quarantine(summary, path, record, "; ".join(record.errors))
-                continue
-            try:
-                group.append((record, mapping.apply(record.data)))
-            except MappingError as err:
-                _quarantine(summary, path, record, str(err))
-                continue
-            if len(group) >= GROUP:
-                flush()
+            records.append(_prepare_record(record, mapping, validator))
+            if len(records) >= GROUP:
+                yield _group(records)
+                records = []
     except MalformedExtract as err:
-        summary.malformed = f"line {err.line}, column {err.column}: {err.message}"
-    if group:
-        flush()
+        yield _group(records, f"line {err.line}, column {err.column}: {err.message}")
+        return
+    if records:
+        yield _group(records)
+
+
+def _prepare_record(record: SourceRecord, mapping, validator: Validator | None
+                    ) -> tuple[Prepared, list[MappedResource]]:
+    prepared = Prepared(record.line, record.record_id, record.raw)
+    if record.errors:
+        prepared.reason = "; ".join(record.errors)
+        return prepared, []
+    try:
+        mapped = mapping.apply(record.data)
+        if validator:
+            for resource in mapped:
+                validator.check(resource.resource)
+    except MappingError as err:
+        prepared.reason = str(err)
+    except FhirError as err:
+        prepared.reason = err.issues[0].diagnostics
+    if prepared.reason:
+        return prepared, []
+    prepared.mapped_json = orjson.dumps([[m.key, m.resource, m.identifier, m.write, m.merge]
+                                         for m in mapped])
+    return prepared, mapped
+
+
+def _group(records: list[tuple[Prepared, list[MappedResource]]],
+           malformed: str | None = None) -> Group:
+    good = [m for _, mapped in records for m in mapped]
+    return Group([p for p, _ in records],
+                 orjson.dumps(to_transaction(good)) if good else None, malformed)
+
+
+def _prepare_in_worker(system: str, path: Path, validator: Validator | None) -> Iterator[Group]:
+    """`prepare` run in a worker process, a few groups ahead of the caller (bounded)."""
+    context = multiprocessing.get_context("spawn")  # no fork of a threaded server
+    queue = context.Queue(maxsize=8)
+    worker = context.Process(target=_produce, args=(queue, system, path, validator),
+                             daemon=True)
+    worker.start()
+    try:
+        while (item := _next(queue, worker)) is not None:
+            if isinstance(item, str):
+                raise RuntimeError(f"preparing {path} failed in the worker process:\n{item}")
+            yield item
+    finally:
+        worker.kill()
+        worker.join()
+
+
+def _next(queue, worker):
+    """The worker's next group, None at the end; an error if the worker died silently."""
+    while True:
+        try:
+            return queue.get(timeout=1)
+        except queues.Empty:
+            if not worker.is_alive() and queue.empty():
+                raise RuntimeError(f"the import worker process ended (exit code "
+                                   f"{worker.exitcode}) before finishing") from None
+
+
+def _produce(queue, system: str, path: Path, validator: Validator | None) -> None:
+    try:
+        for group in prepare(system, path, validator):
+            queue.put(group)
+    except Exception:  # noqa: BLE001 - handed to the parent, which raises it
+        queue.put(traceback.format_exc())
+    queue.put(None)
+
+
+# ------------------------------------------------------------------ storing
+
+
+def import_extract(store: FhirStore, system: str, path: Path,
+                   progress: Callable[[int], None] = lambda n: None,
+                   worker: bool | None = None) -> ImportSummary:
+    """Import one extract file; `progress` gets the number of records done. `worker`:
+    prepare in a worker process (default: for files from WORKER_FROM_BYTES on)."""
+    _parser(system)  # an unknown system fails here, before any work
+    validator = Validator.of(store)
+    writer = store.inner if isinstance(store, ValidatingStore) else store  # checked already
+    if worker is None:
+        worker = path.stat().st_size >= WORKER_FROM_BYTES
+    groups = (_prepare_in_worker if worker else prepare)(system, path, validator)
+    summary = ImportSummary()
+    for group in groups:
+        summary.records += len(group.records)
+        for record in group.records:
+            if record.reason:
+                _quarantine(summary, path, record, record.reason)
+        if group.transaction_json:
+            _store_group(writer, group, summary, path)
+        summary.malformed = group.malformed
+        progress(len(group.records))
     return summary
 
 
-def _store_group(store: FhirStore, group: list, summary: ImportSummary, path: Path) -> None:
+def _store_group(store: FhirStore, group: Group, summary: ImportSummary, path: Path) -> None:
+    good = [p for p in group.records if not p.reason]
     try:
-        _transact(store, [m for _, mapped in group for m in mapped], summary)
+        _transact(store, orjson.loads(group.transaction_json), summary)
         return
     except FhirError as err:
-        if len(group) == 1:
-            _quarantine(summary, path, group[0][0], err.issues[0].diagnostics)
+        if len(good) == 1:
+            _quarantine(summary, path, good[0], err.issues[0].diagnostics)
             return
-    for record, mapped in group:  # find the bad one(s); the others go in on their own
+    for record in good:  # find the bad one(s); the others go in on their own
         try:
-            _transact(store, mapped, summary)
+            _transact(store, to_transaction(record.mapped), summary)
         except FhirError as err:
             _quarantine(summary, path, record, err.issues[0].diagnostics)
 
 
-def _transact(store: FhirStore, mapped: list, summary: ImportSummary) -> None:
+def _transact(store: FhirStore, bundle: dict, summary: ImportSummary) -> None:
     """One transaction; 201 is created, a 200 that changed nothing is unchanged: HAPI says so
     in the entry's outcome (`..._NO_CHANGE`), the embedded store by a lastModified from
     before the transaction was sent."""
     sent = datetime.now(timezone.utc).timestamp()
-    for entry in store.transaction(to_transaction(mapped)).get("entry", []):
+    for entry in store.transaction(bundle).get("entry", []):
         response = entry["response"]
         modified = response.get("lastModified")
         codes = [c.get("code", "") for i in response.get("outcome", {}).get("issue", [])
@@ -118,7 +264,7 @@ def _transact(store: FhirStore, mapped: list, summary: ImportSummary) -> None:
             summary.updated += 1
 
 
-def _quarantine(summary: ImportSummary, path: Path, record: SourceRecord, reason: str) -> None:
+def _quarantine(summary: ImportSummary, path: Path, record: Prepared, reason: str) -> None:
     summary.quarantined += 1
     summary.quarantine.append({"file": str(path), "line": record.line,
                                "record_id": record.record_id, "reason": reason,

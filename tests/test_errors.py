@@ -85,3 +85,32 @@ def test_bad_search_values_are_400_naming_the_parameter(client):
 def test_empty_body(client):
     r = client.post("/fhir/Patient", content=b"")
     assert r.status_code == 400 and _issue(r)["code"] == "required"
+
+
+def test_unknown_type_of_a_nested_resource_is_a_400_naming_it(client):
+    r = client.post("/fhir/Bundle", json={"resourceType": "Bundle", "type": "collection",
+                                          "entry": [{"resource": {"resourceType": "Foo"}}]})
+    assert r.status_code == 400
+    issue = _issue(r)
+    assert "Foo" in issue["diagnostics"]
+    assert issue["expression"] == ["Bundle.entry[0].resource.resourceType"]
+
+
+def test_a_category_coding_without_a_code_is_judged_not_a_500_error(client):
+    import json
+
+    from fhir_gateway.config import DEFAULT_PROFILES
+    from fhir_gateway.identifiers import CANONICAL_BASE, CONDITION_CLINICAL, ICD10CM
+
+    with open(f"{DEFAULT_PROFILES}/ConceptMap-icd10cm-to-hh-category.json") as fh:
+        categories = json.load(fh)["group"][0]["target"]
+    client.put("/fhir/Patient/cat", json={**patient(), "id": "cat"})
+    r = client.post("/fhir/Condition", json={
+        "resourceType": "Condition",
+        "meta": {"profile": [f"{CANONICAL_BASE}/StructureDefinition/hh-qualifying-condition"]},
+        "subject": {"reference": "Patient/cat"},
+        "clinicalStatus": {"coding": [{"system": CONDITION_CLINICAL, "code": "active"}]},
+        "code": {"coding": [{"system": ICD10CM, "code": "F20.9"}]},
+        "category": [{"coding": [{"system": categories, "code": "smi"}, {"system": categories}]}]})
+    assert r.status_code == 201, r.text  # a Coding may lack a code; the smi one is checked
+    assert r.json()["category"][0]["coding"][0]["code"] == "smi"

@@ -42,9 +42,12 @@ def stored_counts(store) -> Counter:
     return Counter({t: store.search(t, [("_summary", "count")]).total for t in TYPES})
 
 
-def test_import_both_extracts_counts_every_resource_and_reimport_changes_nothing(store, extracts):
+@pytest.mark.parametrize("worker", [False, True], ids=["inline", "worker-process"])
+def test_import_both_extracts_counts_every_resource_and_reimport_changes_nothing(store, extracts,
+                                                                                 worker):
     cimor, cyberaccess = extracts
-    first = [import_extract(store, "cimor", cimor), import_extract(store, "cyberaccess", cyberaccess)]
+    first = [import_extract(store, "cimor", cimor, worker=worker),
+             import_extract(store, "cyberaccess", cyberaccess, worker=worker)]
     assert [s.records for s in first] == [MEMBERS, MEMBERS]
     assert [s.quarantined for s in first] == [0, 0], first[0].quarantine[:2] + first[1].quarantine[:2]
     expected = expected_counts(("cimor", cimor, parse_cimor),
@@ -52,7 +55,8 @@ def test_import_both_extracts_counts_every_resource_and_reimport_changes_nothing
     assert stored_counts(store) == +expected  # one Patient per DCN across both systems
     assert stored_counts(store)["Patient"] == MEMBERS
     versions = store.history(count=1).total
-    again = [import_extract(store, "cimor", cimor), import_extract(store, "cyberaccess", cyberaccess)]
+    again = [import_extract(store, "cimor", cimor, worker=worker),
+             import_extract(store, "cyberaccess", cyberaccess, worker=worker)]
     assert [(s.created, s.updated) for s in again] == [(0, 0), (0, 0)]
     assert sum(s.unchanged for s in again) > MEMBERS
     assert store.history(count=1).total == versions  # not one new version

@@ -56,8 +56,8 @@ def category_issues(condition: dict, package_dir: str | None = None) -> list[Iss
     system, _ = _prefixes(package_dir)
     icd = [c["code"] for c in (condition.get("code") or {}).get("coding", [])
            if c.get("system") == ICD10CM and c.get("code")]
-    given = {c.get("code") for cc in condition.get("category", []) for c in cc.get("coding", [])
-             if c.get("system") == system}
+    given = {c["code"] for cc in condition.get("category", []) for c in cc.get("coding", [])
+             if c.get("system") == system and isinstance(c.get("code"), str)}
     if not icd or not given:
         return []
     mapped = {c["code"] for code in icd for c in categories(code, package_dir)}

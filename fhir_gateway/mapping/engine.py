@@ -24,14 +24,22 @@ place), `write: update|create` (which system owns a resource that two systems pr
 
 An object whose source-derived values are all absent is dropped with its literals (no
 `{"system": ...}` identifier without a value), so optional source elements need no `when:`.
+
+`load_mapping` checks a file and compiles it, once, into nested Python functions: paths
+pre-split, transforms pre-bound, conditions compiled, literal parts built once (and copied
+per use). Applying it to a record then only calls those functions, so the cost of a record is
+its data, not the reading of the template.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 import uuid
-from copy import deepcopy
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -42,12 +50,14 @@ from fhir_gateway import identifiers
 from fhir_gateway.mapping.paths import (
     Condition,
     Context,
+    Finder,
     MappingError,
-    items,
-    resolve,
+    finder,
+    getter,
     text,
+    text_getter,
 )
-from fhir_gateway.mapping.transforms import ConceptMaps, registry
+from fhir_gateway.mapping.transforms import ConceptMaps, TransformError, registry
 
 MISSING = object()
 EXPRESSIONS = ("path", "const", "concat", "first", "ref")
@@ -56,6 +66,15 @@ WRITES = ("update", "create")
 MERGES = ("min", "max")
 RESOURCE_KEYS = {"key", "type", "profile", "foreach", "when", "identifier", "write", "merge",
                  "resource"}
+
+# A compiled template node: ctx -> (value or MISSING, whether it depends on the source).
+Build = Callable[[Context], tuple[Any, bool]]
+# A compiled expression: (ctx, required=False) -> value or MISSING (required: MappingError).
+Value = Callable[..., Any]
+# Kinds of the items of a compiled list.
+_LITERAL, _COPY, _SOURCE, _VALUE, _BUILD, _REPEAT = (
+    "literal", "copy", "source", "value", "build", "repeat")
+_NOT_LITERAL = object()
 
 
 @dataclass
@@ -87,10 +106,60 @@ class MappedResource:
         return f"{self.type}?{self.search}"
 
 
+_SEARCH_ESCAPES = re.compile(r"([\\,|$])")
+_PLAIN_VALUE = re.compile(r"[A-Za-z0-9_.~/-]*")  # nothing to escape, nothing to encode
+
+
+@lru_cache(maxsize=1 << 14)
 def identifier_search(system: str, value: str) -> str:
-    """`identifier=system|value` with the search escapes (`\\,` `\\|` `\\$`) and URL encoding."""
-    escaped = re.sub(r"([\\,|$])", r"\\\1", value)
-    return f"identifier={quote(system, safe=':/')}|{quote(escaped, safe='/')}"
+    """`identifier=system|value` with the search escapes (`\\,` `\\|` `\\$`) and URL encoding.
+
+    Cached: every resource of a record references the record's Patient (and often more),
+    and the transaction asks again for each entry.
+    """
+    if not _PLAIN_VALUE.fullmatch(value):  # most values (DCNs, NPIs, codes) are plain
+        value = quote(_SEARCH_ESCAPES.sub(r"\\\1", value), safe="/")
+    return f"identifier={_encoded_system(system)}|{value}"
+
+
+@lru_cache(maxsize=256)
+def _encoded_system(system: str) -> str:
+    return quote(system, safe=":/")
+
+
+class _Record(Context):
+    """The context of a whole record, with what the engine learns while mapping it.
+
+    `produced` holds the (type, system, value) of the record's resources (references
+    resolve against it); `memo` what is asked for more than once, by context: a condition
+    two resources share, the items a path reaches, the reference to the Patient that every
+    resource makes, the identifier each resource has where it was made.
+    """
+
+    __slots__ = ("memo", "produced")
+
+    def __init__(self, data: dict):
+        super().__init__(data)
+        self.produced: frozenset = frozenset()
+        self.memo: dict = {}
+
+    def close(self) -> None:
+        """Break the record's reference cycles (it is its own root; its memo holds contexts
+        that point back at it), so that it is freed as soon as it is mapped: left to the
+        cyclic garbage collector, mapped records cost a tenth more."""
+        self.root = None
+        self.memo = {}
+
+
+def _remembered(fn: Callable[[Context], Any], key: Any) -> Callable[[Context], Any]:
+    """fn(ctx), computed once per context of a record (the memo is the record's)."""
+    def once(ctx: Context) -> Any:
+        memo = ctx.root.memo
+        found = memo.get((key, ctx), memo)  # the memo itself: not there yet
+        if found is memo:
+            found = memo[key, ctx] = fn(ctx)
+        return found
+    return once
 
 
 @dataclass
@@ -100,11 +169,17 @@ class _Spec:
     where: str
     template: dict
     identifier: dict
+    value: Value  # the identifier value, compiled
+    contexts: Finder | None  # each item of `foreach` (None: the record itself)
+    test: Callable[[Context], Any] | None  # `when`, compiled (and remembered if asked again)
     profile: str | None = None
     foreach: Any = None
     when: Condition | None = None
     write: str = "update"
     merge: dict[str, str] = field(default_factory=dict)
+    build: Build | None = None  # the template, compiled once every key is known (refs)
+    distinct: bool = False  # its resource is a function of the item: repeated items map once
+    more_identifiers: bool = True  # whether the template may make identifiers of its own
 
 
 class Mapping:
@@ -117,11 +192,14 @@ class Mapping:
         folder = source.parent / doc.get("conceptmaps", "conceptmaps")
         self.concept_maps = ConceptMaps(folder)
         self.transforms = registry(self.concept_maps)
+        self._functions = {name: _for_conditions(fn) for name, fn in self.transforms.items()
+                           if name != "translate"}  # what `when:` may call
         shared = {}
         for name in _as_list(doc.get("include")):  # e.g. common.yaml: systems both files use
             shared.update(yaml.safe_load((source.parent / name).read_text()).get("constants", {}))
         self.constants = _constants({**shared, **(doc.get("constants") or {})})
         self._conditions: dict[str, Condition] = {}
+        self._literals: dict[Callable, Any] = {}  # compiled literal nodes -> their value
         self.specs: list[_Spec] = []
         self.by_key: dict[str, _Spec] = {}
         for i, raw in enumerate(doc.get("resources") or []):
@@ -130,10 +208,18 @@ class Mapping:
         self.by_key = {s.key: s for s in self.specs}
         if len(self.by_key) != len(self.specs):
             raise MappingError(str(source), "two resources share a key")
+        shared = Counter(spec.when for spec in self.specs)
         for spec in self.specs:
-            self._check(spec.template, spec.where + ".resource")
+            if spec.when and (spec.foreach is None or shared[spec.when] > 1):
+                spec.test = _remembered(spec.when.test, spec.when)  # asked again, same answer
+            spec.build = self._template(spec.template, spec.where + ".resource")
+            spec.more_identifiers = "identifier" in spec.template or any(
+                k in spec.template for k in EXPRESSIONS)  # an expression makes anything
+            spec.distinct = spec.foreach is not None and not self._climbs(
+                [spec.when.expr if spec.when else None, spec.identifier["value"], spec.template])
+        self._record_id = getter(self.record_id) if self.record_id else None
 
-    # -- loading ----------------------------------------------------------------------
+    # -- loading: checks, then compiles ------------------------------------------------
     def _spec(self, raw: dict, where: str) -> _Spec:
         unknown = set(raw) - RESOURCE_KEYS
         if unknown:
@@ -157,46 +243,20 @@ class Mapping:
         if not isinstance(template, dict) or {"resourceType", "id", "meta"} & set(template):
             raise MappingError(f"{where}.resource", "a template without resourceType/id/meta "
                                                     "(the engine sets them)")
-        self._check_value(ident["value"], f"{where}.identifier.value")
+        value = self._expression(ident["value"], f"{where}.identifier.value")
         foreach = raw.get("foreach")
-        if isinstance(foreach, dict):
-            self._check_value(foreach, f"{where}.foreach")
-        return _Spec(raw["key"], raw["type"], where, template, ident, profile, foreach,
-                     self._condition(raw["when"]) if "when" in raw else None, write, merge)
+        contexts = None if foreach is None else self._contexts(foreach, f"{where}.foreach")
+        when = self._condition(raw["when"]) if "when" in raw else None
+        return _Spec(raw["key"], raw["type"], where, template, ident, value, contexts,
+                     None if when is None else when.test, profile, foreach, when, write, merge)
 
     def _condition(self, expr: str) -> Condition:
         if expr not in self._conditions:
-            self._conditions[expr] = Condition(str(expr), self._functions())
+            self._conditions[expr] = Condition(str(expr), self._functions)
         return self._conditions[expr]
 
-    def _functions(self) -> dict:
-        return {name: (lambda v, p, fn=fn: fn(v, None, p)) for name, fn in self.transforms.items()
-                if name != "translate"}
-
-    def _check(self, node: Any, where: str) -> None:
-        """Reject unknown directives, transforms, ConceptMaps and keys at load, not mid-import."""
-        if isinstance(node, list):
-            for i, item in enumerate(node):
-                self._check(item, f"{where}[{i}]")
-        elif isinstance(node, dict):
-            if "when" in node:
-                self._condition(node["when"])
-            if "foreach" in node:
-                if set(node) - {"foreach", "item", "when"} or "item" not in node:
-                    raise MappingError(where, "a foreach takes 'foreach', 'item' and 'when'")
-                if isinstance(node["foreach"], dict):
-                    self._check_value(node["foreach"], f"{where}.foreach")
-                self._check(node["item"], f"{where}.item")
-            elif any(k in node for k in EXPRESSIONS):
-                self._check_value(node, where)
-            else:
-                for key, value in node.items():
-                    if key != "when":
-                        self._check(value, f"{where}.{key}")
-
-    def _check_value(self, node: Any, where: str) -> None:
-        if not isinstance(node, dict):
-            return
+    def _check_value(self, node: dict, where: str) -> None:
+        """Reject unknown transforms, ConceptMaps and keys at load, not mid-import."""
         found = [k for k in EXPRESSIONS if k in node]
         if len(found) != 1:
             raise MappingError(where, f"a value needs exactly one of {EXPRESSIONS}")
@@ -209,177 +269,502 @@ class Mapping:
             self.concept_maps.get(node["translate"])
         if "ref" in node and node["ref"] not in self.by_key:
             raise MappingError(f"{where}.ref", f"no resource with key '{node['ref']}'")
-        for part in node.get("concat") or node.get("first") or []:
-            self._check_value(part, where)
+
+    def _check_foreach(self, node: dict, where: str) -> None:
+        if set(node) - {"foreach", "item", "when"} or "item" not in node:
+            raise MappingError(where, "a foreach takes 'foreach', 'item' and 'when'")
+        if isinstance(node["foreach"], dict):
+            self._check_value(node["foreach"], f"{where}.foreach")
+
+    def _climbs(self, node: Any) -> bool:
+        """Whether a node may read above its item (`../`), itself or through the identifier
+        of a resource it references: a node that does not is a function of its item."""
+        if isinstance(node, str):
+            return "../" in node
+        if isinstance(node, list):
+            return any(self._climbs(v) for v in node)
+        if isinstance(node, dict):
+            target = self.by_key.get(node.get("ref"))
+            return any(self._climbs(v) for v in node.values()) or (
+                target is not None and self._climbs(target.identifier["value"]))
+        return False
+
+    # -- compiling templates -------------------------------------------------------------
+    def _template(self, node: Any, where: str) -> Build:
+        """A template node, compiled; a literal subtree is built here, once."""
+        if isinstance(node, str):
+            if _is_path(node):
+                read = _reader(node[1:], _source(node))
+                return lambda ctx: (read(ctx), True)
+            return self._literal(node.removeprefix("$"))
+        if isinstance(node, list):
+            return self._list(node, where)
+        if not isinstance(node, dict):
+            return self._literal(node)
+        when = self._condition(node["when"]) if "when" in node else None
+        if "foreach" in node:  # outside a list a foreach is a plain object (checked all the same)
+            self._check_foreach(node, where)
+        elif any(k in node for k in EXPRESSIONS):
+            return self._template_expression(node, when, where)
+        return self._object(node, when, where)
+
+    def _literal(self, value: Any) -> Build:
+        """A node without source paths: its value, a fresh copy per use if it is mutable."""
+        if isinstance(value, (dict, list)):
+            copy = _copier(value)
+
+            def build(ctx: Context) -> tuple[Any, bool]:
+                return copy(), False
+        else:
+            result = (value, False)
+
+            def build(ctx: Context) -> tuple[Any, bool]:
+                return result
+        self._literals[build] = value
+        return build
+
+    def _template_expression(self, node: dict, when: Condition | None, where: str) -> Build:
+        value = self._unguarded(node, where)
+        dynamic = "const" not in node  # a `when`-ed literal stays literal
+
+        def expression(ctx: Context) -> tuple[Any, bool]:
+            if when is not None and not when(ctx):
+                return MISSING, False
+            return value(ctx), dynamic
+        return expression
+
+    def _object(self, node: dict, when: Condition | None, where: str) -> Build:
+        """An object: dropped when its `when` fails, when it is empty, or when it has
+        source-derived values and all of them are absent (its literals go with them)."""
+        members = [(key, *self._member(child, f"{where}.{key}"))
+                   for key, child in node.items() if key != "when"]
+        skeleton = {}  # every member in order, the literal ones with their value
+        computed = []  # (key, kind, function, dyn) of the others
+        for key, kind, fn, dyn in members:
+            if kind is _LITERAL and fn is MISSING:
+                continue  # an empty literal: never there
+            skeleton[key] = fn if kind is _LITERAL else None
+            if kind is not _LITERAL:
+                computed.append((key, kind, fn, dyn))
+
+        def build(ctx: Context) -> tuple[Any, bool]:
+            if when is not None and not when(ctx):
+                return MISSING, False
+            out, dynamic, sourced = skeleton.copy(), False, False
+            for key, kind, fn, dyn in computed:
+                if kind is _COPY:  # a literal object or list: there, and not sourced
+                    out[key] = fn()
+                    continue
+                value, dyn = _computed(kind, fn, dyn, ctx)
+                dynamic |= dyn
+                if value is MISSING:
+                    del out[key]
+                else:
+                    out[key] = value
+                    sourced |= dyn
+            if not out or (dynamic and not sourced):
+                return MISSING, dynamic
+            return out, dynamic
+        if when is None and all(kind in (_LITERAL, _COPY) for _, kind, _, _ in members):
+            return self._literal(build(None)[0])
+        return build
+
+    def _member(self, node: Any, where: str) -> tuple[str, Any, bool | None]:
+        """(kind, function or value, dyn) of an object's member or a list's item.
+
+        A `$path` (_SOURCE) is read directly; an expression without `when` (_VALUE) is
+        called for its value alone, whether it depends on the source (dyn) known here; a
+        scalar literal (_LITERAL) is its value, an object or list literal (_COPY) copied;
+        anything else is a template (_BUILD, called for value and dyn).
+        """
+        if _is_path(node):
+            return _SOURCE, text_getter(node[1:], MISSING), True
+        if isinstance(node, dict) and "when" not in node and "foreach" not in node \
+                and any(k in node for k in EXPRESSIONS):
+            return _VALUE, self._unguarded(node, where), "const" not in node
+        build = self._template(node, where)
+        literal = self._literals.get(build, _NOT_LITERAL)
+        if literal is MISSING or _is_scalar(literal):
+            return _LITERAL, literal, False
+        if literal is not _NOT_LITERAL:
+            return _COPY, _copier(literal), False
+        return _BUILD, build, None
+
+    def _list(self, node: list, where: str) -> Build:
+        """A list: its items, with `{foreach, item}` items repeated (without duplicates) and
+        the values of a `$path` item reaching several spread into the list."""
+        parts = []  # (kind, function or literal value, dyn of a value)
+        for i, item in enumerate(node):
+            if isinstance(item, dict) and "foreach" in item:
+                parts.append((_REPEAT, self._repeat(item, f"{where}[{i}]"), True))
+                continue
+            kind, fn, dyn = self._member(item, f"{where}[{i}]")
+            if fn is not MISSING:  # an empty literal adds nothing
+                parts.append((kind, fn, dyn))
+
+        def build(ctx: Context) -> tuple[Any, bool]:
+            out, dynamic = [], False
+            for kind, part, dyn in parts:
+                if kind is _LITERAL:
+                    out.append(part)
+                    continue
+                if kind is _COPY:
+                    out.append(part())
+                    continue
+                if kind is _REPEAT:
+                    part(ctx, out)
+                    dynamic = True
+                    continue
+                value, dyn = _computed(kind, part, dyn, ctx)
+                if kind is _SOURCE and isinstance(value, list):  # a path reaching several
+                    out.extend(value)
+                    dynamic = True
+                    continue
+                dynamic |= dyn
+                if value is not MISSING:
+                    out.append(value)
+            return (out if out else MISSING), dynamic
+        if all(kind in (_LITERAL, _COPY) for kind, _, _ in parts):
+            return self._literal(build(None)[0])
+        return build
+
+    def _repeat(self, node: dict, where: str) -> Callable[[Context, list], None]:
+        """A `{foreach, item}` list item: the item at each context where `when` holds, added
+        to the list unless it is there already."""
+        when = self._condition(node["when"]).test if "when" in node else None
+        self._check_foreach(node, where)
+        contexts = self._contexts(node["foreach"], f"{where}.foreach")
+        item = self._template(node["item"], f"{where}.item")
+        distinct = not self._climbs(node)  # a repeated item would add nothing: skip it
+
+        def repeat(ctx: Context, out: list) -> bool:
+            seen = set()
+            for c in contexts(ctx):
+                if distinct and c.item.__class__ is str:
+                    if c.item in seen:
+                        continue
+                    seen.add(c.item)
+                if when is None or when(c):
+                    value, _ = item(c)
+                    if value is not MISSING and value not in out:
+                        out.append(value)
+        return repeat
+
+    def _contexts(self, foreach: Any, where: str) -> Finder:
+        """Where a `foreach` leads: a path's items, or one child per value of an expression."""
+        if foreach is None:
+            return lambda ctx: [ctx]
+        if isinstance(foreach, str):  # several resources and lists go over the same items
+            return _remembered(finder(foreach), ("items", foreach))
+        values = self._expression(foreach, where)
+
+        def each(ctx: Context) -> list[Context]:
+            found = values(ctx)
+            found = [] if found is MISSING else found if isinstance(found, list) else [found]
+            return [ctx.child(v, f"{ctx.where}[{i}]") for i, v in enumerate(found)]
+        return each
+
+    # -- compiling expressions -----------------------------------------------------------
+    def _expression(self, node: Any, where: str) -> Value:
+        """A value (`$path`, a literal, `{path|const|concat|first|ref: ...}`), compiled."""
+        if not isinstance(node, dict):
+            return self._plain_value(node, where)
+        value = self._unguarded(node, where)
+        if "when" not in node:
+            return value
+        when = self._condition(node["when"])
+
+        def guarded(ctx: Context, required: bool = False) -> Any:
+            return value(ctx, required) if when(ctx) else MISSING
+        return guarded
+
+    def _plain_value(self, node: Any, where: str) -> Value:
+        """A value that is not an expression object: `$path`, a literal, a template."""
+        source = _source(node) or str(node)
+        if _is_path(node):
+            return _reader(node[1:], source)
+        build = self._template(node, where)
+        literal = self._literals.get(build, MISSING)
+        if literal is not MISSING and not isinstance(literal, (dict, list)):
+            def constant(ctx: Context, required: bool = False) -> Any:
+                return literal
+            self._literals[constant] = literal
+            return constant
+
+        def value(ctx: Context, required: bool = False) -> Any:
+            got, _ = build(ctx)
+            if got is MISSING and required:
+                raise MappingError(_where(ctx, source), "is required")
+            return got
+        return value
+
+    def _unguarded(self, node: dict, where: str) -> Value:
+        """An expression object without its `when` (checked, then compiled)."""
+        self._check_value(node, where)
+        if "ref" in node:
+            return self._reference(node, where)
+        settle = self._settler(node)
+        source = _source(node)
+        if "path" in node:
+            read = text_getter(node["path"])
+
+            plain = not self._steps(node)
+
+            def path(ctx: Context, required: bool = False) -> Any:
+                value = read(ctx)
+                if plain and value.__class__ is str:  # nothing to settle
+                    return value
+                return settle(ctx, value if value.__class__ is str else _owned(value), source,
+                              required)
+            return path
+        if "const" in node:
+            const = node["const"]
+            return lambda ctx, required=False: settle(ctx, _fresh(const), source, required)
+        if "concat" in node:
+            return self._concat(node["concat"], settle, source, where)
+        return self._first(node["first"], settle, source, where)
+
+    def _concat(self, nodes: list, settle: Callable, source: str, where: str) -> Value:
+        compiled = [self._expression(p, where) for p in nodes]
+        parts = [(None, self._literals[fn]) if fn in self._literals else (fn, None)
+                 for fn in compiled]  # (expression, or None and the literal)
+        sources = [_source(p) for p in nodes]
+
+        def concat(ctx: Context, required: bool = False) -> Any:
+            values = [literal if fn is None else fn(ctx) for fn, literal in parts]
+            if MISSING in values:
+                absent = [s for s, v in zip(sources, values) if v is MISSING]
+                return settle(ctx, None, " + ".join(absent) or source, required)  # the part missing
+            return settle(ctx, "".join(map(str, values)), source, required)
+        return concat
+
+    def _first(self, nodes: list, settle: Callable, source: str, where: str) -> Value:
+        parts = [self._expression(p, where) for p in nodes]
+
+        def first(ctx: Context, required: bool = False) -> Any:
+            for part in parts:
+                value = part(ctx)
+                if value is not MISSING:
+                    return settle(ctx, value, source, required)
+            return settle(ctx, None, source, required)
+        return first
+
+    def _steps(self, node: dict) -> list[tuple[Callable[[Any, Any], Any], Any]]:
+        """The transforms a node names, in its order, with their arguments."""
+        return [(self.transforms[key], arg) for key, arg in node.items()
+                if key in self.transforms and key not in EXPRESSIONS and arg is not False]
+
+    def _settler(self, node: dict) -> Callable[[Context, Any, str, bool], Any]:
+        """What every expression does with its raw value: absent -> MISSING (or "is required"),
+        else the transforms, in the order the node names them."""
+        required_here = bool(node.get("required"))
+        steps = self._steps(node)
+
+        def settle(ctx: Context, value: Any, source: str, required: bool) -> Any:
+            if value is None or value == []:
+                if required or required_here:
+                    raise MappingError(_where(ctx, source or "?"), "is required")
+                return MISSING
+            if not steps:
+                return value
+            try:
+                for fn, arg in steps:
+                    if isinstance(value, list):
+                        results = [fn(v, arg) for v in value]
+                        value = [r for res in results
+                                 for r in (res if isinstance(res, list) else [res])]
+                    else:
+                        value = fn(value, arg)
+            except TransformError as err:
+                raise MappingError(_where(ctx, source), str(err)) from None
+            return MISSING if value is None or value == [] else value
+        return settle
+
+    def _reference(self, node: dict, where: str) -> Value:
+        """`{ref: key}`: a conditional reference to the target, if this record produced it.
+
+        A record-level target (no foreach) is the same wherever it is referenced from; a
+        foreach target is the one whose identifier, evaluated here, matches.
+        """
+        name = node["ref"]
+        target = self.by_key[name]
+        local = target.foreach is not None
+        rtype, system = target.type, target.identifier["system"]
+        required = bool(node.get("required"))
+        source = _source(target.identifier["value"])
+        display = self._template(node["display"], f"{where}.display") \
+            if "display" in node else None
+
+        def find(at: Context) -> str | None:
+            value = at.root.memo.get((name, at))  # its identifier here, if it was produced
+            if value is None:
+                try:
+                    value = target.value(at)
+                except MappingError:
+                    return None  # the target's identifier does not exist here: no such target
+                if value is MISSING or (rtype, system, str(value)) not in at.root.produced:
+                    return None
+            return f"{rtype}?{identifier_search(system, str(value))}"
+        if not local:
+            find = _remembered(find, ("ref", name))
+
+        def reference(ctx: Context, _required: bool = False) -> Any:  # its own `required`
+            at = ctx if local else ctx.root
+            found = find(at)
+            if found is None:
+                if required:
+                    raise MappingError(_where(at, source), f"is required (the {name} this "
+                                                           f"{rtype} reference needs)")
+                return MISSING
+            ref = {"reference": found}
+            if display is not None:
+                shown, _ = display(ctx)
+                if shown is not MISSING:
+                    ref["display"] = shown
+            return ref
+        return reference
 
     # -- applying -----------------------------------------------------------------------
     def apply(self, data: dict) -> list[MappedResource]:
         """The record's resources, in mapping order, one per identifier."""
-        root = Context(data)
-        record = self._record_name(data)
+        root = _Record(data)
+        rid = self._record_id(root) if self._record_id else None  # a bad id fails as itself
         try:
             planned = []  # (spec, context, identifier value)
             for spec in self.specs:
-                for ctx in self._contexts(spec.foreach, root):
-                    if spec.when is None or spec.when(ctx):
-                        value = self._value(spec.identifier["value"], ctx, required=True)
+                seen = set() if spec.distinct else None
+                for ctx in spec.contexts(root) if spec.contexts else (root,):
+                    if seen is not None and ctx.item.__class__ is str:
+                        if ctx.item in seen:  # the same resource again: merging it changes nothing
+                            continue
+                        seen.add(ctx.item)
+                    if spec.test is None or spec.test(ctx):
+                        value = spec.value(ctx, True)
                         if isinstance(value, (list, dict)):
                             raise MappingError(_where(ctx, _source(spec.identifier["value"])),
                                                f"the {spec.key} identifier needs one value, "
                                                f"not {value!r}")
+                        if value is not MISSING:  # what a reference to it here finds
+                            root.memo[spec.key, ctx] = str(value)
                         planned.append((spec, ctx, str(value)))
-            produced = frozenset((s.type, s.identifier["system"], v) for s, _, v in planned)
+            root.produced = frozenset((s.type, s.identifier["system"], v) for s, _, v in planned)
             out: dict[tuple[str, str, str], MappedResource] = {}
             for spec, ctx, value in planned:
-                mapped = self._resource(spec, ctx.with_produced(produced), value)
+                mapped = self._resource(spec, ctx, value)
                 ident = (spec.type, *mapped.identifier)
-                if ident in out:
-                    out[ident] = merge_mapped(out[ident], mapped)
-                else:
-                    out[ident] = mapped
+                out[ident] = _merge_owned(out[ident], mapped) if ident in out else mapped
             return list(out.values())
         except MappingError as err:
-            raise err.in_record(record) from None
-
-    def _record_name(self, data: dict) -> str:
-        rid = resolve(Context(data), self.record_id) if self.record_id else None
-        return f"{self.system} {text(rid) or '?'}"
-
-    def _contexts(self, foreach: Any, ctx: Context) -> list[Context]:
-        if foreach is None:
-            return [ctx]
-        if isinstance(foreach, str):
-            return items(ctx, foreach)
-        values = self._value(foreach, ctx)
-        values = [] if values is MISSING else values if isinstance(values, list) else [values]
-        return [ctx.child(v, f"{ctx.where}[{i}]") for i, v in enumerate(values)]
+            raise err.in_record(f"{self.system} {text(rid) or '?'}") from None
+        finally:
+            root.close()
 
     def _resource(self, spec: _Spec, ctx: Context, value: str) -> MappedResource:
-        body, _ = self._build(spec.template, ctx)
+        body, _ = spec.build(ctx)
         body = {} if body is MISSING else body
         ident = {"system": spec.identifier["system"], "value": value}
         resource: dict = {"resourceType": spec.type}
         if spec.profile:
             resource["meta"] = {"profile": [spec.profile]}
-        resource["identifier"] = [ident] + [i for i in body.pop("identifier", []) if i != ident]
+        resource["identifier"] = [ident]
+        if spec.more_identifiers:  # the template's own come after the business identifier
+            resource["identifier"] += [i for i in body.pop("identifier", []) if i != ident]
         resource.update(body)
         return MappedResource(spec.key, resource, (ident["system"], value), spec.write,
                               spec.merge)
 
-    # -- templates ------------------------------------------------------------------------
-    def _build(self, node: Any, ctx: Context) -> tuple[Any, bool]:
-        """(value or MISSING, whether it depends on the source)."""
-        if isinstance(node, str):
-            if node.startswith("$") and not node.startswith("$$"):
-                value = self._path(node[1:], ctx)
-                return (MISSING if value is None or value == [] else value), True
-            return node.removeprefix("$"), False
-        if isinstance(node, list):
-            return self._build_list(node, ctx)
-        if not isinstance(node, dict):
-            return node, False
-        if "when" in node and not self._condition(node["when"])(ctx):
-            return MISSING, False
-        if any(k in node for k in EXPRESSIONS):
-            return self._value(node, ctx), "const" not in node  # a `when`-ed literal stays literal
-        out, dynamic, sourced = {}, False, False
-        for key, child in node.items():
-            if key == "when":
-                continue
-            value, dyn = self._build(child, ctx)
-            dynamic |= dyn
-            if value is not MISSING:
-                out[key] = value
-                sourced |= dyn
-        if not out or (dynamic and not sourced):
-            return MISSING, dynamic
-        return out, dynamic
 
-    def _build_list(self, node: list, ctx: Context) -> tuple[Any, bool]:
-        out, dynamic = [], False
-        for item in node:
-            if isinstance(item, dict) and "foreach" in item:
-                dynamic = True
-                cond = self._condition(item["when"]) if "when" in item else None
-                for c in self._contexts(item["foreach"], ctx):
-                    if cond is None or cond(c):
-                        value, _ = self._build(item["item"], c)
-                        if value is not MISSING and value not in out:
-                            out.append(value)
-                continue
-            value, dyn = self._build(item, ctx)
-            dynamic |= dyn
-            if value is not MISSING:
-                out.extend(value if isinstance(value, list) and isinstance(item, str) else [value])
-        return (out if out else MISSING), dynamic
+def _is_path(node: Any) -> bool:
+    """`$path` (a source path), not a literal (`$$` escapes a literal `$`)."""
+    return isinstance(node, str) and node.startswith("$") and not node.startswith("$$")
 
-    def _path(self, path: str, ctx: Context) -> Any:
-        value = resolve(ctx, path)
-        return [text(v) for v in value] if isinstance(value, list) else text(value)
 
-    def _value(self, node: Any, ctx: Context, required: bool = False) -> Any:
-        """An expression's value (MISSING if absent); `required` absent -> MappingError."""
-        if isinstance(node, str) or not isinstance(node, dict):
-            value, _ = self._build(node, ctx)
-            if value is MISSING and required:
-                raise MappingError(_where(ctx, _source(node) or str(node)), "is required")
-            return value
-        if "when" in node and not self._condition(node["when"])(ctx):
+def _is_scalar(value: Any) -> bool:
+    return not isinstance(value, (dict, list)) and value is not _NOT_LITERAL
+
+
+def _reader(path: str, source: str) -> Value:
+    """A `$path` as a value: the text of the value(s) there, or MISSING."""
+    read = text_getter(path, MISSING)
+
+    def value(ctx: Context, required: bool = False) -> Any:
+        got = read(ctx)
+        if got.__class__ is str:  # the usual leaf
+            return got
+        if got is MISSING:
+            if required:
+                raise MappingError(_where(ctx, source), "is required")
             return MISSING
-        source = _source(node)
-        if "ref" in node:
-            return self._reference(node, ctx)
-        if "path" in node:
-            value = self._path(node["path"], ctx)
-        elif "const" in node:
-            value = node["const"]
-        elif "concat" in node:
-            parts = [self._value(p, ctx) for p in node["concat"]]
-            absent = [_source(p) for p, v in zip(node["concat"], parts) if v is MISSING]
-            source = " + ".join(absent) or source  # name the part that is missing
-            value = None if absent else "".join(map(str, parts))
-        else:  # first
-            value = next((v for v in (self._value(p, ctx) for p in node["first"])
-                          if v is not MISSING), None)
-        if value is None or value == []:
-            if required or node.get("required"):
-                raise MappingError(_where(ctx, source or "?"), "is required")
-            return MISSING
-        where = _where(ctx, source)
-        for key, arg in node.items():
-            fn = self.transforms.get(key)
-            if fn is None or key in EXPRESSIONS or arg is False:
-                continue
-            if isinstance(value, list):
-                results = [fn(v, arg, where) for v in value]
-                value = [r for res in results for r in (res if isinstance(res, list) else [res])]
-            else:
-                value = fn(value, arg, where)
-        return value if value not in (None, []) else MISSING
+        return _owned(got)
+    return value
 
-    def _reference(self, node: dict, ctx: Context) -> Any:
-        target = self.by_key[node["ref"]]
-        # a record-level target (no foreach) is the same wherever it is referenced from; a
-        # foreach target is the one whose identifier, evaluated here, matches
-        where = ctx if target.foreach is not None else ctx.root
+
+def _computed(kind: object, fn: Callable, dyn: bool | None, ctx: Context) -> tuple[Any, bool]:
+    """A computed member's (value, dyn): a template tells its dyn, the others know it."""
+    if kind is _BUILD:
+        return fn(ctx)
+    value = fn(ctx)
+    if kind is _SOURCE and value.__class__ is not str and value is not MISSING:
+        value = _owned(value)
+    return value, dyn
+
+
+def _owned(value: Any) -> Any:
+    """A source value as a resource may hold it: objects and lists copied, so that no
+    resource shares data with the record or another resource (merging changes them)."""
+    return _fresh(value) if isinstance(value, (dict, list)) else value
+
+
+def _for_conditions(fn: Callable[[Any, Any], Any]) -> Callable[[Any, str], Any]:
+    """A transform as conditions call it: fn(value, path), its errors naming the path.
+
+    Results for a string are remembered: conditions only compare them, and ask again and
+    again (`categories(...)` of every code, in several conditions).
+    """
+    def call(value: Any, path: str) -> Any:
         try:
-            value = self._value(target.identifier["value"], where)
-        except MappingError:
-            value = MISSING  # the target's identifier does not exist here: no such target
-        if value is MISSING or (target.type, target.identifier["system"], str(value)) \
-                not in ctx.root.produced:
-            if node.get("required"):
-                raise MappingError(_where(where, _source(target.identifier["value"])),
-                                   f"is required (the {node['ref']} this {target.type} "
-                                   "reference needs)")
-            return MISSING
-        search = identifier_search(target.identifier["system"], str(value))
-        ref = {"reference": f"{target.type}?{search}"}
-        if "display" in node:
-            display, _ = self._build(node["display"], ctx)
-            if display is not MISSING:
-                ref["display"] = display
-        return ref
+            return fn(value, None)
+        except TransformError as err:
+            raise MappingError(path, str(err)) from None
+    remembered = lru_cache(maxsize=1 << 12)(call)
+
+    def function(value: Any, path: str) -> Any:
+        return remembered(value, path) if value.__class__ is str else call(value, path)
+    return function
+
+
+def _copier(value: Any) -> Callable[[], Any]:
+    """A function that copies the literal `value`, its shape worked out once."""
+    if isinstance(value, dict):
+        nested = [(k, _copier(v)) for k, v in value.items() if isinstance(v, (dict, list))]
+        if not nested:
+            return value.copy
+
+        def copy_dict() -> dict:
+            out = value.copy()
+            for key, copy in nested:
+                out[key] = copy()
+            return out
+        return copy_dict
+    if isinstance(value, list):
+        if not any(isinstance(v, (dict, list)) for v in value):
+            return value.copy
+        copies = [_copier(v) for v in value]
+        if len(copies) == 1:  # the usual `coding: [{...}]`
+            only = copies[0]
+            return lambda: [only()]
+        return lambda: [copy() for copy in copies]
+    return lambda: value
+
+
+def _fresh(value: Any) -> Any:
+    """A copy of JSON-shaped data (dicts, lists, immutable scalars): `deepcopy` without its
+    memo and type dispatch, and without a call per string (most of a resource)."""
+    if isinstance(value, dict):
+        return {k: v if v.__class__ is str else _fresh(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [v if v.__class__ is str else _fresh(v) for v in value]
+    return value
 
 
 def _source(node: Any) -> str:
@@ -432,15 +817,27 @@ def merge_mapped(first: MappedResource, second: MappedResource) -> MappedResourc
 
     The owner (`write: update`) wins outright over a create-only copy, exactly as importing
     the two one after the other would end. Otherwise the first keeps its values, lists are
-    unioned, and the `merge:` policies (`period.start: min`) decide.
+    unioned, and the `merge:` policies (`period.start: min`) decide. Neither argument changes.
     """
+    if first.write == second.write and first.resource == second.resource:
+        return first  # merging an equal resource changes nothing (the payer of many records)
+    return _merge_owned(_copy(first), _copy(second))
+
+
+def _copy(m: MappedResource) -> MappedResource:
+    return MappedResource(m.key, _fresh(m.resource), m.identifier, m.write, m.merge)
+
+
+def _merge_owned(first: MappedResource, second: MappedResource) -> MappedResource:
+    """`merge_mapped` of results nobody else holds (a record's, just built): in place."""
     if first.write != second.write:
         return first if first.write == "update" else second
-    resource = _merge(deepcopy(first.resource), second.resource, first.merge, "")
-    return MappedResource(first.key, resource, first.identifier, first.write, first.merge)
+    first.resource = _merge(first.resource, second.resource, first.merge, "")
+    return first
 
 
 def _merge(a: Any, b: Any, policies: dict[str, str], path: str) -> Any:
+    """b merged into a (which changes; parts of b move into it)."""
     policy = policies.get(path)
     if policy and isinstance(a, str) and isinstance(b, str):
         return min(a, b) if policy == "min" else max(a, b)
@@ -448,12 +845,12 @@ def _merge(a: Any, b: Any, policies: dict[str, str], path: str) -> Any:
         for key, value in b.items():
             sub = f"{path}.{key}" if path else key
             if key not in a:
-                a[key] = deepcopy(value)
+                a[key] = value
             else:
                 a[key] = _merge(a[key], value, policies, sub)
         return a
     if isinstance(a, list) and isinstance(b, list):
-        return a + [deepcopy(v) for v in b if v not in a]
+        return a + [v for v in b if v not in a]
     return a
 
 
@@ -466,38 +863,53 @@ def to_transaction(mapped: list[MappedResource]) -> dict:
     entries of the Bundle point at it: the gateway resolves conditional *references* only
     against resources already stored, so on a first import `Patient?identifier=...` would
     not find the Patient the same Bundle creates. References to resources outside the
-    Bundle stay conditional.
+    Bundle stay conditional. The Bundle shares no data with `mapped`.
     """
     merged: dict[str, MappedResource] = {}
     for m in mapped:
-        merged[m.reference] = merge_mapped(merged[m.reference], m) \
-            if m.reference in merged else m
-    full_urls = {ref: f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, ref)}" for ref in merged}
+        ref = m.reference
+        merged[ref] = merge_mapped(merged[ref], m) if ref in merged else m
+    full_urls = {ref: _full_url(ref) for ref in merged}
     entries = []
     for ref, m in merged.items():
-        resource = _local_references(deepcopy(m.resource), full_urls)
         if m.write == "update":
             request = {"method": "PUT", "url": ref}
         else:
             request = {"method": "POST", "url": m.type, "ifNoneExist": m.search}
-        entries.append({"fullUrl": full_urls[ref], "resource": resource, "request": request})
+        entries.append({"fullUrl": full_urls[ref], "resource": _localized(m.resource, full_urls),
+                        "request": request})
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
-def _local_references(node: Any, full_urls: dict[str, str]) -> Any:
+def _full_url(reference: str) -> str:
+    """`urn:uuid:` + uuid5(NAMESPACE_URL, reference), formatted directly (uuid.UUID's
+    checks and conversions cost more than the SHA-1 itself)."""
+    digest = bytearray(hashlib.sha1(_URL_NAMESPACE + reference.encode()).digest()[:16])
+    digest[6] = digest[6] & 0x0F | 0x50  # version 5
+    digest[8] = digest[8] & 0x3F | 0x80  # RFC 4122 variant
+    x = digest.hex()
+    return f"urn:uuid:{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
+_URL_NAMESPACE = uuid.NAMESPACE_URL.bytes
+
+
+def _localized(node: Any, full_urls: dict[str, str]) -> Any:
+    """A copy of a resource whose references to entries of the Bundle are their fullUrls."""
     if isinstance(node, dict):
-        if isinstance(node.get("reference"), str) and node["reference"] in full_urls:
-            node["reference"] = full_urls[node["reference"]]
-        for value in node.values():
-            _local_references(value, full_urls)
-    elif isinstance(node, list):
-        for value in node:
-            _local_references(value, full_urls)
+        out = {k: v if v.__class__ is str else _localized(v, full_urls) for k, v in node.items()}
+        ref = out.get("reference")
+        if isinstance(ref, str) and ref in full_urls:
+            out["reference"] = full_urls[ref]
+        return out
+    if isinstance(node, list):
+        return [v if v.__class__ is str else _localized(v, full_urls) for v in node]
     return node
 
 
 def load_mapping(path: str | Path) -> Mapping:
-    """Load and check a mapping file (unknown keys, transforms, ConceptMaps, refs fail here)."""
+    """Load, check and compile a mapping file (unknown keys, transforms, ConceptMaps, refs
+    fail here)."""
     source = Path(path)
     try:
         doc = yaml.safe_load(source.read_text())

@@ -5,6 +5,10 @@ always give repeating elements as lists). Paths are relative to where they stand
 or the item a `foreach:` is visiting. `/DCN` starts at the record, `.` is the current item
 itself and `../ClaimId` climbs to the enclosing `[]` item (a claim line's claim).
 
+Paths and conditions are compiled once (`getter`, `finder`, `Condition`) into plain Python
+functions: a mapping evaluates the same few dozen of them for every record of an extract,
+so splitting a path or walking a condition's tree per record would be most of the work.
+
 Errors are `MappingError`s naming the source path, so a bad extract says which element it
 lacks rather than failing somewhere inside a FHIR resource.
 """
@@ -12,7 +16,7 @@ lacks rather than failing somewhere inside a FHIR resource.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -34,84 +38,168 @@ class MappingError(Exception):
         return self
 
 
-@dataclass(frozen=True)
 class Context:
-    """Where an expression is evaluated: the current item, its enclosing item, the record."""
+    """Where an expression is evaluated: the current item, its enclosing item, the record.
 
-    item: Any
-    parent: Context | None = None
-    where: str = ""  # the source path of `item`, for error messages ("Episodes.Episode[1]")
-    produced: frozenset = frozenset()  # on the record's context: (type, system, value) made
-    level: bool = True  # the record or a `[]` item (what `../` climbs to), not a plain step
+    A plain slotted class, not a dataclass: the engine makes one per repeating item of
+    every record. `root` is kept on each context so that `/` paths need no climb.
+    """
 
-    def with_produced(self, produced: frozenset) -> Context:
-        """The same place in a record whose resources are known (for references)."""
-        if self.parent is None:
-            return Context(self.item, None, self.where, produced)
-        return Context(self.item, self.parent.with_produced(produced), self.where,
-                       level=self.level)
+    __slots__ = ("item", "level", "parent", "root", "where")
 
-    @property
-    def root(self) -> Context:
-        ctx = self
-        while ctx.parent is not None:
-            ctx = ctx.parent
-        return ctx
+    def __init__(self, item: Any, parent: Context | None = None, where: str = "",
+                 level: bool = True):
+        self.item = item
+        self.parent = parent
+        self.where = where  # the source path of `item`, for error messages ("Episodes.Episode[1]")
+        self.level = level  # the record or a `[]` item (what `../` climbs to), not a plain step
+        self.root = self if parent is None else parent.root
 
     def child(self, item: Any, where: str) -> Context:
         return Context(item, self, where)
 
 
-def _start(ctx: Context, path: str) -> tuple[Context, str]:
+Getter = Callable[[Context], Any]
+Finder = Callable[[Context], list[Context]]
+
+
+def _start(path: str) -> tuple[Callable[[Context], Context] | None, str]:
+    """(how to find the context a path starts at, or None for "right here"; the rest)."""
     if path.startswith("/"):
-        return ctx.root, path[1:]
+        return (lambda ctx: ctx.root), path[1:]
+    climbs = []  # the path left at each `../`, which is what its error names
     while path.startswith("../"):
-        ctx = ctx.parent
-        while ctx is not None and not ctx.level:
-            ctx = ctx.parent
-        if ctx is None:
-            raise MappingError(path, "'../' climbs above the record")
+        climbs.append(path)
         path = path[3:]
-    return ctx, path
+    if not climbs:
+        return None, path
+
+    def climb(ctx: Context) -> Context:
+        for left in climbs:
+            ctx = ctx.parent
+            while ctx is not None and not ctx.level:
+                ctx = ctx.parent
+            if ctx is None:
+                raise MappingError(left, "'../' climbs above the record")
+        return ctx
+    return climb, path
 
 
-def is_many(path: str) -> bool:
-    return "[]" in path
+def _walker(path: str, as_text: bool, absent: Any = None) -> Getter:
+    """The value of a path without `[]`: dict look-ups from where it starts, no contexts
+    (with `as_text`, the `#text` of a leaf that has attributes). `absent` stands for no
+    value; with None it is as `resolve` gives it (None, an empty list of texts as is)."""
+    start, rest = _start(path)
+    steps = () if rest in ("", ".") else tuple(rest.split("."))
+
+    def walk(ctx: Context) -> Any:
+        if start is not None:
+            ctx = start(ctx)
+        value = ctx.item
+        for key in steps:
+            if value.__class__ is not dict and not isinstance(value, dict):
+                return absent
+            value = value.get(key)
+            if value is None:
+                return absent
+            if value.__class__ is not str and isinstance(value, list):
+                raise _repeats(ctx, steps)
+        if value.__class__ is str:  # the usual leaf
+            return value or absent
+        if value is None or value == "":
+            return absent
+        if as_text and isinstance(value, (dict, list)):
+            value = [text(v) for v in value] if isinstance(value, list) else text(value)
+            if value is None or (value == [] and absent is not None):
+                return absent
+        return value
+    return walk
 
 
-def items(ctx: Context, path: str) -> list[Context]:
-    """One child context per value the path reaches (each `[]` step nests one level)."""
-    start, rest = _start(ctx, path)
-    if rest in ("", "."):
-        return [start]
-    found = [start]
-    for step in rest.split("."):
-        many, key = step.endswith("[]"), step.removesuffix("[]")
-        nxt = []
-        for c in found:
-            value = c.item.get(key) if isinstance(c.item, dict) else None
-            where = f"{c.where}.{key}" if c.where else key
+def _repeats(ctx: Context, steps: tuple[str, ...]) -> MappingError:
+    """The error of a path without `[]` that reaches a list, named up to that step."""
+    value = ctx.item
+    for i, key in enumerate(steps):  # the walk that failed, again: it stops at the list
+        value = value.get(key)
+        if isinstance(value, list):
+            break
+    where = ".".join(filter(None, (ctx.where, *steps[:i + 1])))
+    return MappingError(where, "repeats: address it with '[]'")
+
+
+Reached = list[tuple[Context | None, Any, str]]
+
+
+def _reach(ctx: Context, steps: list[tuple[str, bool]], contexts: bool) -> Reached:
+    """(context, value, source path) of everything the steps reach from ctx, breadth first.
+
+    Only `[]` items get a context (and only if asked for): plain steps are dict look-ups,
+    and `../` climbs over them anyway. An item's context has the item it is in as parent.
+    """
+    found: Reached = [(ctx, ctx.item, ctx.where)]
+    for key, many in steps:
+        nxt: Reached = []
+        for level, item, at in found:
+            if item.__class__ is not dict and not isinstance(item, dict):
+                continue
+            value = item.get(key)
             if value is None:
                 continue
-            if many:
-                if not isinstance(value, list):
-                    raise MappingError(f"{where}", "expected a list (a repeating element)")
-                nxt.extend(c.child(v, f"{where}[{i}]") for i, v in enumerate(value)
-                           if v is not None)
-            else:
-                if isinstance(value, list):
+            where = f"{at}.{key}" if at else key
+            is_list = value.__class__ is list or isinstance(value, list)
+            if not many:
+                if is_list:
                     raise MappingError(where, "repeats: address it with '[]'")
-                nxt.append(Context(value, c, where, level=False))
+                nxt.append((level, value, where))
+                continue
+            if not is_list:
+                raise MappingError(where, "expected a list (a repeating element)")
+            for i, v in enumerate(value):
+                if v is not None:
+                    at_i = f"{where}[{i}]"
+                    nxt.append((Context(v, level, at_i) if contexts else None, v, at_i))
         found = nxt
     return found
 
 
+def _steps(rest: str) -> list[tuple[str, bool]]:
+    return [(step.removesuffix("[]"), step.endswith("[]")) for step in rest.split(".")]
+
+
 @cache
-def _plain_steps(path: str) -> tuple[str, ...] | None:
-    """The keys of a path with no `[]`, `/` or `../` (most paths), else None."""
-    if "[]" in path or path.startswith(("/", "../")) or path in ("", "."):
-        return None
-    return tuple(path.split("."))
+def finder(path: str) -> Finder:
+    """`items` for one path, worked out once."""
+    start, rest = _start(path)
+    if rest in ("", "."):
+        return (lambda ctx: [start(ctx)]) if start else (lambda ctx: [ctx])
+    steps = _steps(rest)
+    item_last = steps[-1][1]
+
+    def find(ctx: Context) -> list[Context]:
+        found = _reach(start(ctx) if start else ctx, steps, True)
+        if item_last:
+            return [c for c, _, _ in found]
+        return [Context(v, c, where, False) for c, v, where in found]
+    return find
+
+
+def items(ctx: Context, path: str) -> list[Context]:
+    """One child context per value the path reaches (each `[]` step nests one level)."""
+    return finder(path)(ctx)
+
+
+@cache
+def getter(path: str) -> Getter:
+    """`resolve` for one path, worked out once."""
+    if "[]" not in path:
+        return _walker(path, False)
+    start, rest = _start(path)
+    steps = _steps(rest)
+
+    def values(ctx: Context) -> list:
+        found = _reach(start(ctx) if start else ctx, steps, False)
+        return [v for _, v, _ in found if v != ""]
+    return values
 
 
 def resolve(ctx: Context, path: str) -> Any:
@@ -119,22 +207,7 @@ def resolve(ctx: Context, path: str) -> Any:
 
     Empty elements are absent (RECORDS.md), so "" never reaches a mapping either.
     """
-    steps = _plain_steps(path)
-    if steps is not None:  # the hot path: plain dict look-ups, no contexts built
-        value = ctx.item
-        for i, key in enumerate(steps):
-            value = value.get(key) if isinstance(value, dict) else None
-            if value is None:
-                return None
-            if isinstance(value, list):
-                where = ".".join(filter(None, (ctx.where, *steps[:i + 1])))
-                raise MappingError(where, "repeats: address it with '[]'")
-        return None if value == "" else value
-    values = [c.item for c in items(ctx, path)]
-    if is_many(path):
-        return [v for v in values if v not in (None, "")]
-    value = values[0] if values else None
-    return None if value == "" else value
+    return getter(path)(ctx)
 
 
 def text(value: Any) -> Any:
@@ -142,6 +215,23 @@ def text(value: Any) -> Any:
     if isinstance(value, dict) and "#text" in value:
         return value["#text"]
     return value
+
+
+@cache
+def text_getter(path: str, absent: Any = None) -> Getter:
+    """`resolve` then `text` (of each value of a list): how mappings read the source.
+
+    `absent` is what no value reads as; with None, as `resolve` gives it (None, or [] for
+    a path with `[]`).
+    """
+    if "[]" not in path:
+        return _walker(path, True, absent)
+    get = getter(path)
+
+    def texts(ctx: Context) -> Any:
+        values = [text(v) for v in get(ctx)]
+        return values if values or absent is None else absent
+    return texts
 
 
 # -- when: conditions ---------------------------------------------------------------------
@@ -169,8 +259,11 @@ def _tokens(expr: str) -> list[tuple[str, str]]:
     return out
 
 
+Test = Callable[[Context], Any]
+
+
 class Condition:
-    """A parsed `when:` expression.
+    """A parsed `when:` expression, compiled into one function of the context.
 
     The grammar is deliberately tiny: `path`, `'literal'`, `['a', 'b']`, `fn(path)` (a
     transform, e.g. `categories(@code)`), `==`, `!=`, `in`, `not in`, `and`, `or`, `not`,
@@ -181,9 +274,13 @@ class Condition:
     def __init__(self, expr: str, functions: dict):
         self.expr, self.functions = expr, functions
         self._toks, self._i = _tokens(expr), 0
-        self.tree = self._or()
+        tree = self._or()
         if self._i != len(self._toks):
             raise MappingError(expr, f"unexpected '{self._toks[self._i][1]}' in the condition")
+        self.test = _compile(tree, functions, True)  # ctx -> truthy (what callers in a loop use)
+
+    def __call__(self, ctx: Context) -> bool:
+        return bool(self.test(ctx))
 
     # parser (recursive descent) -------------------------------------------------------
     def _peek(self, *kinds: str) -> bool:
@@ -259,48 +356,85 @@ class Condition:
             return ("path", value)
         raise MappingError(self.expr, f"unexpected '{value}' in the condition")
 
-    # evaluation ---------------------------------------------------------------------
-    def __call__(self, ctx: Context) -> bool:
-        return bool(self._eval(self.tree, ctx))
 
-    def _value(self, node, ctx: Context):
-        kind = node[0]
-        if kind == "lit":
-            return node[1]
-        if kind == "path":
-            value = resolve(ctx, node[1])
-            return [text(v) for v in value] if isinstance(value, list) else text(value)
-        if kind == "call":
-            value = resolve(ctx, node[2])
-            fn = self.functions[node[1]]
-            if isinstance(value, list):
-                return [r for v in value for r in _as_list(fn(text(v), node[2]))]
-            return None if value is None else fn(text(value), node[2])
-        return self._eval(node, ctx)
+# compilation: a parsed condition -> nested closures ------------------------------------
+def _compile(node: tuple, functions: dict, truth_only: bool = False) -> Test:
+    """A boolean node as a function of the context (operands evaluated left to right).
 
-    def _eval(self, node, ctx: Context):
-        kind = node[0]
+    With `truth_only` (the whole condition, what `not` negates) only the truth of the
+    result matters, so a bare operand is its own test, without a bool() around it.
+    """
+    kind = node[0]
+    if kind in ("or", "and"):
+        left = _compile(node[1], functions, truth_only)
+        right = _compile(node[2], functions, truth_only)
         if kind == "or":
-            return self._eval(node[1], ctx) or self._eval(node[2], ctx)
-        if kind == "and":
-            return self._eval(node[1], ctx) and self._eval(node[2], ctx)
-        if kind == "not":
-            return not self._eval(node[1], ctx)
-        if kind == "truthy":
-            return bool(self._value(node[1], ctx))
-        left, right = self._value(node[1], ctx), self._value(node[2], ctx)
-        lefts = left if isinstance(left, list) and node[1][0] != "lit" else [left]
-        if kind == "==":
-            return any(v == right for v in lefts)
-        if kind == "!=":
-            return all(v != right for v in lefts)
-        if kind == "in":
-            pool = right if isinstance(right, list) else [right]
-            return any(v in pool for v in lefts)
-        raise MappingError(self.expr, f"unknown operator {kind}")
+            return lambda ctx: left(ctx) or right(ctx)
+        return lambda ctx: left(ctx) and right(ctx)
+    if kind == "not":
+        inner = _compile(node[1], functions, True)
+        return lambda ctx: not inner(ctx)
+    if kind == "truthy":
+        operand = _operand(node[1], functions)
+        return operand if truth_only else lambda ctx: bool(operand(ctx))
+    return _comparison(kind, node[1], node[2], functions)
 
 
-def _as_list(value: Any) -> list:
-    if value is None:
-        return []
-    return value if isinstance(value, list) else [value]
+def _comparison(kind: str, left_node: tuple, right_node: tuple, functions: dict) -> Test:
+    """`==`, `!=`, `in`: a left operand reaching several values compares each of them."""
+    left, right = _operand(left_node, functions), _operand(right_node, functions)
+    spread = left_node[0] != "lit"  # a literal list is one value, a `[]` path several
+
+    if kind == "==":
+        def equal(ctx: Context) -> bool:
+            value, other = left(ctx), right(ctx)
+            if spread and isinstance(value, list):
+                return any(v == other for v in value)
+            return value == other
+        return equal
+    if kind == "!=":
+        def unequal(ctx: Context) -> bool:
+            value, other = left(ctx), right(ctx)
+            if spread and isinstance(value, list):
+                return all(v != other for v in value)
+            return value != other
+        return unequal
+
+    def within(ctx: Context) -> bool:
+        value, pool = left(ctx), right(ctx)
+        pool = pool if isinstance(pool, list) else [pool]
+        if spread and isinstance(value, list):
+            return any(v in pool for v in value)
+        return value in pool
+    return within
+
+
+def _operand(node: tuple, functions: dict) -> Callable[[Context], Any]:
+    kind = node[0]
+    if kind == "lit":
+        literal = node[1]
+        return lambda ctx: literal
+    if kind == "path":
+        return text_getter(node[1])
+    if kind == "call":
+        return _call(functions[node[1]], node[2])
+    return _compile(node, functions)
+
+
+def _call(fn: Callable[[Any, str], Any], path: str) -> Callable[[Context], Any]:
+    """`fn(path)`: the function of each value (results flattened), None if there is none."""
+    get = getter(path)
+
+    def call(ctx: Context) -> Any:
+        value = get(ctx)
+        if isinstance(value, list):
+            found = []
+            for v in value:
+                result = fn(text(v), path)
+                if isinstance(result, list):
+                    found += result
+                elif result is not None:
+                    found.append(result)
+            return found
+        return None if value is None else fn(text(value), path)
+    return call

@@ -148,6 +148,8 @@ def _criterion(resource_type: str, params: dict[str, SearchParam], name: str,
 
 def _split(value: str) -> list[str]:
     """Split on commas not escaped with a backslash; unescape `\\,` `\\|` `\\$`."""
+    if "," not in value and "\\" not in value:  # one plain value (every conditional write)
+        return [value] if value else []
     parts = re.split(r"(?<!\\),", value)
     return [re.sub(r"\\([,$|\\])", r"\1", p) for p in parts if p != ""]
 

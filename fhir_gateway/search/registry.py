@@ -27,6 +27,8 @@ class SearchParam:
     expression: str
     targets: tuple[str, ...] = ()
     extract: Extractor | None = field(default=None, compare=False, repr=False)
+    #: elements `extract` starts from (see `fhirpath.Compiled`); None: always run it
+    roots: frozenset[str] | None = field(default=None, compare=False, repr=False)
 
 
 @cache
@@ -50,16 +52,19 @@ def params_for(resource_type: str) -> dict[str, SearchParam]:
             continue
         if not bases.intersection(sp["base"]):
             continue
-        extract = compile_expression(sp["expression"], resource_type)
-        if extract is None:
+        compiled = compile_expression(sp["expression"], resource_type)
+        if compiled is None:
             continue
         found[sp["code"]] = SearchParam(
             code=sp["code"], type=sp["type"], url=sp["url"], resource_type=resource_type,
-            expression=sp["expression"], targets=tuple(sp.get("target", ())), extract=extract,
+            expression=sp["expression"], targets=tuple(sp.get("target", ())),
+            extract=compiled.extract, roots=compiled.roots,
         )
     return found
 
 
-def indexed_params(resource_type: str) -> list[SearchParam]:
+@cache
+def indexed_params(resource_type: str) -> tuple[SearchParam, ...]:
     """Parameters whose values the store writes to its index (`_id` lives on the row)."""
-    return [p for p in params_for(resource_type).values() if p.code not in ("_id", "_lastUpdated")]
+    return tuple(p for p in params_for(resource_type).values()
+                 if p.code not in ("_id", "_lastUpdated"))

@@ -8,11 +8,14 @@ insert happen inside one write transaction.
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from urllib.parse import parse_qsl
 
@@ -21,8 +24,9 @@ import orjson
 from fhir_gateway.outcome import FhirError, gone, invalid, not_found
 from fhir_gateway.search import values
 from fhir_gateway.search.dates import now_instant, parse_range
+from fhir_gateway.search.fhirpath import element_names
 from fhir_gateway.search.query import SearchQuery, parse_query
-from fhir_gateway.search.registry import indexed_params, resource_types
+from fhir_gateway.search.registry import SearchParam, indexed_params, resource_types
 from fhir_gateway.store import sqlsearch
 from fhir_gateway.store.base import HistoryEntry, HistoryResult, SearchResult, Written
 from fhir_gateway.store.transaction import BundleProcessor
@@ -78,6 +82,62 @@ _INSERT = {t: f"INSERT INTO {table}(pid, {', '.join(cols)}, rid) VALUES (?{', ?'
            for t, (table, cols, _) in INDEX.items()}
 
 
+@lru_cache(maxsize=1024)
+def _index_plan(resource_type: str, keys: tuple[str, ...]
+                ) -> tuple[tuple[SearchParam, str, Callable], ...]:
+    """The parameters that can find values in a resource with these top-level keys, each
+    with its INSERT and its row function.
+
+    Most of a type's parameters start from elements a given resource lacks (see
+    `fhirpath.Compiled.roots`); resources written together come in a few shapes, so the
+    choice is made once per shape rather than once per resource and parameter.
+    """
+    names = element_names(keys)
+    return tuple((p, _INSERT[p.type], INDEX[p.type][2]) for p in indexed_params(resource_type)
+                 if p.type in INDEX and (p.roots is None or not p.roots.isdisjoint(names)))
+
+
+class _PendingIndex:
+    """The index rows of the open write transaction, inserted in bulk when something reads.
+
+    Why: inserted as each resource was written, they took one executemany per table per
+    resource, and SQLite spent 2-3x longer per row than in one executemany per table per
+    transaction. A flush comes before anything reads the index tables (a search or
+    conditional match, clearing a resource queued here, the integrity check at commit), so
+    every read still sees every write before it.
+
+    Rows stay listed until the transaction ends: a savepoint rolled back after a flush
+    undoes rows queued before it, and `restore` queues those again.
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[tuple]] = {sql: [] for sql in set(_INSERT.values())}
+        self.flushed = dict.fromkeys(self.rows, 0)
+        self.rids: set[int] = set()  # resources with rows not yet flushed
+
+    def add(self, insert: str, rows: list[tuple], rid: int) -> None:
+        self.rows[insert].extend(rows)
+        self.rids.add(rid)
+
+    def flush(self, conn: sqlite3.Connection) -> None:
+        for insert, rows in self.rows.items():
+            done = self.flushed[insert]
+            if done < len(rows):
+                conn.executemany(insert, rows[done:])
+                self.flushed[insert] = len(rows)
+        self.rids.clear()
+
+    def mark(self) -> tuple[dict[str, int], dict[str, int]]:
+        """The state to return to when a savepoint opened now is rolled back."""
+        return {insert: len(rows) for insert, rows in self.rows.items()}, dict(self.flushed)
+
+    def restore(self, mark: tuple[dict[str, int], dict[str, int]]) -> None:
+        queued, flushed = mark
+        for insert, rows in self.rows.items():
+            del rows[queued[insert]:]
+        self.flushed = flushed
+
+
 def _dumps(resource: dict) -> bytes:
     return orjson.dumps(resource)
 
@@ -130,6 +190,7 @@ class SQLiteStore:
             conn.execute("PRAGMA cache_size=-16384")  # 16 MB page cache per connection
             self._local.conn = conn
             self._local.depth = 0
+            self._local.pending = None
             self._connections.append(conn)
         return conn
 
@@ -140,6 +201,7 @@ class SQLiteStore:
         depth = self._local.depth
         if depth:
             name = f"sp{depth}"
+            mark = self._local.pending.mark()
             conn.execute(f"SAVEPOINT {name}")
             self._local.depth += 1
             try:
@@ -148,6 +210,7 @@ class SQLiteStore:
             except BaseException:
                 conn.execute(f"ROLLBACK TO {name}")
                 conn.execute(f"RELEASE {name}")
+                self._local.pending.restore(mark)
                 raise
             finally:
                 self._local.depth -= 1
@@ -156,8 +219,10 @@ class SQLiteStore:
             conn.execute("BEGIN IMMEDIATE")
             self._local.depth = 1
             self._local.references, self._local.deleted = {}, set()
+            self._local.pending = _PendingIndex()
             try:
                 yield conn
+                self._flush_index()
                 self._check_integrity(conn)
                 conn.execute("COMMIT")
             except BaseException:
@@ -166,6 +231,13 @@ class SQLiteStore:
                 raise
             finally:
                 self._local.depth = 0
+                self._local.pending = None
+
+    def _flush_index(self) -> None:
+        """Insert the queued index rows of this thread's write transaction, if any."""
+        pending = getattr(self._local, "pending", None)
+        if pending is not None:
+            pending.flush(self._local.conn)
 
     def _check_integrity(self, conn: sqlite3.Connection) -> None:
         """Referential integrity on write, as HAPI enforces it, checked once per transaction.
@@ -232,6 +304,20 @@ class SQLiteStore:
         return self._conn().execute("SELECT 1 FROM resource LIMIT 1").fetchone() is None
 
     # -- writes -------------------------------------------------------------------------
+    @staticmethod
+    def assign_id() -> str:
+        """A new server-assigned id: a UUID that starts with the time (RFC 9562 version 7).
+
+        Why not a random (version 4) UUID: ids that grow with time make the (type, id) index
+        and the reference index (keyed by target id) grow at their ends, so a transaction
+        rewrites a few of their pages instead of about one per row: ~40% fewer pages written
+        per import transaction. 74 random bits keep ids unguessable.
+        """
+        rand = secrets.randbits(74)
+        millis = time.time_ns() // 1_000_000
+        return str(uuid.UUID(int=millis << 80 | 0x7 << 76 | (rand >> 62) << 64 | 0b10 << 62
+                             | rand & (1 << 62) - 1))
+
     def create(self, resource: dict, if_none_exist: str | None = None,
                new_id: str | None = None) -> Written:
         resource_type = resource["resourceType"]
@@ -241,7 +327,7 @@ class SQLiteStore:
                                    "If-None-Exist")
                 if found:
                     return Written(self.read(resource_type, found), 200)
-            return self._write(resource_type, new_id or str(uuid.uuid4()), resource, None, "POST")
+            return self._write(resource_type, new_id or self.assign_id(), resource, None, "POST")
 
     def update(self, resource_type: str, resource_id: str, resource: dict,
                if_match: str | None = None) -> Written:
@@ -256,9 +342,10 @@ class SQLiteStore:
                     raise FhirError(412, f"If-Match {if_match} does not match the current "
                                          f"version of {resource_type}/{resource_id} ({current})",
                                     "conflict")
-            if row is not None and not row[2] and \
-                    _content(orjson.loads(row[3])) == _content(resource):
-                return Written(orjson.loads(row[3]), 200)
+            if row is not None and not row[2]:
+                current = orjson.loads(row[3])
+                if _content(current) == _content(resource):
+                    return Written(current, 200)
             return self._write(resource_type, resource_id, resource, row, "PUT")
 
     def conditional_update(self, resource_type: str, criteria: list[tuple[str, str]],
@@ -269,7 +356,7 @@ class SQLiteStore:
                 rid = resource.get("id")
                 if rid:
                     return self.update(resource_type, rid, resource)
-                return self._write(resource_type, str(uuid.uuid4()), resource, None, "PUT")
+                return self._write(resource_type, self.assign_id(), resource, None, "PUT")
             if resource.get("id") not in (None, found):
                 raise invalid(f"The resource id '{resource['id']}' does not match the resource "
                               f"found by the conditional update ({found})", f"{resource_type}.id")
@@ -284,7 +371,7 @@ class SQLiteStore:
             rid, version = row[0], row[1] + 1
             instant, epoch = now_instant()
             self._local.deleted.add((resource_type, resource_id))
-            self._clear_index(conn, rid)
+            self._clear_index(rid)
             conn.execute("UPDATE resource SET version=?, updated=?, deleted=1, body=NULL "
                          "WHERE rid=?", (version, epoch, rid))
             conn.execute("INSERT INTO version VALUES (?, ?, ?, ?, 'DELETE', NULL)",
@@ -315,34 +402,33 @@ class SQLiteStore:
                                (resource_type, resource_id, version, epoch, body)).lastrowid
         else:
             rid = row[0]
-            self._clear_index(conn, rid)
+            self._clear_index(rid)
             conn.execute("UPDATE resource SET version=?, updated=?, deleted=0, body=? WHERE rid=?",
                          (version, epoch, body, rid))
         conn.execute("INSERT INTO version VALUES (?, ?, ?, ?, ?, ?)",
                      (rid, version, epoch, instant, method, body))
-        self._index(conn, rid, stored)
+        self._index(rid, stored)
         return Written(stored, 201 if row is None or row[2] else 200)
 
-    def _index(self, conn: sqlite3.Connection, rid: int, resource: dict) -> None:
+    def _index(self, rid: int, resource: dict) -> None:
+        """Queue the resource's index rows (see `_PendingIndex`) and note its references."""
         resource_type = resource["resourceType"]
-        rows: dict[str, list] = {}
-        for param in indexed_params(resource_type):
-            table = INDEX.get(param.type)
-            if table is None:
-                continue
-            found = table[2](param.extract(resource))
+        pending = self._local.pending
+        for param, insert, to_rows in _index_plan(resource_type, tuple(resource)):
+            found = to_rows(param.extract(resource))
             if found:
                 pid = self.pid(resource_type, param.code, create=True)
-                rows.setdefault(param.type, []).extend((pid, *r, rid) for r in found)
+                pending.add(insert, [(pid, *r, rid) for r in found], rid)
                 if param.type == "reference":
                     for _, ttype, tid in found:
                         if ttype and (ttype, tid) != (resource_type, resource["id"]):
                             self._local.references.setdefault(
                                 (ttype, tid), f"{resource_type}.{param.code}")
-        for sp_type, batch in rows.items():
-            conn.executemany(_INSERT[sp_type], batch)
 
-    def _clear_index(self, conn: sqlite3.Connection, rid: int) -> None:
+    def _clear_index(self, rid: int) -> None:
+        conn = self._conn()
+        if rid in self._local.pending.rids:
+            self._flush_index()  # rows queued for it earlier in this transaction go too
         for table in INDEX_TABLES:
             conn.execute(f"DELETE FROM {table} WHERE rid=?", (rid,))
 
@@ -352,6 +438,7 @@ class SQLiteStore:
         if not criteria:
             raise invalid(f"The {what} has no search criteria", what)
         query = parse_query(resource_type, criteria, strict=True)
+        self._flush_index()
         ids = sqlsearch.matching_ids(self, query, limit=2)
         if len(ids) > 1:
             raise FhirError(412, f"The {what} criteria match more than one {resource_type}",
@@ -366,6 +453,7 @@ class SQLiteStore:
         return self.run(query)
 
     def run(self, query: SearchQuery) -> SearchResult:
+        self._flush_index()
         return sqlsearch.run(self, query)
 
     # -- history ------------------------------------------------------------------------

@@ -83,7 +83,7 @@ class BundleProcessor:
                     existing = conditional.get(key) or self.store.match(
                         rtype, parse_qsl(key[1].split("?", 1)[-1]),
                         f"Bundle.entry[{index}].request.ifNoneExist")
-                entry["_id"] = existing or str(uuid.uuid4())
+                entry["_id"] = existing or self.store.assign_id()
                 entry["_existing"] = existing is not None
                 if key[1]:
                     conditional[key] = entry["_id"]
@@ -93,7 +93,7 @@ class BundleProcessor:
                 if query:
                     found = self.store.match(path, parse_qsl(query), f"Bundle.entry[{index}]"
                                              ".request.url")
-                    entry["_id"] = found or entry["resource"].get("id") or str(uuid.uuid4())
+                    entry["_id"] = found or entry["resource"].get("id") or self.store.assign_id()
                 else:
                     entry["_id"] = path.split("/")[1]
                 target = f"{rtype}/{entry['_id']}"
@@ -209,23 +209,51 @@ def _check_entry(index: int, entry: dict) -> None:
 
 
 def _rewrite_references(node, ids: dict[str, str], resolve, where: str) -> None:
-    """Replace urn:uuid and conditional references in place."""
+    """Replace urn:uuid and conditional references in place.
+
+    The walk keeps no paths (naming every node of every entry is most of its cost); a
+    reference that fails is walked to again with paths, for the error to say where.
+    """
+    try:
+        _rewrite(node, ids, resolve)
+    except FhirError:
+        _rewrite_at(node, ids, resolve, where)  # what was rewritten already passes again
+        raise
+
+
+def _rewrite_one(node: dict, ids: dict[str, str], resolve, where: str) -> None:
+    ref = node.get("reference")
+    if isinstance(ref, str):
+        if ref in ids:
+            node["reference"] = ids[ref]
+        elif "?" in ref and not ref.startswith(("http:", "https:")):
+            node["reference"] = resolve(ref, where)
+        elif ref.startswith(("urn:uuid:", "urn:oid:")):
+            raise FhirError(400, f"Reference '{ref}' does not match any fullUrl in the "
+                                 "Bundle", "invalid", where)
+
+
+def _rewrite(node, ids: dict[str, str], resolve) -> None:
     if isinstance(node, dict):
-        ref = node.get("reference")
-        if isinstance(ref, str):
-            if ref in ids:
-                node["reference"] = ids[ref]
-            elif "?" in ref and not ref.startswith(("http:", "https:")):
-                node["reference"] = resolve(ref, where)
-            elif ref.startswith("urn:uuid:") or ref.startswith("urn:oid:"):
-                raise FhirError(400, f"Reference '{ref}' does not match any fullUrl in the "
-                                     "Bundle", "invalid", where)
+        _rewrite_one(node, ids, resolve, "")
+        for value in node.values():
+            if isinstance(value, (dict, list)):
+                _rewrite(value, ids, resolve)
+    elif isinstance(node, list):
+        for value in node:
+            if isinstance(value, (dict, list)):
+                _rewrite(value, ids, resolve)
+
+
+def _rewrite_at(node, ids: dict[str, str], resolve, where: str) -> None:
+    if isinstance(node, dict):
+        _rewrite_one(node, ids, resolve, where)
         for key, value in node.items():
             if isinstance(value, (dict, list)):
-                _rewrite_references(value, ids, resolve, f"{where}.{key}")
+                _rewrite_at(value, ids, resolve, f"{where}.{key}")
     elif isinstance(node, list):
         for i, value in enumerate(node):
-            _rewrite_references(value, ids, resolve, f"{where}[{i}]")
+            _rewrite_at(value, ids, resolve, f"{where}[{i}]")
 
 
 def _write_response(written) -> dict:

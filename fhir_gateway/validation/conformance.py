@@ -826,14 +826,29 @@ def _reference_type(reference: dict, resource: dict) -> str | None:
         if ref.startswith("#"):
             return next((c.get("resourceType") for c in resource.get("contained") or []
                          if isinstance(c, dict) and c.get("id") == ref[1:]), None)
-        if not ref.startswith(("urn:", "#")):
-            parts = ref.split("/_history/", 1)[0].rstrip("/").split("/")
-            if len(parts) >= 2 and _REFERENCE_TYPE.match(parts[-2]):
-                return parts[-2]
+        named = _url_type(ref)
+        if named:
+            return named
     type_ = reference.get("type")
     if isinstance(type_, str):
         return type_.rsplit("/", 1)[-1]
     return None
+
+
+def _url_type(ref: str) -> str | None:
+    """The type a literal reference `[base/]Type/id[/_history/v]` names (none for urn:)."""
+    if ref.startswith("urn:"):
+        return None
+    parts = ref.split("/_history/", 1)[0].rstrip("/").split("/")
+    return parts[-2] if len(parts) >= 2 and _REFERENCE_TYPE.match(parts[-2]) else None
+
+
+def reference_stand_in(ref: str) -> str:
+    """A reference string that `_reference_type` reads exactly as it reads `ref`."""
+    if ref.startswith("#"):
+        return ref  # looked up among the contained resources
+    named = _url_type(ref)
+    return f"{named}/x" if named else "x"
 
 
 def _show(value: Any) -> str:

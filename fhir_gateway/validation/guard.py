@@ -6,18 +6,27 @@ skipped. It also gives both stores the same verdicts: HAPI's parser silently dro
 elements, the gateway refuses them with the path of the problem. Structure errors are 400;
 a resource that breaks one of our profiles is 422. In a batch, an invalid entry gets its
 own error and the valid ones are still stored.
+
+An import writes thousands of resources that differ only in values no check reads, so a
+verdict is remembered for the resource's canonical form (`canonical.py`) and shared. An
+error is always that of the full checks of the resource itself.
 """
 
 from __future__ import annotations
 
 import uuid
+from functools import lru_cache
+
+import orjson
 
 from fhir_gateway import bundle as bundles
 from fhir_gateway.outcome import FhirError
 from fhir_gateway.search.dates import now_instant
 from fhir_gateway.store.base import FhirStore, Written
+from fhir_gateway.validation.canonical import canonical_key
+from fhir_gateway.validation.reads import EMPTY
 from fhir_gateway.validation.rules import ProfileRules, errors
-from fhir_gateway.validation.structure import check_resource
+from fhir_gateway.validation.structure import check_resource, check_shape
 
 
 class ValidatingStore:
@@ -28,11 +37,15 @@ class ValidatingStore:
         self.rules = rules
 
     def check(self, resource: object, expected_type: str | None = None) -> dict:
-        resource = check_resource(resource, expected_type)
-        if self.rules is not None:
-            problems = errors(self.rules.issues(resource))
-            if problems:
-                raise FhirError(422, problems[0].diagnostics, issues=problems)
+        """The resource, if it passes; else the FhirError of the full checks of it.
+
+        A resource whose canonical form (`canonical.py`) passed before passes without
+        them: an import repeats the same few forms thousands of times.
+        """
+        resource = check_shape(resource, expected_type)
+        key = canonical_key(resource, self.rules.reads(resource) if self.rules else EMPTY)
+        if key is None or not _passes(self.rules, key):
+            _check(resource, self.rules)
         return resource
 
     def __getattr__(self, name: str):
@@ -81,6 +94,25 @@ class ValidatingStore:
                 self.check(entry["resource"])
             except FhirError as err:
                 raise bundles.at_entry(err, index) from None
+
+
+def _check(resource: dict, rules: ProfileRules | None) -> None:
+    """The full checks: structure (400), then the profiles (422)."""
+    check_resource(resource)
+    if rules is not None:
+        problems = errors(rules.issues(resource))
+        if problems:
+            raise FhirError(422, problems[0].diagnostics, issues=problems)
+
+
+@lru_cache(maxsize=2048)
+def _passes(rules: ProfileRules | None, key: bytes) -> bool:
+    """Whether a canonical form passes the full checks; bounded, so a long import stays flat."""
+    try:
+        _check(orjson.loads(key), rules)
+    except Exception:  # noqa: BLE001 - the resource's own full checks then say what is wrong
+        return False
+    return True
 
 
 def _entries(bundle: dict) -> list:

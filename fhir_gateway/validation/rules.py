@@ -15,9 +15,13 @@ from fhir_gateway.healthhome.categories import category_issues
 from fhir_gateway.outcome import FhirError, Issue
 from fhir_gateway.validation.conformance import prepare, validate
 from fhir_gateway.validation.profiles import Conformance
+from fhir_gateway.validation.reads import FULL, Mark, Reads, merge, profile_reads
 from fhir_gateway.validation.structure import check_resource
 
 ERRORS = ("error", "fatal")
+# `claimed` reads meta.profile; `category_issues` reads a Condition's codes and categories
+_CLAIMS = Reads({"meta": Reads({"profile": FULL})})
+_CONCEPT_MAP_READS = Reads({"code": FULL, "category": FULL})
 
 
 class ProfileRules:
@@ -32,6 +36,32 @@ class ProfileRules:
     def claimed(self, resource: dict) -> list[str]:
         urls = [p.split("|")[0] for p in (resource.get("meta") or {}).get("profile", [])]
         return [u for u in urls if self.conformance.structure_definition(u) is not None]
+
+    def reads(self, resource: dict) -> Reads | Mark:
+        """What `issues(resource)` reads of the resource (see `reads.py`); per package, by
+        resource type and claimed profiles. Everything, while `meta.profile` is malformed:
+        that is for the structure checks to report."""
+        meta = resource.get("meta") or {}
+        profiles = meta.get("profile", []) if isinstance(meta, dict) else None
+        if not isinstance(profiles, list) or not all(isinstance(p, str) for p in profiles):
+            return FULL
+        claimed = tuple(self.claimed(resource))
+        key = (resource["resourceType"], claimed)
+        memo = self.conformance.memo.setdefault("resource-reads", {})
+        if key not in memo:
+            memo[key] = self._reads(*key)
+        return memo[key]
+
+    def _reads(self, resource_type: str, claimed: tuple[str, ...]) -> Reads | Mark:
+        """Mirrors `_issues`: the claimed profiles (and the ConceptMap), or the type's."""
+        reads = _CLAIMS
+        if claimed and resource_type == "Condition":
+            reads = merge(reads, _CONCEPT_MAP_READS)
+        urls = claimed or (self.conformance.profiles_for_type(resource_type)
+                           if self.all_of_profiled_types else ())
+        for url in urls:
+            reads = merge(reads, profile_reads(self.conformance, url))
+        return reads
 
     def issues(self, resource: dict, profile: str | None = None) -> list[Issue]:
         """Issues against `profile`, or against the profiles that apply to the resource."""

@@ -10,11 +10,11 @@ from __future__ import annotations
 import re
 from datetime import date, time
 from decimal import Decimal
-from functools import cache
+from functools import cache, lru_cache
 from types import UnionType
-from typing import Annotated, List, Union, get_args, get_origin  # noqa: UP035
+from typing import Annotated, Any, List, Union, get_args, get_origin  # noqa: UP035
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from fhir_gateway.outcome import FhirError, Issue, invalid
 from fhir_gateway.search.registry import resource_types
@@ -54,11 +54,33 @@ def check_resource(resource: object, expected_type: str | None = None) -> dict:
         except ValidationError as exc:
             issues = [_issue(resource_type, err) for err in exc.errors()]
             raise FhirError(400, issues[0].diagnostics, issues=issues) from None
+        except KeyError:  # fhir_core meeting a nested resource of no type it knows
+            found = _unknown_nested_type(resource, resource_type)
+            if found is None:
+                raise
+            raise FhirError(400, f"Unknown resourceType '{found[1]}'", "not-supported",
+                            f"{found[0]}.resourceType") from None
         issues = []
         _check_json_types(resource, _schema(resource_type), resource_type, issues)
         if issues:
             raise FhirError(400, issues[0].diagnostics, issues=issues)
     return resource
+
+
+def _unknown_nested_type(node: object, where: str) -> tuple[str, object] | None:
+    """The path and type of the first resource inside `node` whose type is not R4's."""
+    if isinstance(node, dict):
+        children = ((f"{where}.{key}", value) for key, value in node.items())
+    elif isinstance(node, list):
+        children = ((f"{where}[{i}]", value) for i, value in enumerate(node))
+    else:
+        return None
+    for path, value in children:
+        if isinstance(value, dict) and value.get("resourceType", "Basic") not in resource_types():
+            return path, value["resourceType"]
+        if found := _unknown_nested_type(value, path):
+            return found
+    return None
 
 
 def check_shape(resource: object, expected_type: str | None = None) -> dict:
@@ -105,10 +127,15 @@ _JSON_OK = {
 
 
 @cache
-def _schema(type_name: str) -> dict[str, tuple[str, str | None, tuple | None]]:
-    """alias -> (kind, complex type name, required codes) for one model class."""
+def _schema(type_name: str) -> dict[str, tuple[str, str | None, tuple | None,
+                                              Primitive | None]]:
+    """alias -> (kind, complex type name, required codes, Primitive) for one model class.
+
+    The Primitive is None unless the field holds values of one primitive type.
+    """
     model = _model(type_name)
     fields = {}
+    config = _config(model)
     for name, info in (model.model_fields.items() if model else ()):
         alias = info.alias or name
         if alias.startswith("_") or alias == "fhir_comments":
@@ -122,7 +149,11 @@ def _schema(type_name: str) -> dict[str, tuple[str, str | None, tuple | None]]:
         else:
             sub = getattr(base, "__name__", "").removesuffix("Type")
             kind = "resource" if sub == "Resource" else "complex"
-        fields[alias] = (kind, sub, tuple(extra["enum_values"]) if extra.get("enum_values") else None)
+        codes = tuple(extra["enum_values"]) if extra.get("enum_values") else None
+        annotation = _item_annotation(info.annotation) if not info.metadata else None
+        primitive = _primitive(annotation, kind, config) \
+            if kind in _JSON_OK and annotation and config is not None else None
+        fields[alias] = (kind, sub, codes, primitive)
     return fields
 
 
@@ -137,12 +168,73 @@ def _unwrap(annotation):
             return annotation
 
 
+def _item_annotation(annotation):
+    """The annotated type of one value of a field (no Optional, no List); None if unclear."""
+    while True:
+        origin = get_origin(annotation)
+        if origin in (Union, UnionType):
+            members = [a for a in get_args(annotation) if a is not type(None)]
+            if len(members) != 1:
+                return None
+            annotation = members[0]
+        elif origin is list:
+            annotation = get_args(annotation)[0]
+        else:
+            try:
+                hash(annotation)
+            except TypeError:
+                return None
+            return annotation
+
+
+_SAMPLES = {"boolean": (True,), "integer": (1,), "decimal": (1,),
+            "string": ("x", "2000-01-01", "2000-01-01T00:00:00Z", "00:00:00", "urn:oid:1.2")}
+
+
+class Primitive:
+    """A primitive type as the models check one value of it: pydantic's validator for the
+    field's annotated type under the model's config (the models add no field constraints
+    and no validator that compares values), and a fixed value of its JSON kind that it
+    accepts (None: none of `_SAMPLES` is)."""
+
+    __slots__ = ("adapter", "sample")
+
+    def __init__(self, annotation, kind: str, config: tuple):
+        self.adapter = TypeAdapter(annotation, config=dict(config))
+        self.sample = next((v for v in _SAMPLES[kind] if accepts_primitive(self, v)), None)
+
+
+@cache
+def _primitive(annotation, kind: str, config: tuple) -> Primitive:
+    return Primitive(annotation, kind, config)
+
+
+def _config(model) -> tuple | None:
+    """A model's pydantic config as a hashable key; None when it cannot be one."""
+    config = tuple(sorted((model.model_config if model else {}).items()))
+    try:
+        hash(config)
+    except TypeError:
+        return None
+    return config
+
+
+@lru_cache(maxsize=16384, typed=True)
+def accepts_primitive(primitive: Primitive, value: Any) -> bool:
+    """Whether the models accept `value` in a field of this primitive type."""
+    try:
+        primitive.adapter.validate_python(value)
+    except ValidationError:
+        return False
+    return True
+
+
 def _check_json_types(node: dict, schema: dict, path: str, issues: list[Issue]) -> None:
     for key, value in node.items():
         spec = schema.get(key)
         if spec is None:
             continue
-        kind, sub, codes = spec
+        kind, sub, codes, _ = spec
         items = value if isinstance(value, list) else [value]
         for i, item in enumerate(items):
             where = f"{path}.{key}" + (f"[{i}]" if isinstance(value, list) else "")
