@@ -123,7 +123,8 @@ def _run_rows(run: tuple[str, list, int], state, as_of) -> list[dict]:
 
 
 def _judge_chunk(lines: list[bytes], first_line: int, state, as_of):
-    """Worker: (first run, rows of the inner runs, inner runs' owners and lines, last run).
+    """Worker: (first run, rows of the inner runs as JSON, inner runs' owners and lines,
+    last run). Rows travel as JSON: between processes, far cheaper than pickled dicts.
 
     A run is one owner's consecutive lines, (owner, resources, line); a line that is not a
     resource is a run of its own, ("", [error], line). The first and last runs come back
@@ -168,8 +169,8 @@ def _judge_chunk(lines: list[bytes], first_line: int, state, as_of):
     if run and run[0] in seen:
         raise MembersInterleaved(run[2], run[0])
     if first is None:
-        return run, [], [], None
-    return first, rows, inner, run
+        return run, b"[]", [], None
+    return first, orjson.dumps(rows), inner, run
 
 
 def _chunks(path: Path) -> Iterator[tuple[list[bytes], int]]:
@@ -214,7 +215,7 @@ class _Stitcher:
             out += self.close()
             for owner, line in inner_owners:
                 self.mark(owner, line)
-            out += inner_rows
+            out += orjson.loads(inner_rows)
             self.open = last
         return out
 
