@@ -190,15 +190,23 @@ class SQLiteStore:
             conn.execute("PRAGMA cache_size=-16384")  # 16 MB page cache per connection
             self._local.conn = conn
             self._local.depth = 0
+            self._local.all_or_nothing = False
             self._local.pending = None
             self._connections.append(conn)
         return conn
 
     @contextmanager
-    def atomic(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; nested use becomes a savepoint (a batch entry)."""
+    def atomic(self, all_or_nothing: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction; nested use becomes a savepoint (a batch entry).
+
+        `all_or_nothing` (a transaction Bundle): any error inside ends the whole
+        transaction, so nested use needs no savepoints (two statements per entry saved).
+        """
         conn = self._conn()
         depth = self._local.depth
+        if depth and self._local.all_or_nothing:
+            yield conn
+            return
         if depth:
             name = f"sp{depth}"
             mark = self._local.pending.mark()
@@ -218,6 +226,7 @@ class SQLiteStore:
         with self._lock:
             conn.execute("BEGIN IMMEDIATE")
             self._local.depth = 1
+            self._local.all_or_nothing = all_or_nothing
             self._local.references, self._local.deleted = {}, set()
             self._local.pending = _PendingIndex()
             try:
@@ -231,6 +240,7 @@ class SQLiteStore:
                 raise
             finally:
                 self._local.depth = 0
+                self._local.all_or_nothing = False
                 self._local.pending = None
 
     def _flush_index(self) -> None:

@@ -35,7 +35,7 @@ class BundleProcessor:
         for index, entry in entries:
             _check_entry(index, entry)
         responses: dict[int, dict] = {}
-        with self.store.atomic():
+        with self.store.atomic(all_or_nothing=True):
             ids = self._assign_ids(entries)
             for index, entry in entries:
                 if "resource" in entry:
@@ -234,15 +234,13 @@ def _rewrite_one(node: dict, ids: dict[str, str], resolve, where: str) -> None:
 
 
 def _rewrite(node, ids: dict[str, str], resolve) -> None:
-    if isinstance(node, dict):
-        _rewrite_one(node, ids, resolve, "")
-        for value in node.values():
-            if isinstance(value, (dict, list)):
-                _rewrite(value, ids, resolve)
-    elif isinstance(node, list):
-        for value in node:
-            if isinstance(value, (dict, list)):
-                _rewrite(value, ids, resolve)
+    stack = [node]  # a loop, not recursion: this visits every element of every entry
+    while stack:
+        node = stack.pop()
+        values = node.values() if node.__class__ is dict else node
+        if node.__class__ is dict and node.get("reference").__class__ is str:
+            _rewrite_one(node, ids, resolve, "")
+        stack.extend(v for v in values if v.__class__ is dict or v.__class__ is list)
 
 
 def _rewrite_at(node, ids: dict[str, str], resolve, where: str) -> None:
