@@ -153,3 +153,26 @@ def test_concurrent_updates_with_if_match_allow_one_winner(client):
         codes = sorted(r.status_code for r in pool.map(update, range(8)))
     assert codes == [200] + [412] * 7
     assert client.get(f"/fhir/Patient/{created['id']}/_history").json()["total"] == 2
+
+
+def test_transaction_conditional_entries_by_identifier_find_what_a_search_finds(client):
+    """Conditional entries of one `identifier=system|value` are matched together (one
+    query per type); they must find what the search finds: none, one, or several (412)."""
+    for value in ("555001", "555002", "555002"):  # 555002 twice: ambiguous
+        assert client.post("/fhir/Patient", json=patient(value)).status_code == 201
+    one = client.get(f"/fhir/Patient?identifier={DCN}|555001").json()["entry"][0]["resource"]
+    r = client.post("/fhir", json=tx(
+        {"resource": {**patient("555001"), "birthDate": "1971-01-01"},
+         "request": {"method": "PUT", "url": f"Patient?identifier={DCN}|555001"}},
+        post(patient("555003"), ifNoneExist=f"identifier={DCN}|555003"),
+        post(patient("555001"), ifNoneExist=f"identifier={DCN}|555001")))
+    assert r.status_code == 200, r.text
+    entries = [e["response"] for e in r.json()["entry"]]
+    assert [e["status"][:3] for e in entries] == ["200", "201", "200"]
+    assert entries[0]["location"] == f"Patient/{one['id']}/_history/2"  # updated in place
+    assert entries[2]["location"].startswith(f"Patient/{one['id']}/")  # found, not created
+    assert client.get(f"/fhir/Patient?identifier={DCN}|555003").json()["total"] == 1
+    r = client.post("/fhir", json=tx(
+        {"resource": patient("555002"),
+         "request": {"method": "PUT", "url": f"Patient?identifier={DCN}|555002"}}))
+    assert r.status_code == 412, r.text

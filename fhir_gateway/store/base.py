@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fhir_gateway.outcome import Issue
+from fhir_gateway.outcome import FhirError, Issue
 
 
 @dataclass
@@ -85,3 +85,11 @@ class FhirStore(Protocol):
     def is_empty(self) -> bool: ...
 
     def close(self) -> None: ...
+
+
+def one_match(ids: list[str], resource_type: str, what: str) -> str | None:
+    """The one id a conditional operation found, None for none; 412 for several."""
+    if len(ids) > 1:
+        raise FhirError(412, f"The {what} criteria match more than one {resource_type}",
+                        "duplicate", what)
+    return ids[0] if ids else None

@@ -28,7 +28,8 @@ from fhir_gateway.search.fhirpath import element_names
 from fhir_gateway.search.query import SearchQuery, parse_query
 from fhir_gateway.search.registry import SearchParam, indexed_params, resource_types
 from fhir_gateway.store import sqlsearch
-from fhir_gateway.store.base import HistoryEntry, HistoryResult, SearchResult, Written
+from fhir_gateway.store.base import (HistoryEntry, HistoryResult, SearchResult, Written,
+                                      one_match)
 from fhir_gateway.store.transaction import BundleProcessor
 from fhir_gateway.validation.structure import check_update_id
 
@@ -449,11 +450,27 @@ class SQLiteStore:
             raise invalid(f"The {what} has no search criteria", what)
         query = parse_query(resource_type, criteria, strict=True)
         self._flush_index()
-        ids = sqlsearch.matching_ids(self, query, limit=2)
-        if len(ids) > 1:
-            raise FhirError(412, f"The {what} criteria match more than one {resource_type}",
-                            "duplicate", what)
-        return ids[0] if ids else None
+        return one_match(sqlsearch.matching_ids(self, query, limit=2), resource_type, what)
+
+    def match_identifiers(self, resource_type: str, pairs: set[tuple[str, str]]
+                          ) -> dict[tuple[str, str], list[str]]:
+        """The ids of the live resources of a type that have each `identifier=system|value`:
+        what `match` finds for each pair, in one query (an import matches hundreds)."""
+        self._flush_index()
+        pid = self.pid(resource_type, "identifier")
+        found: dict[tuple[str, str], list[str]] = {pair: [] for pair in pairs}
+        values = sorted({value for _, value in pairs})
+        for start in range(0, len(values), 500):  # within SQLite's parameter limit
+            chunk = values[start:start + 500]
+            rows = self._conn().execute(
+                "SELECT DISTINCT t.system, t.code, r.id FROM idx_token t "
+                "JOIN resource r ON r.rid = t.rid WHERE t.pid = ? AND r.type = ? "
+                f"AND r.deleted = 0 AND t.code IN ({', '.join('?' * len(chunk))})",
+                [pid, resource_type, *chunk])
+            for system, value, rid in rows:
+                if (system, value) in found:
+                    found[system, value].append(rid)
+        return found
 
     def search(self, resource_type: str, params: list[tuple[str, str]],
                strict: bool = False) -> SearchResult:

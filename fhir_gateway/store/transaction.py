@@ -15,8 +15,8 @@ from urllib.parse import parse_qsl, urlsplit
 from fhir_gateway import bundle as bundles
 from fhir_gateway.outcome import FhirError, invalid
 from fhir_gateway.search.dates import now_instant
-from fhir_gateway.search.registry import resource_types
-from fhir_gateway.store.base import Written
+from fhir_gateway.search.registry import params_for, resource_types
+from fhir_gateway.store.base import Written, one_match
 from fhir_gateway.validation.structure import check_shape
 
 if TYPE_CHECKING:
@@ -72,6 +72,7 @@ class BundleProcessor:
         ids: dict[str, str] = {}
         conditional: dict[tuple[str, str], str] = {}  # the same ifNoneExist twice: one resource
         touched: set[str] = set()  # the spec: one entry per resource identity
+        known = self._identifier_matches(entries)
         for index, entry in entries:
             request, full_url = entry["request"], entry.get("fullUrl")
             method, url = request["method"], request["url"]
@@ -80,8 +81,8 @@ class BundleProcessor:
             if method == "POST":
                 existing, key = None, (rtype, request.get("ifNoneExist") or "")
                 if key[1]:
-                    existing = conditional.get(key) or self.store.match(
-                        rtype, parse_qsl(key[1].split("?", 1)[-1]),
+                    existing = conditional.get(key) or self._match(
+                        rtype, key[1].split("?", 1)[-1], known,
                         f"Bundle.entry[{index}].request.ifNoneExist")
                 entry["_id"] = existing or self.store.assign_id()
                 entry["_existing"] = existing is not None
@@ -91,8 +92,7 @@ class BundleProcessor:
             elif method == "PUT":
                 path, _, query = url.partition("?")
                 if query:
-                    found = self.store.match(path, parse_qsl(query), f"Bundle.entry[{index}]"
-                                             ".request.url")
+                    found = self._match(path, query, known, f"Bundle.entry[{index}].request.url")
                     entry["_id"] = found or entry["resource"].get("id") or self.store.assign_id()
                 else:
                     entry["_id"] = path.split("/")[1]
@@ -109,6 +109,33 @@ class BundleProcessor:
                     raise invalid(f"Duplicate fullUrl '{full_url}'", f"Bundle.entry[{index}].fullUrl")
                 ids[full_url] = target
         return ids
+
+    def _identifier_matches(self, entries: list[tuple[int, dict]]
+                            ) -> dict[tuple[str, str], list[str]]:
+        """(type, criteria) -> matching ids, for every conditional entry whose criteria are
+        one plain `identifier=system|value`: one query per type instead of one per entry."""
+        wanted: dict[str, dict[str, tuple[str, str]]] = {}
+        for _, entry in entries:
+            request = entry.get("request") or {}
+            if request.get("method") == "POST" and request.get("ifNoneExist"):
+                rtype = (entry.get("resource") or {}).get("resourceType")
+                query = request["ifNoneExist"].split("?", 1)[-1]
+            elif request.get("method") == "PUT" and "?" in request.get("url", ""):
+                rtype, _, query = request["url"].partition("?")
+            else:
+                continue
+            if (pair := _plain_identifier(rtype, query)) is not None:
+                wanted.setdefault(rtype, {})[query] = pair
+        known = {}
+        for rtype, queries in wanted.items():
+            found = self.store.match_identifiers(rtype, set(queries.values()))
+            known.update({(rtype, query): found[pair] for query, pair in queries.items()})
+        return known
+
+    def _match(self, rtype: str, query: str, known: dict, what: str) -> str | None:
+        if (rtype, query) in known:
+            return one_match(known[rtype, query], rtype, what)
+        return self.store.match(rtype, parse_qsl(query), what)
 
     def _resolve_conditional(self, reference: str, where: str) -> str:
         rtype, _, query = reference.partition("?")
@@ -252,6 +279,21 @@ def _rewrite_at(node, ids: dict[str, str], resolve, where: str) -> None:
     elif isinstance(node, list):
         for i, value in enumerate(node):
             _rewrite_at(value, ids, resolve, f"{where}[{i}]")
+
+
+def _plain_identifier(rtype: object, query: str) -> tuple[str, str] | None:
+    """(system, value) of criteria that are just `identifier=system|value`, with no escapes,
+    modifiers or alternatives; None for anything `store.match` must parse itself."""
+    params = parse_qsl(query)
+    if len(params) != 1 or params[0][0] != "identifier" or not isinstance(rtype, str) \
+            or rtype not in resource_types():
+        return None
+    param = params_for(rtype).get("identifier")
+    system, bar, value = params[0][1].partition("|")
+    if param is None or param.type != "token" or not (bar and system and value) \
+            or any(c in value or c in system for c in "\\,|$"):
+        return None
+    return system, value
 
 
 def _write_response(written) -> dict:
