@@ -299,6 +299,17 @@ class SQLiteStore:
             raise gone(resource_type, resource_id, row[2])
         return orjson.loads(row[0])
 
+    def head(self, resource_type: str, resource_id: str) -> dict:
+        """A live resource's type, id and version meta, without reading its body."""
+        row = self._conn().execute(
+            "SELECT v.version, v.last_updated FROM resource r JOIN version v ON v.rid = r.rid "
+            "AND v.version = r.version WHERE r.type=? AND r.id=? AND r.deleted = 0",
+            (resource_type, resource_id)).fetchone()
+        if row is None:
+            raise not_found(resource_type, resource_id)
+        return {"resourceType": resource_type, "id": resource_id,
+                "meta": {"versionId": str(row[0]), "lastUpdated": row[1]}}
+
     def vread(self, resource_type: str, resource_id: str, version: str) -> dict:
         row = self._conn().execute(
             "SELECT v.body, v.method FROM version v JOIN resource r ON r.rid = v.rid "

@@ -153,8 +153,8 @@ class BundleProcessor:
         store = self.store
         if method == "POST":
             resource = entry["resource"]
-            if entry.get("_existing"):
-                written = Written(store.read(resource["resourceType"], entry["_id"]), 200)
+            if entry.get("_existing"):  # the answer names its version: no need of the body
+                written = Written(store.head(resource["resourceType"], entry["_id"]), 200)
             else:
                 written = store.create(resource, new_id=entry["_id"])
             return _write_response(written)
@@ -262,12 +262,16 @@ def _rewrite_one(node: dict, ids: dict[str, str], resolve, where: str) -> None:
 
 def _rewrite(node, ids: dict[str, str], resolve) -> None:
     stack = [node]  # a loop, not recursion: this visits every element of every entry
+    push = stack.append
     while stack:
         node = stack.pop()
-        values = node.values() if node.__class__ is dict else node
-        if node.__class__ is dict and node.get("reference").__class__ is str:
-            _rewrite_one(node, ids, resolve, "")
-        stack.extend(v for v in values if v.__class__ is dict or v.__class__ is list)
+        if node.__class__ is dict:
+            if node.get("reference").__class__ is str:
+                _rewrite_one(node, ids, resolve, "")
+            node = node.values()
+        for value in node:
+            if value.__class__ is dict or value.__class__ is list:
+                push(value)
 
 
 def _rewrite_at(node, ids: dict[str, str], resolve, where: str) -> None:
