@@ -91,10 +91,13 @@ def main() -> None:
         write_extracts(size, folder)
         db = str(folder / "store.db")
         for system in ("cimor", "cyberaccess"):
-            done = child("import", system, str(folder / f"{system}.xml"), db)
+            path = str(folder / f"{system}.xml")
+            bare = child("bare", system, path, "")
+            done = child("import", system, path, db)
             print(f"{system:11} {size:>7,} records: import {done['per_second']:8,.0f} records/s "
-                  f"into the embedded store, peak RSS {done['peak_rss_mb']:5.0f} MB; "
-                  "target >= 1,000/s")
+                  f"into the embedded store, peak RSS {done['peak_rss_mb']:5.0f} MB | baseline "
+                  f"bare streaming {bare['per_second']:8,.0f} records/s (ratio "
+                  f"{done['per_second'] / bare['per_second']:.2f}); target >= 1,000/s")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 
 import orjson
@@ -98,12 +99,14 @@ class Validator:
 
     def check(self, resource: dict) -> None:
         """Raise the FhirError the guard would (400 structure, 422 profiles)."""
-        self._guard().check(resource)
+        _guard(self.package_dir, self.all_of_profiled_types).check(resource)
 
-    def _guard(self) -> ValidatingStore:
-        rules = load_rules(self.package_dir, self.all_of_profiled_types) \
-            if self.package_dir else None
-        return ValidatingStore(None, rules)  # its checks only: no store behind it
+
+@lru_cache(maxsize=4)
+def _guard(package_dir: str | None, all_of_profiled_types: bool) -> ValidatingStore:
+    """The guard's checks alone (no store behind them), built once per process."""
+    rules = load_rules(package_dir, all_of_profiled_types) if package_dir else None
+    return ValidatingStore(None, rules)
 
 
 def _parser(system: str) -> Callable[[Path], Iterator[SourceRecord]]:

@@ -65,15 +65,10 @@ def _parse(line: bytes, number: int) -> dict | str:
 
 def members_from_ndjson(path: Path) -> Iterator[list[dict]]:
     """Each member's resources from an NDJSON file in any order (held in memory)."""
-    groups: dict[str, list[dict]] = {}
     with path.open("rb") as fh:
-        for number, line in enumerate(fh, 1):
-            if line.strip():
-                resource = _parse(line, number)
-                if isinstance(resource, dict):
-                    groups.setdefault(_owner(resource), []).append(resource)
-    groups.pop("", None)
-    yield from groups.values()
+        parsed = (_parse(line, number) for number, line in enumerate(fh, 1) if line.strip())
+        groups = _by_owner(r for r in parsed if isinstance(r, dict))
+    yield from groups
 
 
 def members_from_bundle(path: Path) -> Iterator[list[dict]]:
@@ -84,12 +79,17 @@ def members_from_bundle(path: Path) -> Iterator[list[dict]]:
         raise ValueError(f"{path}: not JSON ({err})") from None
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise ValueError(f"{path}: not a Bundle (an NDJSON file should end in .ndjson)")
+    resources = ((entry or {}).get("resource") for entry in bundle.get("entry") or [])
+    yield from _by_owner(r for r in resources if isinstance(r, dict))
+
+
+def _by_owner(resources: Iterable[dict]) -> list[list[dict]]:
+    """Resources grouped by member, in order of first appearance; nobody's are dropped."""
     groups: dict[str, list[dict]] = {}
-    for entry in bundle.get("entry") or []:
-        resource = (entry or {}).get("resource")
-        if isinstance(resource, dict) and (owner := _owner(resource)):
-            groups.setdefault(owner, []).append(resource)
-    yield from groups.values()
+    for resource in resources:
+        groups.setdefault(_owner(resource), []).append(resource)
+    groups.pop("", None)
+    return list(groups.values())
 
 
 # ------------------------------------------------------------------ judging
