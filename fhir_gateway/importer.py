@@ -28,6 +28,7 @@ from pathlib import Path
 import orjson
 
 from adapters.common import MalformedExtract, SourceRecord
+from fhir_gateway.bulk import bulk_gc
 from fhir_gateway.config import Settings
 from fhir_gateway.mapping.engine import MappedResource, load_mapping, to_transaction
 from fhir_gateway.mapping.paths import MappingError
@@ -101,6 +102,10 @@ class Validator:
         """Raise the FhirError the guard would (400 structure, 422 profiles)."""
         _guard(self.package_dir, self.all_of_profiled_types).check(resource)
 
+    def load(self) -> None:
+        """Build the checks now (they are long-lived data: see `bulk_gc`)."""
+        _guard(self.package_dir, self.all_of_profiled_types)
+
 
 @lru_cache(maxsize=4)
 def _guard(package_dir: str | None, all_of_profiled_types: bool) -> ValidatingStore:
@@ -125,18 +130,21 @@ def _parser(system: str) -> Callable[[Path], Iterator[SourceRecord]]:
 def prepare(system: str, path: Path, validator: Validator | None) -> Iterator[Group]:
     """The extract's records in groups, each ready to store."""
     parse, mapping = _parser(system), load_mapping(MAPPINGS / f"{system}.yaml")
+    if validator:
+        validator.load()
     records: list[tuple[Prepared, list[MappedResource]]] = []
-    try:
-        for record in parse(path):
-            records.append(_prepare_record(record, mapping, validator))
-            if len(records) >= GROUP:
-                yield _group(records)
-                records = []
-    except MalformedExtract as err:
-        yield _group(records, f"line {err.line}, column {err.column}: {err.message}")
-        return
-    if records:
-        yield _group(records)
+    with bulk_gc():
+        try:
+            for record in parse(path):
+                records.append(_prepare_record(record, mapping, validator))
+                if len(records) >= GROUP:
+                    yield _group(records)
+                    records = []
+        except MalformedExtract as err:
+            yield _group(records, f"line {err.line}, column {err.column}: {err.message}")
+            return
+        if records:
+            yield _group(records)
 
 
 def _prepare_record(record: SourceRecord, mapping, validator: Validator | None
@@ -165,7 +173,7 @@ def _group(records: list[tuple[Prepared, list[MappedResource]]],
            malformed: str | None = None) -> Group:
     good = [m for _, mapped in records for m in mapped]
     return Group([p for p, _ in records],
-                 orjson.dumps(to_transaction(good)) if good else None, malformed)
+                 orjson.dumps(to_transaction(good, owned=True)) if good else None, malformed)
 
 
 def _prepare_in_worker(system: str, path: Path, validator: Validator | None) -> Iterator[Group]:
@@ -220,15 +228,16 @@ def import_extract(store: FhirStore, system: str, path: Path,
         worker = path.stat().st_size >= WORKER_FROM_BYTES
     groups = (_prepare_in_worker if worker else prepare)(system, path, validator)
     summary = ImportSummary()
-    for group in groups:
-        summary.records += len(group.records)
-        for record in group.records:
-            if record.reason:
-                _quarantine(summary, path, record, record.reason)
-        if group.transaction_json:
-            _store_group(writer, group, summary, path)
-        summary.malformed = group.malformed
-        progress(len(group.records))
+    with bulk_gc():
+        for group in groups:
+            summary.records += len(group.records)
+            for record in group.records:
+                if record.reason:
+                    _quarantine(summary, path, record, record.reason)
+            if group.transaction_json:
+                _store_group(writer, group, summary, path)
+            summary.malformed = group.malformed
+            progress(len(group.records))
     return summary
 
 

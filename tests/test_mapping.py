@@ -357,6 +357,17 @@ def test_transaction_uses_conditional_updates_and_bundle_local_references(cimor)
     assert to_transaction(cimor.apply(consumer())) == bundle  # deterministic fullUrls
 
 
+def test_an_owned_transaction_is_the_same_bundle_built_without_copies(cimor, cyberaccess):
+    records = [(cimor, consumer()), (cyberaccess, participant())]
+    mapped = [m for mapping, data in records for m in mapping.apply(data)]
+    copied = to_transaction(mapped)
+    assert copied["entry"][0]["resource"] is not mapped[0].resource
+    owned = to_transaction(mapped, owned=True)
+    assert owned == copied  # the Patient of both systems merged, references localized
+    unmerged = mapped[-1]  # the last resource of the CyberAccess record is its own
+    assert any(e["resource"] is unmerged.resource for e in owned["entry"])
+
+
 def test_import_twice_changes_nothing(cimor, cyberaccess, store):
     for mapping, data in ((cimor, consumer()), (cyberaccess, participant())):
         first = store.transaction(to_transaction(mapping.apply(data)))

@@ -854,7 +854,7 @@ def _merge(a: Any, b: Any, policies: dict[str, str], path: str) -> Any:
     return a
 
 
-def to_transaction(mapped: list[MappedResource]) -> dict:
+def to_transaction(mapped: list[MappedResource], owned: bool = False) -> dict:
     """A transaction Bundle: `PUT Type?identifier=...` per owned resource, a conditional
     create (`POST` + `ifNoneExist`) per create-only one.
 
@@ -863,7 +863,8 @@ def to_transaction(mapped: list[MappedResource]) -> dict:
     entries of the Bundle point at it: the gateway resolves conditional *references* only
     against resources already stored, so on a first import `Patient?identifier=...` would
     not find the Patient the same Bundle creates. References to resources outside the
-    Bundle stay conditional. The Bundle shares no data with `mapped`.
+    Bundle stay conditional. The Bundle shares no data with `mapped`, unless `owned` says
+    that the caller gives `mapped` away: then its resources become the entries' (no copy).
     """
     merged: dict[str, MappedResource] = {}
     for m in mapped:
@@ -876,8 +877,12 @@ def to_transaction(mapped: list[MappedResource]) -> dict:
             request = {"method": "PUT", "url": ref}
         else:
             request = {"method": "POST", "url": m.type, "ifNoneExist": m.search}
-        entries.append({"fullUrl": full_urls[ref], "resource": _localized(m.resource, full_urls),
-                        "request": request})
+        if owned:
+            resource = m.resource
+            _localize(resource, full_urls)
+        else:
+            resource = _localized(m.resource, full_urls)
+        entries.append({"fullUrl": full_urls[ref], "resource": resource, "request": request})
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
@@ -905,6 +910,22 @@ def _localized(node: Any, full_urls: dict[str, str]) -> Any:
     if isinstance(node, list):
         return [v if v.__class__ is str else _localized(v, full_urls) for v in node]
     return node
+
+
+def _localize(node: Any, full_urls: dict[str, str]) -> None:
+    """`_localized` in place, as a loop (a group's resources are tens of thousands of nodes)."""
+    stack = [node]
+    push = stack.append
+    while stack:
+        node = stack.pop()
+        if node.__class__ is dict:
+            ref = node.get("reference")
+            if ref.__class__ is str and ref in full_urls:
+                node["reference"] = full_urls[ref]
+            node = node.values()
+        for value in node:
+            if value.__class__ is dict or value.__class__ is list:
+                push(value)
 
 
 def load_mapping(path: str | Path) -> Mapping:
