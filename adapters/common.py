@@ -91,8 +91,11 @@ _SCHEMAS = threading.local()
 
 
 def parse_file(fmt: ExtractFormat, path: str | Path) -> Iterator[SourceRecord]:
-    """Stream the records of an extract file (see `iter_records`)."""
-    return iter_records(fmt, str(path), str(path))
+    """Stream the records of an extract file (see `iter_records`), slice by slice
+    (`slices.parse_file`): their line numbers stay right past line 65,535."""
+    from adapters.slices import parse_file as parse_sliced  # it builds on this module
+
+    return parse_sliced(fmt, path)
 
 
 def parse_bytes(fmt: ExtractFormat, data: bytes, label: str = "<bytes>") -> Iterator[SourceRecord]:
@@ -100,13 +103,15 @@ def parse_bytes(fmt: ExtractFormat, data: bytes, label: str = "<bytes>") -> Iter
     return iter_records(fmt, io.BytesIO(data), label)
 
 
-def iter_records(fmt: ExtractFormat, source: str | IO[bytes], label: str) -> Iterator[SourceRecord]:
+def iter_records(fmt: ExtractFormat, source: str | IO[bytes], label: str,
+                 line_offset: int = 0) -> Iterator[SourceRecord]:
     """Yield one SourceRecord per record element, keeping memory flat.
 
     iterparse reports only the record tag; once a record has been yielded its element is
     cleared and its already-processed siblings are deleted, so the tree never holds more
     than the record being read, whatever the size of the file. Entities are not resolved
     and nothing is fetched from the network (an extract is data, not a document to trust).
+    `line_offset` is added to every line reported (a slice of a file: `slices.py`).
     """
     schema = fmt.schema()
     root_tag, record_tag = fmt.tag(fmt.root), fmt.tag(fmt.record)
@@ -117,12 +122,12 @@ def iter_records(fmt: ExtractFormat, source: str | IO[bytes], label: str) -> Ite
     try:
         for event, element in context:
             if event == "start":
-                open_line = element.sourceline
+                open_line = element.sourceline + line_offset
                 if not checked_root:
-                    _check_parent(fmt, element, label)
+                    _check_parent(fmt, element, label, line_offset)
                     checked_root = True
                 continue
-            record = _record(fmt, schema, element)
+            record = _record(fmt, schema, element, line_offset)
             open_line = 0
             yield record
             element.clear(keep_tail=True)
@@ -134,7 +139,7 @@ def iter_records(fmt: ExtractFormat, source: str | IO[bytes], label: str) -> Ite
         message = _POSITION.sub("", err.msg)  # the position is in line/column already
         if open_line:
             message += f" (the {fmt.record} record starting at line {open_line} is incomplete)"
-        raise MalformedExtract(label, line, column, message) from None
+        raise MalformedExtract(label, line + line_offset, column, message) from None
     if not checked_root and (context.root is None or context.root.tag != root_tag):
         found = "nothing" if context.root is None else _local(context.root.tag)
         raise MalformedExtract(label, 1, 1, f"root element is {found}, expected {fmt.root} "
@@ -144,22 +149,24 @@ def iter_records(fmt: ExtractFormat, source: str | IO[bytes], label: str) -> Ite
 _POSITION = re.compile(r", line \d+, column \d+$")
 
 
-def _check_parent(fmt: ExtractFormat, element: etree._Element, label: str) -> None:
+def _check_parent(fmt: ExtractFormat, element: etree._Element, label: str,
+                  line_offset: int) -> None:
     """Refuse a file whose records do not sit directly under this system's root element."""
     parent = element.getparent()
     if parent is None or parent.tag != fmt.tag(fmt.root) or parent.getparent() is not None:
         where = "the root" if parent is None else _local(parent.tag)
-        raise MalformedExtract(label, element.sourceline, 1,
+        raise MalformedExtract(label, element.sourceline + line_offset, 1,
                                f"{fmt.record} found under {where}, expected directly under "
                                f"{fmt.root} in namespace {fmt.namespace}")
 
 
-def _record(fmt: ExtractFormat, schema: etree.XMLSchema, element: etree._Element) -> SourceRecord:
+def _record(fmt: ExtractFormat, schema: etree.XMLSchema, element: etree._Element,
+            line_offset: int) -> SourceRecord:
     data = to_data(element, fmt.repeating) or {}
     record_id = data.get(fmt.id_element)
     return SourceRecord(system=fmt.system,
                         record_id=record_id if isinstance(record_id, str) else "",
-                        line=element.sourceline,
+                        line=element.sourceline + line_offset,
                         raw=etree.tostring(element, with_tail=False),
                         data=data,
                         errors=validate(schema, element))

@@ -10,16 +10,18 @@ reference it cannot resolve, say), its records are retried one by one so that on
 one is quarantined. A file that is not well-formed stops at the break: the complete records
 before it are stored, and the error names the line and column.
 
-Preparing is the CPU-heavy half and storing the other, so a big file is prepared in a
-worker process while the main process stores the previous groups (two cores, one each).
+Preparing is the CPU-heavy half and storing the other, so a big file is cut into slices
+(`adapters/slices.py`) that worker processes prepare at the same time, while the main
+process stores what they prepared, in the file's order.
 """
 
 from __future__ import annotations
 
 import multiprocessing
-import queue as queues
-import traceback
-from collections.abc import Callable, Iterator
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -27,7 +29,8 @@ from pathlib import Path
 
 import orjson
 
-from adapters.common import MalformedExtract, SourceRecord
+from adapters import slices
+from adapters.common import ExtractFormat, MalformedExtract, SourceRecord
 from fhir_gateway.bulk import bulk_gc
 from fhir_gateway.config import Settings
 from fhir_gateway.mapping.engine import MappedResource, load_mapping, to_transaction
@@ -40,9 +43,10 @@ from fhir_gateway.validation.rules import load_rules
 MAPPINGS = Path(Settings().mappings)
 GROUP = 25  # records per transaction: fewer round trips, small enough to retry one by one
 SYSTEMS = ("cimor", "cyberaccess")
-#: files from this size on are prepared in a worker process (below, its start-up costs more
-#: than it saves)
+#: files from this size on are prepared in worker processes (below, their start-up costs
+#: more than they save)
 WORKER_FROM_BYTES = 2_000_000
+MAX_WORKERS = 4
 #: HAPI's storage response code for a conditional create that found the resource already there
 MATCHED_EXISTING = "SUCCESSFUL_CREATE_WITH_CONDITIONAL_MATCH"
 
@@ -114,37 +118,91 @@ def _guard(package_dir: str | None, all_of_profiled_types: bool) -> ValidatingSt
     return ValidatingStore(None, rules)
 
 
-def _parser(system: str) -> Callable[[Path], Iterator[SourceRecord]]:
+def _format(system: str) -> ExtractFormat:
     if system == "cimor":
-        from adapters.cimor.parser import parse
+        from adapters.cimor.parser import FORMAT
     elif system == "cyberaccess":
-        from adapters.cyberaccess.parser import parse
+        from adapters.cyberaccess.parser import FORMAT
     else:
         raise ValueError(f"Unknown source system '{system}': expected one of {', '.join(SYSTEMS)}")
-    return parse
+    return FORMAT
+
+
+@lru_cache(maxsize=len(SYSTEMS))
+def _mapping(system: str):
+    return load_mapping(MAPPINGS / f"{system}.yaml")
 
 
 # ------------------------------------------------------------------ preparing
 
 
-def prepare(system: str, path: Path, validator: Validator | None) -> Iterator[Group]:
-    """The extract's records in groups, each ready to store."""
-    parse, mapping = _parser(system), load_mapping(MAPPINGS / f"{system}.yaml")
+def prepare(system: str, path: Path, validator: Validator | None,
+            workers: int = 0) -> Iterator[Group]:
+    """The extract's records in groups, each ready to store, in the file's order.
+
+    `workers` > 0: slices of the file are prepared in that many worker processes at once.
+    """
+    if workers:
+        yield from _prepare_in_workers(system, path, validator, workers)
+    else:
+        yield from _prepare_records(system, slices.parse_file(_format(system), path), validator)
+
+
+def _prepare_records(system: str, records: Iterable[SourceRecord], validator: Validator | None
+                     ) -> Iterator[Group]:
+    mapping = _mapping(system)
     if validator:
         validator.load()
-    records: list[tuple[Prepared, list[MappedResource]]] = []
+    prepared: list[tuple[Prepared, list[MappedResource]]] = []
     with bulk_gc():
         try:
-            for record in parse(path):
-                records.append(_prepare_record(record, mapping, validator))
-                if len(records) >= GROUP:
-                    yield _group(records)
-                    records = []
+            for record in records:
+                prepared.append(_prepare_record(record, mapping, validator))
+                if len(prepared) >= GROUP:
+                    yield _group(prepared)
+                    prepared = []
         except MalformedExtract as err:
-            yield _group(records, f"line {err.line}, column {err.column}: {err.message}")
+            yield _group(prepared, f"line {err.line}, column {err.column}: {err.message}")
             return
-        if records:
-            yield _group(records)
+        if prepared:
+            yield _group(prepared)
+
+
+def _prepare_slice(system: str, part: slices.Slice, validator: Validator | None) -> list[Group]:
+    """One slice's groups (in a worker process)."""
+    return list(_prepare_records(system, slices.parse_slice(_format(system), part), validator))
+
+
+def _prepare_in_workers(system: str, path: Path, validator: Validator | None,
+                        workers: int) -> Iterator[Group]:
+    """`prepare` of the file's slices in worker processes, a few slices ahead of the caller
+    (bounded: memory stays flat), handed on in the file's order.
+
+    A slice that does not parse alone (see `slices.py`) and is not the file's last is
+    prepared again from its start to the end of the file in this process, as a whole-file
+    parse would see it: its records, then the error if the file is broken there.
+    """
+    fmt = _format(system)
+    context = multiprocessing.get_context("spawn")  # no fork of a threaded server
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        ahead: deque = deque()
+        parts = slices.split(fmt, path)
+        while True:
+            for part in parts:
+                ahead.append((part, pool.submit(_prepare_slice, system, part, validator)))
+                if len(ahead) > 2 * workers:
+                    break
+            if not ahead:
+                return
+            part, future = ahead.popleft()
+            groups = future.result()
+            if groups and groups[-1].malformed and not part.last:
+                for _, later in ahead:
+                    later.cancel()
+                yield from _prepare_records(system, slices.parse_slice(fmt, part.rest()),
+                                            validator)
+                return
+            yield from groups
 
 
 def _prepare_record(record: SourceRecord, mapping, validator: Validator | None
@@ -176,57 +234,25 @@ def _group(records: list[tuple[Prepared, list[MappedResource]]],
                  orjson.dumps(to_transaction(good, owned=True)) if good else None, malformed)
 
 
-def _prepare_in_worker(system: str, path: Path, validator: Validator | None) -> Iterator[Group]:
-    """`prepare` run in a worker process, a few groups ahead of the caller (bounded)."""
-    context = multiprocessing.get_context("spawn")  # no fork of a threaded server
-    queue = context.Queue(maxsize=8)
-    worker = context.Process(target=_produce, args=(queue, system, path, validator),
-                             daemon=True)
-    worker.start()
-    try:
-        while (item := _next(queue, worker)) is not None:
-            if isinstance(item, str):
-                raise RuntimeError(f"preparing {path} failed in the worker process:\n{item}")
-            yield item
-    finally:
-        worker.kill()
-        worker.join()
-
-
-def _next(queue, worker):
-    """The worker's next group, None at the end; an error if the worker died silently."""
-    while True:
-        try:
-            return queue.get(timeout=1)
-        except queues.Empty:
-            if not worker.is_alive() and queue.empty():
-                raise RuntimeError(f"the import worker process ended (exit code "
-                                   f"{worker.exitcode}) before finishing") from None
-
-
-def _produce(queue, system: str, path: Path, validator: Validator | None) -> None:
-    try:
-        for group in prepare(system, path, validator):
-            queue.put(group)
-    except Exception:  # noqa: BLE001 - handed to the parent, which raises it
-        queue.put(traceback.format_exc())
-    queue.put(None)
-
-
 # ------------------------------------------------------------------ storing
 
 
 def import_extract(store: FhirStore, system: str, path: Path,
                    progress: Callable[[int], None] = lambda n: None,
-                   worker: bool | None = None) -> ImportSummary:
-    """Import one extract file; `progress` gets the number of records done. `worker`:
-    prepare in a worker process (default: for files from WORKER_FROM_BYTES on)."""
-    _parser(system)  # an unknown system fails here, before any work
+                   workers: int | None = None) -> ImportSummary:
+    """Import one extract file; `progress` gets the number of records done. `workers`:
+    processes preparing slices of the file (0: in this process; default: one per core, up
+    to MAX_WORKERS, for files from WORKER_FROM_BYTES on)."""
+    _format(system)  # an unknown system fails here, before any work
     validator = Validator.of(store)
     writer = store.inner if isinstance(store, ValidatingStore) else store  # checked already
-    if worker is None:
-        worker = path.stat().st_size >= WORKER_FROM_BYTES
-    groups = (_prepare_in_worker if worker else prepare)(system, path, validator)
+    if workers is None:
+        workers = default_workers(path)
+    if not workers:  # long-lived data, loaded before `bulk_gc` freezes the heap
+        _mapping(system)
+        if validator:
+            validator.load()
+    groups = prepare(system, path, validator, workers)
     summary = ImportSummary()
     with bulk_gc():
         for group in groups:
@@ -239,6 +265,12 @@ def import_extract(store: FhirStore, system: str, path: Path,
             summary.malformed = group.malformed
             progress(len(group.records))
     return summary
+
+
+def default_workers(path: Path) -> int:
+    if path.stat().st_size < WORKER_FROM_BYTES:
+        return 0
+    return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
 
 def _store_group(store: FhirStore, group: Group, summary: ImportSummary, path: Path) -> None:

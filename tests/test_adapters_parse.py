@@ -24,7 +24,7 @@ from adapters import synth
 from adapters.cimor import parser as cimor
 from adapters.cimor.client import Client as CimorClient
 from adapters.cimor.simulator import Simulator as CimorSimulator
-from adapters.common import MalformedExtract, SourceUnavailable
+from adapters.common import MalformedExtract, SourceUnavailable, iter_records
 from adapters.cyberaccess import parser as cyberaccess
 from adapters.cyberaccess.client import Client as CyberAccessClient
 from adapters.cyberaccess.simulator import Simulator as CyberAccessSimulator
@@ -325,7 +325,7 @@ def test_the_other_systems_extract_is_refused():
 
 def test_processed_records_leave_the_tree():
     """Structural check of flat memory (figures: bench/adapter_parse_bench.py)."""
-    records = cimor.parse(SAMPLES["cimor"])
+    records = iter_records(cimor.FORMAT, str(SAMPLES["cimor"]), "sample")
     for n, _ in enumerate(records):
         element = records.gi_frame.f_locals["element"]
         older = list(element.itersiblings(preceding=True))

@@ -10,6 +10,7 @@ from collections import Counter
 
 import pytest
 
+from adapters import slices
 from adapters.cimor.parser import parse as parse_cimor
 from adapters.cyberaccess.parser import parse as parse_cyberaccess
 from adapters.synth import inject_bad_records, write_extracts
@@ -42,12 +43,14 @@ def stored_counts(store) -> Counter:
     return Counter({t: store.search(t, [("_summary", "count")]).total for t in TYPES})
 
 
-@pytest.mark.parametrize("worker", [False, True], ids=["inline", "worker-process"])
+@pytest.mark.parametrize("workers", [0, 2], ids=["inline", "worker-processes"])
 def test_import_both_extracts_counts_every_resource_and_reimport_changes_nothing(store, extracts,
-                                                                                 worker):
+                                                                                 workers,
+                                                                                 monkeypatch):
+    monkeypatch.setattr(slices, "SLICE_BYTES", 5_000)  # a few records a slice: many slices
     cimor, cyberaccess = extracts
-    first = [import_extract(store, "cimor", cimor, worker=worker),
-             import_extract(store, "cyberaccess", cyberaccess, worker=worker)]
+    first = [import_extract(store, "cimor", cimor, workers=workers),
+             import_extract(store, "cyberaccess", cyberaccess, workers=workers)]
     assert [s.records for s in first] == [MEMBERS, MEMBERS]
     assert [s.quarantined for s in first] == [0, 0], first[0].quarantine[:2] + first[1].quarantine[:2]
     expected = expected_counts(("cimor", cimor, parse_cimor),
@@ -55,8 +58,8 @@ def test_import_both_extracts_counts_every_resource_and_reimport_changes_nothing
     assert stored_counts(store) == +expected  # one Patient per DCN across both systems
     assert stored_counts(store)["Patient"] == MEMBERS
     versions = store.history(count=1).total
-    again = [import_extract(store, "cimor", cimor, worker=worker),
-             import_extract(store, "cyberaccess", cyberaccess, worker=worker)]
+    again = [import_extract(store, "cimor", cimor, workers=workers),
+             import_extract(store, "cyberaccess", cyberaccess, workers=workers)]
     assert [(s.created, s.updated) for s in again] == [(0, 0), (0, 0)]
     assert sum(s.unchanged for s in again) > MEMBERS
     assert store.history(count=1).total == versions  # not one new version
