@@ -123,9 +123,9 @@ def iter_records(fmt: ExtractFormat, source: str | IO[bytes], label: str,
         for event, element in context:
             if event == "start":
                 open_line = element.sourceline + line_offset
-                if not checked_root:
-                    _check_parent(fmt, element, label, line_offset)
-                    checked_root = True
+                # every record: one inside another means that one was left open
+                _check_parent(fmt, element, label, line_offset)
+                checked_root = True
                 continue
             record = _record(fmt, schema, element, line_offset)
             open_line = 0

@@ -184,7 +184,8 @@ def _prepare_in_workers(system: str, path: Path, validator: Validator | None,
     """
     fmt = _format(system)
     context = multiprocessing.get_context("spawn")  # no fork of a threaded server
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    pool = ProcessPoolExecutor(workers, mp_context=context)
+    try:
         ahead: deque = deque()
         parts = slices.split(fmt, path)
         while True:
@@ -197,12 +198,13 @@ def _prepare_in_workers(system: str, path: Path, validator: Validator | None,
             part, future = ahead.popleft()
             groups = future.result()
             if groups and groups[-1].malformed and not part.last:
-                for _, later in ahead:
-                    later.cancel()
+                pool.shutdown(cancel_futures=True)  # what comes after the break is not used
                 yield from _prepare_records(system, slices.parse_slice(fmt, part.rest()),
                                             validator)
                 return
             yield from groups
+    finally:  # also when the caller stops early (a store error): no work left running
+        pool.shutdown(cancel_futures=True)
 
 
 def _prepare_record(record: SourceRecord, mapping, validator: Validator | None

@@ -17,6 +17,7 @@ from adapters.synth import inject_bad_records, write_extracts
 from conftest import ROOT
 from fhir_gateway.importer import MAPPINGS, import_extract
 from fhir_gateway.mapping.engine import load_mapping
+from fhir_gateway.store import open_store
 from fhir_gateway.validation.rules import errors
 
 MEMBERS = 60
@@ -100,6 +101,26 @@ def test_a_broken_file_stops_at_its_line_and_keeps_the_records_before(store, ext
     complete = text[:cut].count("<Participant>") + text[:cut].count("<Participant ")
     assert summary.records == complete
     assert store.search("Patient", [("_summary", "count")]).total == complete
+
+
+def test_a_file_broken_in_a_middle_slice_imports_as_in_one_process(extracts, tmp_path,
+                                                                   monkeypatch):
+    """Slices after the break are prepared by the workers too, and must not be stored."""
+    text = extracts[1].read_text()
+    cut = text.index("<Participant", len(text) // 3)
+    broken = tmp_path / "broken.xml"
+    broken.write_text(text[:cut] + "<Participant><DCN>1</DCN>\n" + text[cut:])
+    monkeypatch.setattr(slices, "SLICE_BYTES", 5_000)
+    results = []
+    for workers in (0, 2):
+        store = open_store(f"sqlite:///{tmp_path / f'{workers}.db'}")
+        summary = import_extract(store, "cyberaccess", broken, workers=workers)
+        results.append((summary.records, summary.malformed, stored_counts(store)))
+        store.close()
+    assert results[0] == results[1]
+    records, malformed, counts = results[0]
+    assert records == text[:cut].count("<Participant") and malformed.startswith("line ")
+    assert counts["Patient"] == records
 
 
 def test_cli_import_prints_the_summary_and_writes_the_quarantine(tmp_path, extracts):
