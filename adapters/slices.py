@@ -103,16 +103,24 @@ def _target(buf: bytes, buf_start: int, buf_lines: int, size_end: int, line_end:
             ) -> int | None:
     """Where in `buf` to look for the next cut: the newline before byte `size_end`, or
     newline number `line_end` of the file if that comes first; None: not in `buf` yet."""
-    at = size_end - 1 - buf_start
+    at = max(0, size_end - 1 - buf_start)
     missing = line_end - buf_lines  # newlines to pass before the line limit
-    if missing <= 0:
-        at = 0
-    elif buf.count(b"\n") >= missing:
-        position = -1
-        for _ in range(missing):
-            position = buf.index(b"\n", position + 1)
-        at = min(at, position)
-    return max(at, 0) if at < len(buf) else None
+    if buf.count(b"\n", 0, min(at, len(buf))) >= missing:  # the line limit comes first
+        at = _newline(buf, missing)
+    return at if at < len(buf) else None
+
+
+def _newline(buf: bytes, n: int) -> int:
+    """The offset of the n-th newline of `buf` (0 if n < 1), counted a block at a time."""
+    if n < 1:
+        return 0
+    start = 0
+    while (found := buf.count(b"\n", start, start + 65536)) < n:
+        n, start = n - found, start + 65536
+    position = start - 1
+    for _ in range(n):
+        position = buf.index(b"\n", position + 1)
+    return position
 
 
 def _head(fh, pattern: re.Pattern) -> tuple[bytes | None, bytes]:

@@ -91,6 +91,23 @@ def test_transaction_unresolvable_references_fail(client):
     assert client.get("/fhir/Condition").json()["total"] == 0
 
 
+def test_transaction_references_to_stored_resources_are_checked_all_at_once(client):
+    """References to resources already stored are checked at commit; one that points at
+    nothing fails the transaction, is named, and nothing of it is stored."""
+    pids = [client.post("/fhir/Patient", json=patient()).json()["id"] for _ in range(3)]
+    org = client.post("/fhir/Organization", json={"resourceType": "Organization",
+                                                   "name": "Salt River"}).json()["id"]
+    episode = {"resourceType": "EpisodeOfCare", "status": "active",
+               "patient": {"reference": f"Patient/{pids[0]}"},
+               "managingOrganization": {"reference": f"Organization/{org}"}}
+    good = [post(condition(f"Patient/{pid}")) for pid in pids] + [post(episode)]
+    assert client.post("/fhir", json=tx(*good)).status_code == 200
+    bad = good[:2] + [post(condition("Patient/never-was"))] + good[2:]
+    r = client.post("/fhir", json=tx(*bad))
+    assert r.status_code in (400, 404) and "Patient/never-was" in r.json()["issue"][0]["diagnostics"]
+    assert client.get("/fhir/Condition").json()["total"] == 3
+
+
 def test_transaction_processing_order_delete_post_put_get(client):
     old = client.post("/fhir/Patient", json=patient("9")).json()["id"]
     r = client.post("/fhir", json=tx(

@@ -551,3 +551,18 @@ def test_sample_extracts_map_validate_and_import_idempotently(cimor, cyberaccess
     for rtype in ("Patient", "Condition", "EpisodeOfCare", "CareTeam"):
         for resource in store.search(rtype, [("_count", "500")]).matches:
             assert not errors(assess(resource, rules)), (rtype, resource["id"])
+
+
+@pytest.mark.parametrize("raw, date", [
+    ("2024-02-29", "2024-02-29"), ("2024-02-29T08:30:00-06:00", "2024-02-29"),
+    ("2024-02-29Z", "2024-02-29"), ("20240229", "2024-02-29"), ("02/29/2024", "2024-02-29"),
+    ("2024-2-9", "2024-02-09"), ("２０２４-02-29", "2024-02-29"),
+    ("2023-02-29", None), ("2024-13-01", None), ("0000-01-01", None), ("yesterday", None)])
+def test_dates_in_every_spelling_the_extracts_use(raw, date):
+    from fhir_gateway.mapping.transforms import TransformError, to_date
+
+    if date is None:
+        with pytest.raises(TransformError, match="is not a date"):
+            to_date(raw)
+    else:
+        assert to_date(raw) == date

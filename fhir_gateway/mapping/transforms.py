@@ -26,6 +26,7 @@ from fhir_gateway.mapping.paths import MappingError
 
 _DATE_FORMATS = ("%Y-%m-%d", "%Y%m%d", "%m/%d/%Y")
 _DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T")
+_ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _ZONE = re.compile(r"(Z|[+-]\d{2}:\d{2})$")
 _SPACE = re.compile(r"\s")
 _ICD10CM = re.compile(r"[A-Z][0-9][0-9A-Z]{1,5}")
@@ -50,6 +51,11 @@ def _iso_date(raw: str) -> str | None:
     repeats the same few thousand dates (service dates, eligibility months) endlessly."""
     candidate = raw[:10] if _DATETIME.match(raw) else raw
     candidate = _ZONE.sub("", candidate)  # xs:date may carry a zone
+    if _ISO_DAY.fullmatch(candidate):  # the usual spelling: checked in C, not by strptime
+        try:
+            return dt.date.fromisoformat(candidate).isoformat()
+        except ValueError:
+            return None
     for fmt in _DATE_FORMATS:
         try:
             return dt.datetime.strptime(candidate, fmt).date().isoformat()

@@ -189,6 +189,10 @@ class SQLiteStore:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
             conn.execute("PRAGMA cache_size=-16384")  # 16 MB page cache per connection
+            # Checkpoint the WAL every ~40 MB, not every 4 MB: a page written again and again
+            # by bulk writes (index pages) is copied back once, and fewer checkpoints sync
+            # the file (an import's commits took about half as long).
+            conn.execute("PRAGMA wal_autocheckpoint=10000")
             self._local.conn = conn
             self._local.depth = 0
             self._local.all_or_nothing = False
@@ -256,9 +260,19 @@ class SQLiteStore:
         Checking at commit (not per write) lets a transaction create a Condition before the
         Patient it points at, in any entry order.
         """
-        for (ttype, tid), path in self._local.references.items():
-            if conn.execute("SELECT 1 FROM resource WHERE type=? AND id=? AND deleted=0",
-                            (ttype, tid)).fetchone() is None:
+        references = self._local.references
+        wanted: dict[str, list[str]] = {}
+        for ttype, tid in references:
+            wanted.setdefault(ttype, []).append(tid)
+        live: set[tuple[str, str]] = set()
+        for ttype, ids in wanted.items():  # one query per type and 500 ids, not one per id
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                live.update((ttype, tid) for (tid,) in conn.execute(
+                    f"SELECT id FROM resource WHERE type=? AND deleted=0 AND id IN "
+                    f"({', '.join('?' * len(chunk))})", [ttype, *chunk]))
+        for (ttype, tid), path in references.items():
+            if (ttype, tid) not in live:
                 raise FhirError(400, f"Resource {ttype}/{tid} not found, specified in path: "
                                      f"{path}", "not-found", path)
         for rtype, rid in self._local.deleted:
