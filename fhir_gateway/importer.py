@@ -33,7 +33,8 @@ from adapters import slices
 from adapters.common import ExtractFormat, MalformedExtract, SourceRecord
 from fhir_gateway.bulk import bulk_gc
 from fhir_gateway.config import Settings
-from fhir_gateway.mapping.engine import MappedResource, load_mapping, to_transaction
+from fhir_gateway.mapping.engine import (MappedResource, load_mapping, to_transaction,
+                                          transaction_json)
 from fhir_gateway.mapping.paths import MappingError
 from fhir_gateway.outcome import FhirError
 from fhir_gateway.store.base import FhirStore
@@ -235,7 +236,7 @@ def _group(records: list[tuple[Prepared, list[MappedResource]]],
            malformed: str | None = None) -> Group:
     good = [m for _, mapped in records for m in mapped]
     return Group([p for p, _ in records],
-                 orjson.dumps(to_transaction(good, owned=True)) if good else None, malformed)
+                 transaction_json(good) if good else None, malformed)
 
 
 # ------------------------------------------------------------------ storing

@@ -12,13 +12,14 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import orjson
 import pytest
 import yaml
 
 from fhir_gateway.config import DEFAULT_PROFILES
 from fhir_gateway.identifiers import (CANONICAL_BASE, DMH_CONSUMER_ID, HH_PROGRAM, ICD10CM,
                                       MO_HEALTHNET_DCN, NPI, SOURCE_OF_PAYMENT)
-from fhir_gateway.mapping import MappingError, load_mapping, to_transaction
+from fhir_gateway.mapping import MappingError, load_mapping, to_transaction, transaction_json
 from fhir_gateway.mapping.paths import Condition, Context, items, resolve
 from fhir_gateway.store.sqlite import SQLiteStore
 from fhir_gateway.validation.guard import ValidatingStore
@@ -331,7 +332,6 @@ def test_every_mapped_resource_claims_its_profile_and_validates(system, data, ci
 
 
 def test_conceptmaps_are_fhir_conceptmaps(rules):
-    import orjson
     for file in (MAPPINGS / "conceptmaps").glob("*.json"):
         cm = orjson.loads(file.read_bytes())
         assert cm["resourceType"] == "ConceptMap" and file.stem == cm["id"]
@@ -357,15 +357,23 @@ def test_transaction_uses_conditional_updates_and_bundle_local_references(cimor)
     assert to_transaction(cimor.apply(consumer())) == bundle  # deterministic fullUrls
 
 
-def test_an_owned_transaction_is_the_same_bundle_built_without_copies(cimor, cyberaccess):
+def test_the_transaction_as_json_is_the_same_bundle(cimor, cyberaccess):
     records = [(cimor, consumer()), (cyberaccess, participant())]
     mapped = [m for mapping, data in records for m in mapping.apply(data)]
-    copied = to_transaction(mapped)
-    assert copied["entry"][0]["resource"] is not mapped[0].resource
-    owned = to_transaction(mapped, owned=True)
-    assert owned == copied  # the Patient of both systems merged, references localized
-    unmerged = mapped[-1]  # the last resource of the CyberAccess record is its own
-    assert any(e["resource"] is unmerged.resource for e in owned["entry"])
+    # an identifier that needs escapes in its reference (`\\,` in the search), and a quote
+    odd = copy.deepcopy(mapped[0])
+    odd.identifier = (odd.identifier[0], 'x,y"z')
+    odd.resource["identifier"][0]["value"] = 'x,y"z'
+    other = copy.deepcopy(mapped[-1])
+    other.identifier = (other.identifier[0], "other")
+    other.resource["subject"] = {"reference": odd.reference}
+    before = copy.deepcopy(mapped)
+    everything = mapped + [odd, other]
+    bundle = to_transaction(everything)
+    assert orjson.loads(transaction_json(everything)) == bundle
+    assert mapped == before  # neither changes what it was given
+    entry = {e["fullUrl"]: e for e in bundle["entry"]}
+    assert bundle["entry"][-1]["resource"]["subject"]["reference"] in entry  # localized
 
 
 def test_import_twice_changes_nothing(cimor, cyberaccess, store):

@@ -6,8 +6,9 @@ from fhir_gateway.mapping.engine import (
                                          load_mapping,
                                          merge_mapped,
                                          to_transaction,
+                                         transaction_json,
 )
 from fhir_gateway.mapping.paths import MappingError
 
 __all__ = ["MappedResource", "Mapping", "MappingError", "load_mapping", "merge_mapped",
-           "to_transaction"]
+           "to_transaction", "transaction_json"]

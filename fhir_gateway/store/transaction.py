@@ -288,7 +288,10 @@ def _rewrite_at(node, ids: dict[str, str], resolve, where: str) -> None:
 def _plain_identifier(rtype: object, query: str) -> tuple[str, str] | None:
     """(system, value) of criteria that are just `identifier=system|value`, with no escapes,
     modifiers or alternatives; None for anything `store.match` must parse itself."""
-    params = parse_qsl(query)
+    if query.startswith("identifier=") and not any(c in query for c in "&;%+"):
+        params = [("identifier", query[11:])]  # nothing to decode (an import's thousands)
+    else:
+        params = parse_qsl(query)
     if len(params) != 1 or params[0][0] != "identifier" or not isinstance(rtype, str) \
             or rtype not in resource_types():
         return None
