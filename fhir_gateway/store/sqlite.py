@@ -197,6 +197,7 @@ class SQLiteStore:
             self._local.depth = 0
             self._local.all_or_nothing = False
             self._local.pending = None
+            self._local.heads = {}
             self._connections.append(conn)
         return conn
 
@@ -224,6 +225,7 @@ class SQLiteStore:
                 conn.execute(f"ROLLBACK TO {name}")
                 conn.execute(f"RELEASE {name}")
                 self._local.pending.restore(mark)
+                self._local.heads.clear()
                 raise
             finally:
                 self._local.depth -= 1
@@ -247,6 +249,7 @@ class SQLiteStore:
                 self._local.depth = 0
                 self._local.all_or_nothing = False
                 self._local.pending = None
+                self._local.heads.clear()
 
     def _flush_index(self) -> None:
         """Insert the queued index rows of this thread's write transaction, if any."""
@@ -314,8 +317,10 @@ class SQLiteStore:
         return orjson.loads(row[0])
 
     def head(self, resource_type: str, resource_id: str) -> dict:
-        """A live resource's type, id and version meta, without reading its body."""
-        row = self._conn().execute(
+        """A live resource's type, id and version meta, without reading its body (nor the
+        database, when this transaction's identifier matching found it)."""
+        conn = self._conn()
+        row = self._local.heads.get((resource_type, resource_id)) or conn.execute(
             "SELECT v.version, v.last_updated FROM resource r JOIN version v ON v.rid = r.rid "
             "AND v.version = r.version WHERE r.type=? AND r.id=? AND r.deleted = 0",
             (resource_type, resource_id)).fetchone()
@@ -407,6 +412,7 @@ class SQLiteStore:
             rid, version = row[0], row[1] + 1
             instant, epoch = now_instant()
             self._local.deleted.add((resource_type, resource_id))
+            self._local.heads.pop((resource_type, resource_id), None)
             self._clear_index(rid)
             conn.execute("UPDATE resource SET version=?, updated=?, deleted=1, body=NULL "
                          "WHERE rid=?", (version, epoch, rid))
@@ -423,6 +429,7 @@ class SQLiteStore:
     def _write(self, resource_type: str, resource_id: str, resource: dict, row, method: str
                ) -> Written:
         conn = self._conn()
+        self._local.heads.pop((resource_type, resource_id), None)
         instant, epoch = now_instant()
         version = 1 if row is None else row[1] + 1
         meta = dict(resource.get("meta") or {})
@@ -480,21 +487,29 @@ class SQLiteStore:
     def match_identifiers(self, resource_type: str, pairs: set[tuple[str, str]]
                           ) -> dict[tuple[str, str], list[str]]:
         """The ids of the live resources of a type that have each `identifier=system|value`:
-        what `match` finds for each pair, in one query (an import matches hundreds)."""
+        what `match` finds for each pair, in one query (an import matches hundreds).
+
+        Their version meta is kept for `head` until they are written or the transaction
+        ends: a conditional create that finds its resource answers with it.
+        """
         self._flush_index()
         pid = self.pid(resource_type, "identifier")
         found: dict[tuple[str, str], list[str]] = {pair: [] for pair in pairs}
+        heads = self._local.heads
         values = sorted({value for _, value in pairs})
         for start in range(0, len(values), 500):  # within SQLite's parameter limit
             chunk = values[start:start + 500]
             rows = self._conn().execute(
-                "SELECT DISTINCT t.system, t.code, r.id FROM idx_token t "
-                "JOIN resource r ON r.rid = t.rid WHERE t.pid = ? AND r.type = ? "
+                "SELECT DISTINCT t.system, t.code, r.id, r.version, v.last_updated "
+                "FROM idx_token t JOIN resource r ON r.rid = t.rid "
+                "JOIN version v ON v.rid = r.rid AND v.version = r.version "
+                "WHERE t.pid = ? AND r.type = ? "
                 f"AND r.deleted = 0 AND t.code IN ({', '.join('?' * len(chunk))})",
                 [pid, resource_type, *chunk])
-            for system, value, rid in rows:
+            for system, value, rid, version, last_updated in rows:
                 if (system, value) in found:
                     found[system, value].append(rid)
+                    heads[resource_type, rid] = (version, last_updated)
         return found
 
     def search(self, resource_type: str, params: list[tuple[str, str]],
