@@ -1,7 +1,8 @@
 """Cut an extract file into slices that parse on their own, for several processes at once.
 
 Why: parsing and mapping a record is pure CPU work, one core's worth per process; a big
-extract goes through several times faster when each process takes a slice of the file.
+extract goes through faster with each core when each process takes slices of the file.
+Parsed alone, a slice also keeps its line numbers right (see MAX_LINES).
 
 A slice is a run of whole lines that starts on a line whose first tag opens a record. To be
 parsed alone it is preceded by the file's head (the prolog and the root start tag, up to the
@@ -140,19 +141,23 @@ def _head(fh, pattern: re.Pattern) -> tuple[bytes | None, bytes]:
 
 
 def _root_name(head: bytes) -> str | None:
-    """The root element's name as the head spells it (prefix:local or local); None if the
-    head is not a prolog and a root start tag followed by no other element."""
+    """The root element's name as the head spells it (prefix:local or local); None unless
+    the head is a prolog and a root start tag that the root end tag alone closes (no other
+    element, nothing left open: a comment holding a record line ends no head)."""
     parser = etree.XMLPullParser(events=("start",), resolve_entities=False, no_network=True)
     try:
         parser.feed(head)
         started = [element for _, element in parser.read_events()]
+        if len(started) != 1:
+            return None
+        root = started[0]
+        local = etree.QName(root).localname
+        name = f"{root.prefix}:{local}" if root.prefix else local
+        parser.feed(f"</{name}>".encode())
+        parser.close()
     except etree.XMLSyntaxError:
         return None
-    if len(started) != 1:
-        return None
-    root = started[0]
-    local = etree.QName(root).localname
-    return f"{root.prefix}:{local}" if root.prefix else local
+    return name
 
 
 class _SliceReader:

@@ -85,6 +85,18 @@ def _commented(text: str) -> set[int]:
     return out
 
 
+def test_a_record_line_in_a_comment_before_the_first_record_is_no_head(tmp_path,
+                                                                        monkeypatch):
+    path = synth.write_extracts(4, tmp_path)[0]
+    text = path.read_text()
+    first = re.search(r"\n\s*<Consumer[\s>]", text).start()
+    text = text[:first] + "\n<!-- an old record:\n  <Consumer>\n-->" + text[first:]
+    path.write_text(text)
+    records, lines = sliced(cimor.FORMAT, path, 1, monkeypatch)
+    assert records == whole(cimor.FORMAT, path) and len(records) == 4
+    assert lines == [n for n in start_lines(cimor.FORMAT, path) if n not in _commented(text)]
+
+
 def test_prefixed_names_are_cut_and_closed_as_the_file_spells_them(tmp_path, monkeypatch):
     path = synth.write_extracts(5, tmp_path)[1]
     text = path.read_text()
