@@ -492,6 +492,7 @@ class SQLiteStore:
         Their version meta is kept for `head` until they are written or the transaction
         ends: a conditional create that finds its resource answers with it.
         """
+        conn = self._conn()
         self._flush_index()
         pid = self.pid(resource_type, "identifier")
         found: dict[tuple[str, str], list[str]] = {pair: [] for pair in pairs}
@@ -499,7 +500,7 @@ class SQLiteStore:
         values = sorted({value for _, value in pairs})
         for start in range(0, len(values), 500):  # within SQLite's parameter limit
             chunk = values[start:start + 500]
-            rows = self._conn().execute(
+            rows = conn.execute(
                 "SELECT DISTINCT t.system, t.code, r.id, r.version, v.last_updated "
                 "FROM idx_token t JOIN resource r ON r.rid = t.rid "
                 "JOIN version v ON v.rid = r.rid AND v.version = r.version "
