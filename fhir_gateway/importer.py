@@ -30,7 +30,7 @@ from pathlib import Path
 import orjson
 
 from adapters import slices
-from adapters.common import ExtractFormat, MalformedExtract, SourceRecord
+from adapters.common import ExtractFormat, MalformedExtract, SourceRecord, parse_record
 from fhir_gateway.bulk import bulk_gc
 from fhir_gateway.config import Settings
 from fhir_gateway.mapping.engine import (MappedResource, load_mapping, to_transaction,
@@ -67,21 +67,16 @@ class ImportSummary:
 
 @dataclass
 class Prepared:
-    """One record: its mapped, validated resources, or the reason it cannot be stored.
+    """One record of a group: where it is and, if it cannot be stored, why.
 
-    Resources travel as JSON (orjson): between processes, that is far cheaper than pickle.
+    Its resources travel only inside the group's transaction (JSON: between processes far
+    cheaper than pickle); the rare record a store refuses is mapped again from `raw`.
     """
 
     line: int
     record_id: str
     raw: bytes
-    mapped_json: bytes = b"[]"  # [[key, resource, identifier, write, merge], ...]
     reason: str | None = None
-
-    @property
-    def mapped(self) -> list[MappedResource]:
-        return [MappedResource(key, resource, tuple(ident), write, merge)
-                for key, resource, ident, write, merge in orjson.loads(self.mapped_json)]
 
 
 @dataclass
@@ -136,6 +131,14 @@ def _mapping(system: str):
     return load_mapping(MAPPINGS / f"{system}.yaml")
 
 
+def _load(system: str, validator: Validator | None):
+    """The mapping, with the checks built too: long-lived data, to load before `bulk_gc`
+    freezes the heap."""
+    if validator:
+        validator.load()
+    return _mapping(system)
+
+
 # ------------------------------------------------------------------ preparing
 
 
@@ -153,9 +156,7 @@ def prepare(system: str, path: Path, validator: Validator | None,
 
 def _prepare_records(system: str, records: Iterable[SourceRecord], validator: Validator | None
                      ) -> Iterator[Group]:
-    mapping = _mapping(system)
-    if validator:
-        validator.load()
+    mapping = _load(system, validator)
     prepared: list[tuple[Prepared, list[MappedResource]]] = []
     with bulk_gc():
         try:
@@ -225,11 +226,7 @@ def _prepare_record(record: SourceRecord, mapping, validator: Validator | None
         prepared.reason = str(err)
     except FhirError as err:
         prepared.reason = err.issues[0].diagnostics
-    if prepared.reason:
-        return prepared, []
-    prepared.mapped_json = orjson.dumps([[m.key, m.resource, m.identifier, m.write, m.merge]
-                                         for m in mapped])
-    return prepared, mapped
+    return (prepared, []) if prepared.reason else (prepared, mapped)
 
 
 def _group(records: list[tuple[Prepared, list[MappedResource]]],
@@ -253,10 +250,8 @@ def import_extract(store: FhirStore, system: str, path: Path,
     writer = store.inner if isinstance(store, ValidatingStore) else store  # checked already
     if workers is None:
         workers = default_workers(path)
-    if not workers:  # long-lived data, loaded before `bulk_gc` freezes the heap
-        _mapping(system)
-        if validator:
-            validator.load()
+    if not workers:  # preparing here: its data is loaded before `bulk_gc` below
+        _load(system, validator)
     groups = prepare(system, path, validator, workers)
     summary = ImportSummary()
     with bulk_gc():
@@ -266,7 +261,7 @@ def import_extract(store: FhirStore, system: str, path: Path,
                 if record.reason:
                     _quarantine(summary, path, record, record.reason)
             if group.transaction_json:
-                _store_group(writer, group, summary, path)
+                _store_group(writer, system, group, summary, path)
             summary.malformed = group.malformed
             progress(len(group.records))
     return summary
@@ -278,7 +273,8 @@ def default_workers(path: Path) -> int:
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
 
-def _store_group(store: FhirStore, group: Group, summary: ImportSummary, path: Path) -> None:
+def _store_group(store: FhirStore, system: str, group: Group, summary: ImportSummary,
+                 path: Path) -> None:
     good = [p for p in group.records if not p.reason]
     try:
         _transact(store, orjson.loads(group.transaction_json), summary)
@@ -289,7 +285,8 @@ def _store_group(store: FhirStore, group: Group, summary: ImportSummary, path: P
             return
     for record in good:  # find the bad one(s); the others go in on their own
         try:
-            _transact(store, to_transaction(record.mapped), summary)
+            mapped = _mapping(system).apply(parse_record(_format(system), record.raw).data)
+            _transact(store, to_transaction(mapped), summary)
         except FhirError as err:
             _quarantine(summary, path, record, err.issues[0].diagnostics)
 

@@ -87,12 +87,14 @@ def test_empty_body(client):
     assert r.status_code == 400 and _issue(r)["code"] == "required"
 
 
-def test_unknown_type_of_a_nested_resource_is_a_400_naming_it(client):
+@pytest.mark.parametrize("nested", ["Foo", "EffectEvidenceSynthesis", ["Patient"]],
+                         ids=["unknown", "r4-only", "not-a-name"])
+def test_unknown_type_of_a_nested_resource_is_a_400_naming_it(client, nested):
     r = client.post("/fhir/Bundle", json={"resourceType": "Bundle", "type": "collection",
-                                          "entry": [{"resource": {"resourceType": "Foo"}}]})
+                                          "entry": [{"resource": {"resourceType": nested}}]})
     assert r.status_code == 400
     issue = _issue(r)
-    assert "Foo" in issue["diagnostics"]
+    assert str(nested[0] if isinstance(nested, list) else nested) in issue["diagnostics"]
     assert issue["expression"] == ["Bundle.entry[0].resource.resourceType"]
 
 

@@ -14,7 +14,7 @@ from adapters import slices
 from adapters.cimor.parser import parse as parse_cimor
 from adapters.cyberaccess.parser import parse as parse_cyberaccess
 from adapters.synth import inject_bad_records, write_extracts
-from conftest import ROOT
+from conftest import ROOT, patient
 from fhir_gateway.importer import MAPPINGS, import_extract
 from fhir_gateway.mapping.engine import load_mapping
 from fhir_gateway.store import open_store
@@ -89,6 +89,22 @@ def test_bad_records_are_quarantined_and_the_rest_imported(store, extracts, tmp_
     row = summary.quarantine[0]
     assert row["line"] > 1 and row["raw"].lstrip().startswith("<") and row["reason"]
     assert store.search("Patient", [("_summary", "count")]).total == MEMBERS - len(damaged)
+
+
+def test_a_record_the_store_refuses_is_quarantined_and_the_rest_of_its_group_stored(
+        store, extracts):
+    """Two Patients already share one DCN: the store cannot tell which one a record means
+    (412), so the group's transaction fails, and its records go in one by one (mapped
+    again from their XML): that record alone is quarantined."""
+    dcn = next(parse_cyberaccess(extracts[1])).record_id
+    for family in ("Twin", "Twin"):
+        store.create(patient(dcn, family))
+    summary = import_extract(store, "cyberaccess", extracts[1], workers=0)
+    assert [row["record_id"] for row in summary.quarantine] == [dcn]
+    reason = summary.quarantine[0]["reason"]  # the gateway's words, or HAPI's
+    assert "more than one Patient" in reason or "matched 2 resources" in reason
+    assert summary.records == MEMBERS and summary.quarantined == 1
+    assert stored_counts(store)["Patient"] == MEMBERS - 1 + 2
 
 
 def test_a_broken_file_stops_at_its_line_and_keeps_the_records_before(store, extracts, tmp_path):

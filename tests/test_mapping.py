@@ -8,6 +8,7 @@ tests run the adapters' real sample extracts through the same path.
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -19,7 +20,7 @@ import yaml
 from fhir_gateway.config import DEFAULT_PROFILES
 from fhir_gateway.identifiers import (CANONICAL_BASE, DMH_CONSUMER_ID, HH_PROGRAM, ICD10CM,
                                       MO_HEALTHNET_DCN, NPI, SOURCE_OF_PAYMENT)
-from fhir_gateway.mapping import MappingError, load_mapping, to_transaction, transaction_json
+from fhir_gateway.mapping import MappingError, load_mapping, to_transaction
 from fhir_gateway.mapping.paths import Condition, Context, items, resolve
 from fhir_gateway.store.sqlite import SQLiteStore
 from fhir_gateway.validation.guard import ValidatingStore
@@ -357,7 +358,7 @@ def test_transaction_uses_conditional_updates_and_bundle_local_references(cimor)
     assert to_transaction(cimor.apply(consumer())) == bundle  # deterministic fullUrls
 
 
-def test_the_transaction_as_json_is_the_same_bundle(cimor, cyberaccess):
+def test_references_to_entries_are_localized_in_the_json_escapes_and_all(cimor, cyberaccess):
     records = [(cimor, consumer()), (cyberaccess, participant())]
     mapped = [m for mapping, data in records for m in mapping.apply(data)]
     # an identifier that needs escapes in its reference (`\\,` in the search), and a quote
@@ -366,14 +367,25 @@ def test_the_transaction_as_json_is_the_same_bundle(cimor, cyberaccess):
     odd.resource["identifier"][0]["value"] = 'x,y"z'
     other = copy.deepcopy(mapped[-1])
     other.identifier = (other.identifier[0], "other")
+    outside = f"Patient?identifier={DMH_CONSUMER_ID}|not-in-the-bundle"
     other.resource["subject"] = {"reference": odd.reference}
-    before = copy.deepcopy(mapped)
-    everything = mapped + [odd, other]
-    bundle = to_transaction(everything)
-    assert orjson.loads(transaction_json(everything)) == bundle
-    assert mapped == before  # neither changes what it was given
-    entry = {e["fullUrl"]: e for e in bundle["entry"]}
-    assert bundle["entry"][-1]["resource"]["subject"]["reference"] in entry  # localized
+    other.resource["extension"] = [{"url": "http://example.org/x",
+                                    "valueReference": {"reference": outside}},
+                                   {"url": "http://example.org/y",
+                                    "valueString": '"reference":"' + odd.reference + '"'}]
+    before = copy.deepcopy(mapped + [odd, other])
+    bundle = to_transaction(mapped + [odd, other])
+    assert mapped + [odd, other] == before  # it changes nothing it was given
+    full_url = {e["request"].get("url") if e["request"]["method"] == "PUT"
+                else f'{e["request"]["url"]}?{e["request"]["ifNoneExist"]}': e["fullUrl"]
+                for e in bundle["entry"]}
+    last = bundle["entry"][-1]["resource"]
+    assert last["subject"] == {"reference": full_url[odd.reference]}  # the escaped one too
+    assert last["extension"][0]["valueReference"] == {"reference": outside}  # stays conditional
+    assert last["extension"][1]["valueString"] == '"reference":"' + odd.reference + '"'
+    for entry in bundle["entry"]:  # every reference to an entry is its fullUrl
+        for ref in re.findall(r'"reference": ?"([^"]*)"', orjson.dumps(entry["resource"]).decode()):
+            assert ref not in full_url
 
 
 def test_import_twice_changes_nothing(cimor, cyberaccess, store):

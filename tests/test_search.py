@@ -120,6 +120,15 @@ def test_id_last_updated_and_missing(client, people):
     assert search(client, "Patient?death-date:missing=true")["total"] == 3
 
 
+def test_deceased_is_found_by_either_choice_of_its_value(client, people):
+    gone = {client.post("/fhir/Patient", json=patient(dcn, **extra)).json()["id"]
+            for dcn, extra in (("10000004", {"deceasedBoolean": True}),
+                               ("10000005", {"deceasedDateTime": "2024-03-01"}))}
+    client.post("/fhir/Patient", json=patient("10000006", deceasedBoolean=False))
+    assert set(ids(search(client, "Patient?deceased=true"))) == gone
+    assert search(client, "Patient?deceased=false")["total"] == 4
+
+
 def test_sort(client, people):
     by_birth = search(client, "Patient?_sort=birthdate")
     assert [e["resource"]["id"] for e in by_birth["entry"]] == [people[k] for k in ("ana", "bob", "cy")]

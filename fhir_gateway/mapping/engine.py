@@ -37,7 +37,7 @@ import hashlib
 import re
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -439,12 +439,7 @@ class Mapping:
         distinct = not self._climbs(node)  # a repeated item would add nothing: skip it
 
         def repeat(ctx: Context, out: list) -> bool:
-            seen = set()
-            for c in contexts(ctx):
-                if distinct and c.item.__class__ is str:
-                    if c.item in seen:
-                        continue
-                    seen.add(c.item)
+            for c in _distinct(contexts(ctx)) if distinct else contexts(ctx):
                 if when is None or when(c):
                     value, _ = item(c)
                     if value is not MISSING and value not in out:
@@ -515,7 +510,7 @@ class Mapping:
                 value = read(ctx)
                 if plain and value.__class__ is str:  # nothing to settle
                     return value
-                return settle(ctx, value if value.__class__ is str else _owned(value), source,
+                return settle(ctx, value if value.__class__ is str else _fresh(value), source,
                               required)
             return path
         if "const" in node:
@@ -633,12 +628,9 @@ class Mapping:
         try:
             planned = []  # (spec, context, identifier value)
             for spec in self.specs:
-                seen = set() if spec.distinct else None
-                for ctx in spec.contexts(root) if spec.contexts else (root,):
-                    if seen is not None and ctx.item.__class__ is str:
-                        if ctx.item in seen:  # the same resource again: merging it changes nothing
-                            continue
-                        seen.add(ctx.item)
+                contexts = spec.contexts(root) if spec.contexts else (root,)
+                # the same resource again: merging it would change nothing
+                for ctx in _distinct(contexts) if spec.distinct else contexts:
                     if spec.test is None or spec.test(ctx):
                         value = spec.value(ctx, True)
                         if isinstance(value, (list, dict)):
@@ -675,6 +667,17 @@ class Mapping:
                               spec.merge)
 
 
+def _distinct(contexts: Iterable[Context]) -> Iterator[Context]:
+    """The contexts, each string item once (a repeated one would only add itself again)."""
+    seen = set()
+    for ctx in contexts:
+        if ctx.item.__class__ is str:
+            if ctx.item in seen:
+                continue
+            seen.add(ctx.item)
+        yield ctx
+
+
 def _is_path(node: Any) -> bool:
     """`$path` (a source path), not a literal (`$$` escapes a literal `$`)."""
     return isinstance(node, str) and node.startswith("$") and not node.startswith("$$")
@@ -696,7 +699,7 @@ def _reader(path: str, source: str) -> Value:
             if required:
                 raise MappingError(_where(ctx, source), "is required")
             return MISSING
-        return _owned(got)
+        return _fresh(got)
     return value
 
 
@@ -706,14 +709,8 @@ def _computed(kind: object, fn: Callable, dyn: bool | None, ctx: Context) -> tup
         return fn(ctx)
     value = fn(ctx)
     if kind is _SOURCE and value.__class__ is not str and value is not MISSING:
-        value = _owned(value)
+        value = _fresh(value)
     return value, dyn
-
-
-def _owned(value: Any) -> Any:
-    """A source value as a resource may hold it: objects and lists copied, so that no
-    resource shares data with the record or another resource (merging changes them)."""
-    return _fresh(value) if isinstance(value, (dict, list)) else value
 
 
 def _for_conditions(fn: Callable[[Any, Any], Any]) -> Callable[[Any, str], Any]:
@@ -866,18 +863,15 @@ def to_transaction(mapped: list[MappedResource]) -> dict:
     not find the Patient the same Bundle creates. References to resources outside the
     Bundle stay conditional. The Bundle shares no data with `mapped`.
     """
-    bundle, full_urls = _transaction(mapped)
-    for entry in bundle["entry"]:
-        entry["resource"] = _localized(entry["resource"], full_urls)
-    return bundle
+    return orjson.loads(transaction_json(mapped))
 
 
 def transaction_json(mapped: list[MappedResource]) -> bytes:
-    """`to_transaction` as JSON.
+    """`to_transaction` as JSON (what the importer sends between processes).
 
-    Why: walking every node of every resource to find the references cost more than
-    building the Bundle; in the JSON they are found by one regular-expression pass. A
-    `"reference":"..."` with unescaped quotes is a key and its string value, nothing else.
+    References to entries are localized in the JSON, by one regular-expression pass: walking
+    every node of every resource cost more than building the Bundle. A `"reference":"..."`
+    with unescaped quotes is a key and its string value, nothing else.
     """
     bundle, full_urls = _transaction(mapped)
     local = {orjson.dumps(ref)[1:-1]: b'"reference":"%s"' % url.encode()
@@ -923,19 +917,6 @@ def _full_url(reference: str) -> str:
 
 
 _URL_NAMESPACE = uuid.NAMESPACE_URL.bytes
-
-
-def _localized(node: Any, full_urls: dict[str, str]) -> Any:
-    """A copy of a resource whose references to entries of the Bundle are their fullUrls."""
-    if isinstance(node, dict):
-        out = {k: v if v.__class__ is str else _localized(v, full_urls) for k, v in node.items()}
-        ref = out.get("reference")
-        if isinstance(ref, str) and ref in full_urls:
-            out["reference"] = full_urls[ref]
-        return out
-    if isinstance(node, list):
-        return [v if v.__class__ is str else _localized(v, full_urls) for v in node]
-    return node
 
 
 def load_mapping(path: str | Path) -> Mapping:

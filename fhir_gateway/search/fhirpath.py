@@ -224,8 +224,9 @@ def _reference_type(node: Any) -> str | None:
 
 def _fallback(part: str, resource_type: str) -> Extractor:
     import fhirpathpy
+    from fhirpathpy.models import models
 
-    compiled = fhirpathpy.compile(part)
+    compiled = fhirpathpy.compile(part, models["r4"])  # the model resolves choice types
     # `T.x.exists() and ...` is false, whatever follows, when the resource has no `x`:
     # answered without fhirpathpy, which takes ~35 us (R4's Patient.deceased: every Patient)
     guard = re.match(rf"^{resource_type}\.(?P<field>[a-z][A-Za-z0-9]*)\.exists\(\) and ", part)
@@ -234,7 +235,7 @@ def _fallback(part: str, resource_type: str) -> Extractor:
     def extract(resource: dict) -> list:
         if resource.get("resourceType") != resource_type:
             return []
-        if absent_field is not None and absent_field not in resource:
+        if absent_field is not None and absent_field not in element_names(resource):
             return [False]
         return [v for v in compiled(resource) if v is not None]
 

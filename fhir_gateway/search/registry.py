@@ -63,7 +63,6 @@ def params_for(resource_type: str) -> dict[str, SearchParam]:
     return found
 
 
-@cache
 def indexed_params(resource_type: str) -> tuple[SearchParam, ...]:
     """Parameters whose values the store writes to its index (`_id` lives on the row)."""
     return tuple(p for p in params_for(resource_type).values()

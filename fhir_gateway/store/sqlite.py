@@ -139,6 +139,14 @@ class _PendingIndex:
         self.flushed = flushed
 
 
+def _rows_in(conn: sqlite3.Connection, sql: str, args: list, values: list) -> Iterator[tuple]:
+    """The rows of `sql ... IN (values)`, asked 500 values at a time (SQLite's parameter
+    limit)."""
+    for start in range(0, len(values), 500):
+        chunk = values[start:start + 500]
+        yield from conn.execute(f"{sql} ({', '.join('?' * len(chunk))})", [*args, *chunk])
+
+
 def _dumps(resource: dict) -> bytes:
     return orjson.dumps(resource)
 
@@ -267,13 +275,9 @@ class SQLiteStore:
         wanted: dict[str, list[str]] = {}
         for ttype, tid in references:
             wanted.setdefault(ttype, []).append(tid)
-        live: set[tuple[str, str]] = set()
-        for ttype, ids in wanted.items():  # one query per type and 500 ids, not one per id
-            for start in range(0, len(ids), 500):
-                chunk = ids[start:start + 500]
-                live.update((ttype, tid) for (tid,) in conn.execute(
-                    f"SELECT id FROM resource WHERE type=? AND deleted=0 AND id IN "
-                    f"({', '.join('?' * len(chunk))})", [ttype, *chunk]))
+        live = {(ttype, tid) for ttype, ids in wanted.items()  # a query per type, not per id
+                for (tid,) in _rows_in(conn, "SELECT id FROM resource WHERE type=? AND "
+                                             "deleted=0 AND id IN", [ttype], ids)}
         for (ttype, tid), path in references.items():
             if (ttype, tid) not in live:
                 raise FhirError(400, f"Resource {ttype}/{tid} not found, specified in path: "
@@ -497,20 +501,15 @@ class SQLiteStore:
         pid = self.pid(resource_type, "identifier")
         found: dict[tuple[str, str], list[str]] = {pair: [] for pair in pairs}
         heads = self._local.heads
-        values = sorted({value for _, value in pairs})
-        for start in range(0, len(values), 500):  # within SQLite's parameter limit
-            chunk = values[start:start + 500]
-            rows = conn.execute(
-                "SELECT DISTINCT t.system, t.code, r.id, r.version, v.last_updated "
-                "FROM idx_token t JOIN resource r ON r.rid = t.rid "
-                "JOIN version v ON v.rid = r.rid AND v.version = r.version "
-                "WHERE t.pid = ? AND r.type = ? "
-                f"AND r.deleted = 0 AND t.code IN ({', '.join('?' * len(chunk))})",
-                [pid, resource_type, *chunk])
-            for system, value, rid, version, last_updated in rows:
-                if (system, value) in found:
-                    found[system, value].append(rid)
-                    heads[resource_type, rid] = (version, last_updated)
+        rows = _rows_in(conn, "SELECT DISTINCT t.system, t.code, r.id, r.version, "
+                              "v.last_updated FROM idx_token t JOIN resource r ON r.rid = t.rid "
+                              "JOIN version v ON v.rid = r.rid AND v.version = r.version "
+                              "WHERE t.pid = ? AND r.type = ? AND r.deleted = 0 AND t.code IN",
+                        [pid, resource_type], sorted({value for _, value in pairs}))
+        for system, value, rid, version, last_updated in rows:
+            if (system, value) in found:
+                found[system, value].append(rid)
+                heads[resource_type, rid] = (version, last_updated)
         return found
 
     def search(self, resource_type: str, params: list[tuple[str, str]],

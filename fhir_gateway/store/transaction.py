@@ -78,24 +78,23 @@ class BundleProcessor:
             method, url = request["method"], request["url"]
             rtype = entry.get("resource", {}).get("resourceType")
             target = None
+            criteria = _conditional(entry)
             if method == "POST":
-                existing, key = None, (rtype, request.get("ifNoneExist") or "")
-                if key[1]:
-                    existing = conditional.get(key) or self._match(
-                        rtype, key[1].split("?", 1)[-1], known,
-                        f"Bundle.entry[{index}].request.ifNoneExist")
+                existing = None
+                if criteria:
+                    existing = conditional.get(criteria) or self._match(
+                        *criteria, known, f"Bundle.entry[{index}].request.ifNoneExist")
                 entry["_id"] = existing or self.store.assign_id()
                 entry["_existing"] = existing is not None
-                if key[1]:
-                    conditional[key] = entry["_id"]
+                if criteria:
+                    conditional[criteria] = entry["_id"]
                 target = f"{rtype}/{entry['_id']}"
             elif method == "PUT":
-                path, _, query = url.partition("?")
-                if query:
-                    found = self._match(path, query, known, f"Bundle.entry[{index}].request.url")
+                if criteria:
+                    found = self._match(*criteria, known, f"Bundle.entry[{index}].request.url")
                     entry["_id"] = found or entry["resource"].get("id") or self.store.assign_id()
                 else:
-                    entry["_id"] = path.split("/")[1]
+                    entry["_id"] = url.split("/")[1]
                 target = f"{rtype}/{entry['_id']}"
             if target:
                 if target in touched and not entry.get("_existing"):
@@ -116,14 +115,9 @@ class BundleProcessor:
         one plain `identifier=system|value`: one query per type instead of one per entry."""
         wanted: dict[str, dict[str, tuple[str, str]]] = {}
         for _, entry in entries:
-            request = entry.get("request") or {}
-            if request.get("method") == "POST" and request.get("ifNoneExist"):
-                rtype = (entry.get("resource") or {}).get("resourceType")
-                query = request["ifNoneExist"].split("?", 1)[-1]
-            elif request.get("method") == "PUT" and "?" in request.get("url", ""):
-                rtype, _, query = request["url"].partition("?")
-            else:
+            if (criteria := _conditional(entry)) is None:
                 continue
+            rtype, query = criteria
             if (pair := _plain_identifier(rtype, query)) is not None:
                 wanted.setdefault(rtype, {})[query] = pair
         known = {}
@@ -283,6 +277,18 @@ def _rewrite_at(node, ids: dict[str, str], resolve, where: str) -> None:
     elif isinstance(node, list):
         for i, value in enumerate(node):
             _rewrite_at(value, ids, resolve, f"{where}[{i}]")
+
+
+def _conditional(entry: dict) -> tuple[str, str] | None:
+    """(type, criteria) of a conditional create or update entry; None for any other."""
+    request = entry.get("request") or {}
+    if request.get("method") == "POST" and request.get("ifNoneExist"):
+        return (entry.get("resource") or {}).get("resourceType"), \
+            request["ifNoneExist"].split("?", 1)[-1]
+    if request.get("method") == "PUT" and "?" in request.get("url", ""):
+        rtype, _, query = request["url"].partition("?")
+        return rtype, query
+    return None
 
 
 def _plain_identifier(rtype: object, query: str) -> tuple[str, str] | None:

@@ -54,12 +54,16 @@ def check_resource(resource: object, expected_type: str | None = None) -> dict:
         except ValidationError as exc:
             issues = [_issue(resource_type, err) for err in exc.errors()]
             raise FhirError(400, issues[0].diagnostics, issues=issues) from None
-        except KeyError:  # fhir_core meeting a nested resource of no type it knows
+        except (KeyError, TypeError):  # fhir_core meeting a nested resource of no type it knows
             found = _unknown_nested_type(resource, resource_type)
             if found is None:
                 raise
-            raise FhirError(400, f"Unknown resourceType '{found[1]}'", "not-supported",
-                            f"{found[0]}.resourceType") from None
+            path, found_type = found
+            message = (f"A {found_type} cannot be checked inside another resource (R4B, "
+                       "whose models check nested resources, dropped the type)"
+                       if isinstance(found_type, str) and found_type in resource_types()
+                       else f"Unknown resourceType '{found_type}'")
+            raise FhirError(400, message, "not-supported", f"{path}.resourceType") from None
         issues = []
         _check_json_types(resource, _schema(resource_type), resource_type, issues)
         if issues:
@@ -68,7 +72,8 @@ def check_resource(resource: object, expected_type: str | None = None) -> dict:
 
 
 def _unknown_nested_type(node: object, where: str) -> tuple[str, object] | None:
-    """The path and type of the first resource inside `node` whose type is not R4's."""
+    """The path and type of the first resource inside `node` that has no R4B model (not an
+    R4 type, or one that R4B dropped, or not a type name at all)."""
     if isinstance(node, dict):
         children = ((f"{where}.{key}", value) for key, value in node.items())
     elif isinstance(node, list):
@@ -76,8 +81,10 @@ def _unknown_nested_type(node: object, where: str) -> tuple[str, object] | None:
     else:
         return None
     for path, value in children:
-        if isinstance(value, dict) and value.get("resourceType", "Basic") not in resource_types():
-            return path, value["resourceType"]
+        if isinstance(value, dict):
+            nested = value.get("resourceType", "Basic")
+            if not isinstance(nested, str) or _model(nested) is None:
+                return path, nested
         if found := _unknown_nested_type(value, path):
             return found
     return None
