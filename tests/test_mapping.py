@@ -586,3 +586,81 @@ def test_dates_in_every_spelling_the_extracts_use(raw, date):
             to_date(raw)
     else:
         assert to_date(raw) == date
+
+
+# -- generated code (generate.py) against the closures it stands for ------------------------
+def _outcome(mapping, data):
+    try:
+        return [(m.key, m.resource, m.identifier, m.write) for m in mapping.apply(data)]
+    except MappingError as err:
+        return ("error", str(err), err.path)
+
+
+def _damaged(data, rng):
+    """A copy of a record with leaves dropped, blanked, given odd values, or repeated."""
+    data = copy.deepcopy(data)
+
+    def walk(node):
+        if isinstance(node, dict):
+            for key in list(node):
+                roll = rng.random()
+                if roll < 0.05:
+                    del node[key]
+                elif roll < 0.09 and isinstance(node[key], str):
+                    node[key] = rng.choice(["", "x", "12/40/2011", "20240101", "f 20.9 ", "Z99",
+                                            "2024-01-01T10:00:00Z", "BHH", "15"])
+                elif roll < 0.1 and isinstance(node[key], (str, dict)):
+                    node[key] = [node[key], copy.deepcopy(node[key])]  # repeats where it may not
+                elif roll < 0.11 and isinstance(node[key], str):
+                    node[key] = {"#text": node[key], "@type": "x"}  # an attribute on a leaf
+                else:
+                    walk(node[key])
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+    walk(data)
+    return data
+
+
+@pytest.mark.parametrize("system", ["cimor", "cyberaccess"])
+def test_generated_code_maps_exactly_as_the_closures(system, tmp_path):
+    import random
+
+    from adapters.common import parse_file
+    from adapters.synth import write_extracts
+    from fhir_gateway.importer import _format
+
+    write_extracts(150, tmp_path)
+    records = [r.data for r in parse_file(_format(system), tmp_path / f"{system}.xml")]
+    generated = load_mapping(MAPPINGS / f"{system}.yaml")
+    closures = load_mapping(MAPPINGS / f"{system}.yaml", generate=False)
+    assert any(hasattr(s.build, "source") for s in generated.specs)  # code was generated
+    assert not any(hasattr(s.build, "source") for s in closures.specs)
+    rng = random.Random(1945)
+    damaged = [_damaged(data, rng) for data in records for _ in range(4)]
+    outcomes = Counter()
+    for data in records + damaged:
+        expected = _outcome(closures, data)
+        assert _outcome(generated, data) == expected, data
+        outcomes["error" if expected[0] == "error" else "mapped"] += 1
+    assert outcomes["error"] > 20 and outcomes["mapped"] > len(records)  # both ways were taken
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ("Z99.89", None), ("F20.9", "hh-condition-category"), ("not a code", "Extra: 'not a code' is not")])
+def test_generated_code_takes_transform_results_and_errors_as_the_closures(tmp_path, extra,
+                                                                             expected):
+    folder = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS, folder)
+    doc = yaml.safe_load((folder / "cimor.yaml").read_text())
+    patient = next(r for r in doc["resources"] if r["key"] == "patient")
+    patient["resource"]["categories"] = {"path": "Extra", "categories": True}
+    (folder / "cimor.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    data = consumer()
+    data["Extra"] = extra
+    generated = _outcome(load_mapping(folder / "cimor.yaml"), data)
+    assert generated == _outcome(load_mapping(folder / "cimor.yaml", generate=False), data)
+    if expected is None:  # no category: an empty list, so no member
+        assert "categories" not in one(load_mapping(folder / "cimor.yaml").apply(data), "patient")
+    else:
+        assert expected in orjson.dumps(generated).decode()

@@ -48,6 +48,7 @@ import orjson
 import yaml
 
 from fhir_gateway import identifiers
+from fhir_gateway.mapping.generate import template_function, value_function
 from fhir_gateway.mapping.paths import (
     Condition,
     Context,
@@ -186,8 +187,9 @@ class _Spec:
 class Mapping:
     """A loaded mapping file: `apply(record_data)` -> the record's resources."""
 
-    def __init__(self, doc: dict, source: Path):
+    def __init__(self, doc: dict, source: Path, generate: bool = True):
         self.source = source
+        self.generate = generate  # False: the closures alone (what tests compare the code with)
         self.system = doc.get("system", source.stem)
         self.record_id = doc.get("record_id")
         folder = source.parent / doc.get("conceptmaps", "conceptmaps")
@@ -213,7 +215,7 @@ class Mapping:
         for spec in self.specs:
             if spec.when and (spec.foreach is None or shared[spec.when] > 1):
                 spec.test = _remembered(spec.when.test, spec.when)  # asked again, same answer
-            spec.build = self._template(spec.template, spec.where + ".resource")
+            spec.build = self._generated(spec.template, spec.where + ".resource")
             spec.more_identifiers = "identifier" in spec.template or any(
                 k in spec.template for k in EXPRESSIONS)  # an expression makes anything
             spec.distinct = spec.foreach is not None and not self._climbs(
@@ -245,6 +247,8 @@ class Mapping:
             raise MappingError(f"{where}.resource", "a template without resourceType/id/meta "
                                                     "(the engine sets them)")
         value = self._expression(ident["value"], f"{where}.identifier.value")
+        if self.generate:
+            value = value_function(self, ident["value"], f"{where}.identifier.value", value)
         foreach = raw.get("foreach")
         contexts = None if foreach is None else self._contexts(foreach, f"{where}.foreach")
         when = self._condition(raw["when"]) if "when" in raw else None
@@ -308,6 +312,13 @@ class Mapping:
         elif any(k in node for k in EXPRESSIONS):
             return self._template_expression(node, when, where)
         return self._object(node, when, where)
+
+    def _generated(self, node: Any, where: str) -> Build:
+        """`_template(node)` as straight-line code (generate.py), unless it is a literal."""
+        build = self._template(node, where)
+        if build in self._literals or not self.generate:
+            return build
+        return template_function(self, node, where)
 
     def _literal(self, value: Any) -> Build:
         """A node without source paths: its value, a fresh copy per use if it is mutable."""
@@ -435,7 +446,7 @@ class Mapping:
         when = self._condition(node["when"]).test if "when" in node else None
         self._check_foreach(node, where)
         contexts = self._contexts(node["foreach"], f"{where}.foreach")
-        item = self._template(node["item"], f"{where}.item")
+        item = self._generated(node["item"], f"{where}.item")
         distinct = not self._climbs(node)  # a repeated item would add nothing: skip it
 
         def repeat(ctx: Context, out: list) -> bool:
@@ -457,7 +468,7 @@ class Mapping:
         def each(ctx: Context) -> list[Context]:
             found = values(ctx)
             found = [] if found is MISSING else found if isinstance(found, list) else [found]
-            return [ctx.child(v, f"{ctx.where}[{i}]") for i, v in enumerate(found)]
+            return [ctx.child(v, (ctx._at, i)) for i, v in enumerate(found)]
         return each
 
     # -- compiling expressions -----------------------------------------------------------
@@ -919,9 +930,9 @@ def _full_url(reference: str) -> str:
 _URL_NAMESPACE = uuid.NAMESPACE_URL.bytes
 
 
-def load_mapping(path: str | Path) -> Mapping:
+def load_mapping(path: str | Path, generate: bool = True) -> Mapping:
     """Load, check and compile a mapping file (unknown keys, transforms, ConceptMaps, refs
-    fail here)."""
+    fail here). `generate=False` keeps the closures alone, without generated code."""
     source = Path(path)
     try:
         doc = yaml.safe_load(source.read_text())
@@ -930,6 +941,6 @@ def load_mapping(path: str | Path) -> Mapping:
     if not isinstance(doc, dict):
         raise MappingError(str(source), "a mapping file is a YAML mapping")
     try:
-        return Mapping(doc, source)
+        return Mapping(doc, source, generate)
     except MappingError as err:
         raise err.in_record(f"mapping {source}") from None

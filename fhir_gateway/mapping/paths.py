@@ -45,18 +45,40 @@ class Context:
     every record. `root` is kept on each context so that `/` paths need no climb.
     """
 
-    __slots__ = ("item", "level", "parent", "root", "where")
+    __slots__ = ("_at", "item", "level", "parent", "root")
 
-    def __init__(self, item: Any, parent: Context | None = None, where: str = "",
+    def __init__(self, item: Any, parent: Context | None = None, where: str | tuple = "",
                  level: bool = True):
         self.item = item
         self.parent = parent
-        self.where = where  # the source path of `item`, for error messages ("Episodes.Episode[1]")
+        self._at = where  # `where`, or what it is made of: (the enclosing where, key or index)
         self.level = level  # the record or a `[]` item (what `../` climbs to), not a plain step
         self.root = self if parent is None else parent.root
 
-    def child(self, item: Any, where: str) -> Context:
+    @property
+    def where(self) -> str:
+        """The source path of `item`, for error messages ("Episodes.Episode[1]").
+
+        Written out only when asked: a record's items are many, its errors few.
+        """
+        at = self._at
+        if at.__class__ is not str:
+            at = self._at = _written(at)
+        return at
+
+    def child(self, item: Any, where: str | tuple) -> Context:
         return Context(item, self, where)
+
+
+def _written(at: str | tuple) -> str:
+    """(..((base, step), step)..) -> "base.key[2].key": a key is a `.` step, an int an index."""
+    steps = []
+    while at.__class__ is tuple:
+        at, step = at
+        steps.append(step)
+    for step in reversed(steps):
+        at = f"{at}[{step}]" if step.__class__ is int else f"{at}.{step}" if at else step
+    return at
 
 
 Getter = Callable[[Context], Any]
@@ -127,7 +149,7 @@ def _repeats(ctx: Context, steps: tuple[str, ...]) -> MappingError:
     return MappingError(where, "repeats: address it with '[]'")
 
 
-Reached = list[tuple[Context | None, Any, str]]
+Reached = list[tuple[Context | None, Any, Any]]  # (context, value, where: see Context._at)
 
 
 def _reach(ctx: Context, steps: list[tuple[str, bool]], contexts: bool) -> Reached:
@@ -136,7 +158,7 @@ def _reach(ctx: Context, steps: list[tuple[str, bool]], contexts: bool) -> Reach
     Only `[]` items get a context (and only if asked for): plain steps are dict look-ups,
     and `../` climbs over them anyway. An item's context has the item it is in as parent.
     """
-    found: Reached = [(ctx, ctx.item, ctx.where)]
+    found: Reached = [(ctx, ctx.item, ctx._at)]
     for key, many in steps:
         nxt: Reached = []
         for level, item, at in found:
@@ -145,19 +167,22 @@ def _reach(ctx: Context, steps: list[tuple[str, bool]], contexts: bool) -> Reach
             value = item.get(key)
             if value is None:
                 continue
-            where = f"{at}.{key}" if at else key
+            where = (at, key)  # written out by `_written` if an error or a caller asks
             is_list = value.__class__ is list or isinstance(value, list)
             if not many:
                 if is_list:
-                    raise MappingError(where, "repeats: address it with '[]'")
+                    raise MappingError(_written(where), "repeats: address it with '[]'")
                 nxt.append((level, value, where))
                 continue
             if not is_list:
-                raise MappingError(where, "expected a list (a repeating element)")
+                raise MappingError(_written(where), "expected a list (a repeating element)")
+            if not contexts:
+                nxt += [(None, v, None) for v in value if v is not None]
+                continue
             for i, v in enumerate(value):
                 if v is not None:
-                    at_i = f"{where}[{i}]"
-                    nxt.append((Context(v, level, at_i) if contexts else None, v, at_i))
+                    at_i = (where, i)
+                    nxt.append((Context(v, level, at_i), v, at_i))
         found = nxt
     return found
 

@@ -1,0 +1,288 @@
+"""A resource template as one generated Python function, for the records that go the usual way.
+
+Why: the engine's closures (engine.py) are what a template means, and they cost a call per
+member, per path step and per value: about 800 calls for one CyberAccess record, more than
+half of its mapping time. This module writes the same decisions out as straight-line code:
+objects and lists unrolled, plain source paths read by inline dict look-ups, a value with
+one transform transformed in place.
+
+It never decides anything the closures do not: each inline read only takes the usual case
+(every step a dict, the leaf a non-empty string, or an absent element); anything else (a
+repeating element, attributes, `../`, several transforms, a `foreach`) is handed to the
+engine's own closure for that node, which then gives the answer or the error. So the meaning
+of a template stays defined once, in engine.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fhir_gateway.mapping.paths import Context, _start
+from fhir_gateway.mapping.transforms import TransformError
+
+_ODD = object()  # a step that is not a dict: the engine's closure says what it means
+
+
+def template_function(mapping: Any, node: dict, where: str) -> Callable[[Context], tuple]:
+    """`mapping._template(node, where)` as generated code: ctx -> (value or MISSING, dyn)."""
+    writer = _Writer(mapping)
+    value, dyn = writer.template(node, where, 1)
+    body = "\n".join(writer.lines)
+    source = f"def build(ctx):\n    it = ctx.item\n{body}\n    return {value}, {dyn}\n"
+    return _function(source, "build", writer.namespace, where)
+
+
+def value_function(mapping: Any, node: Any, where: str, value: Callable) -> Callable:
+    """`value`, the engine's closure for an expression (a resource's identifier), with its
+    usual case inline: every part a plain path (at most one transform) or a literal, every
+    part a non-empty string. Anything else, the closure answers. `value` itself if the
+    expression is of another kind."""
+    writer = _Writer(mapping)
+    parts = writer.parts(node)
+    if parts is None:
+        return value
+    ind, joined = 1, []
+    for part in parts:
+        if part[0] == "literal":
+            joined.append(repr(part[1]))
+            continue
+        _, path, step = part
+        got = writer.name("x")
+        writer._walk(path, got, ind)
+        writer.emit(ind, f"if {got}.__class__ is str and {got}:")
+        ind += 1
+        if step is not None:
+            writer._transform(step, got, ind)
+            writer.emit(ind, f"if {got}.__class__ is str and {got}:")
+            ind += 1
+        joined.append(got)
+    writer.emit(ind, f"return {' + '.join(joined)}")
+    fallback = writer.bind(value, "value")
+    source = ("def value(ctx, required=False):\n    it = ctx.item\n" + "\n".join(writer.lines)
+              + f"\n    return {fallback}(ctx, required)\n")
+    return _function(source, "value", writer.namespace, where)
+
+
+def _function(source: str, name: str, namespace: dict, where: str) -> Callable:
+    exec(compile(source, f"<mapping {where}>", "exec"), namespace)  # noqa: S102
+    function = namespace[name]
+    function.source = source  # what was generated, for whoever debugs a mapping
+    return function
+
+
+class _Writer:
+    """Lines of one generated function, and the objects its code names."""
+
+    def __init__(self, mapping: Any):
+        from fhir_gateway.mapping import engine
+
+        self.engine, self.mapping = engine, mapping
+        self.lines: list[str] = []
+        self.namespace: dict[str, Any] = {"MISSING": engine.MISSING, "_ODD": _ODD,
+                                          "TransformError": TransformError}
+        self.count = 0
+
+    def name(self, hint: str) -> str:
+        self.count += 1
+        return f"{hint}{self.count}"
+
+    def bind(self, obj: Any, hint: str) -> str:
+        """A name in the generated code for `obj` (a function, a literal, a source path)."""
+        if isinstance(obj, (str, bool, int, float)) or obj is None:
+            return repr(obj)
+        name = self.name(hint)
+        self.namespace[name] = obj
+        return name
+
+    def emit(self, indent: int, line: str) -> None:
+        self.lines.append("    " * indent + line)
+
+    # -- nodes ----------------------------------------------------------------------------
+    def template(self, node: Any, where: str, ind: int) -> tuple[str, str]:
+        """Emit a template node; (the name of its value, the name or literal of its dyn)."""
+        engine = self.engine
+        if isinstance(node, list):
+            return self._list(node, where, ind)
+        if isinstance(node, dict) and "foreach" not in node and \
+                not any(k in node for k in engine.EXPRESSIONS):
+            return self._object(node, where, ind)
+        build = self.bind(self.mapping._template(node, where), "build")
+        value, dyn = self.name("v"), self.name("d")
+        self.emit(ind, f"{value}, {dyn} = {build}(ctx)")
+        return value, dyn
+
+    def _object(self, node: dict, where: str, ind: int) -> tuple[str, str]:
+        """engine.Mapping._object: members in order; dropped when `when` fails, when empty,
+        or when it has source-derived members and none of them is there."""
+        engine = self.engine
+        out, dyn, sourced, value = (self.name(h) for h in ("o", "d", "s", "v"))
+        inner = ind
+        if "when" in node:
+            when = self.bind(self.mapping._condition(node["when"]).test, "when")
+            self.emit(ind, f"if not {when}(ctx):")
+            self.emit(ind + 1, f"{value}, {dyn} = MISSING, False")
+            self.emit(ind, "else:")
+            inner = ind + 1
+        self.emit(inner, f"{out} = {{}}")
+        self.emit(inner, f"{dyn} = {sourced} = False")
+        for key, child in node.items():
+            if key == "when":
+                continue
+            at = f"{where}.{key}"
+            kind, fn, static = self.mapping._member(child, at)
+            slot = f"{out}[{key!r}]"
+            if kind is engine._LITERAL:
+                if fn is not engine.MISSING:
+                    self.emit(inner, f"{slot} = {self.bind(fn, 'literal')}")
+                continue
+            if kind is engine._COPY:
+                self.emit(inner, f"{slot} = {self.bind(fn, 'copy')}()")
+                continue
+            if kind is engine._SOURCE:
+                got, got_dyn = self._source(child[1:], fn, inner), "True"
+            elif kind is engine._VALUE:
+                got, got_dyn = self._value(child, fn, inner), repr(static)
+            else:
+                got, got_dyn = self.template(child, at, inner)
+            if got_dyn != "False":
+                self.emit(inner, f"{dyn} = {dyn} or {got_dyn}")
+            self.emit(inner, f"if {got} is not MISSING:")
+            self.emit(inner + 1, f"{slot} = {got}")
+            if got_dyn != "False":
+                self.emit(inner + 1, f"{sourced} = {sourced} or {got_dyn}")
+        self.emit(inner, f"{value} = {out} if {out} and not ({dyn} and not {sourced}) "
+                         f"else MISSING")
+        return value, dyn
+
+    def _list(self, node: list, where: str, ind: int) -> tuple[str, str]:
+        """engine.Mapping._list: items in order, `foreach` items by the engine's closure, a
+        path reaching several values spread into the list."""
+        engine = self.engine
+        out, dyn, value = self.name("l"), self.name("d"), self.name("v")
+        self.emit(ind, f"{out} = []")
+        self.emit(ind, f"{dyn} = False")
+        for i, item in enumerate(node):
+            at = f"{where}[{i}]"
+            if isinstance(item, dict) and "foreach" in item:
+                repeat = self.bind(self.mapping._repeat(item, at), "repeat")
+                self.emit(ind, f"{repeat}(ctx, {out})")
+                self.emit(ind, f"{dyn} = True")
+                continue
+            kind, fn, static = self.mapping._member(item, at)
+            if kind is engine._LITERAL:
+                if fn is not engine.MISSING:
+                    self.emit(ind, f"{out}.append({self.bind(fn, 'literal')})")
+                continue
+            if kind is engine._COPY:
+                self.emit(ind, f"{out}.append({self.bind(fn, 'copy')}())")
+                continue
+            if kind is engine._SOURCE:
+                got = self._source(item[1:], fn, ind)
+                self.emit(ind, f"{dyn} = True")
+                self.emit(ind, f"if {got}.__class__ is list:")
+                self.emit(ind + 1, f"{out}.extend({got})")
+                self.emit(ind, f"elif {got} is not MISSING:")
+                self.emit(ind + 1, f"{out}.append({got})")
+                continue
+            if kind is engine._VALUE:
+                got, got_dyn = self._value(item, fn, ind), repr(static)
+            else:
+                got, got_dyn = self.template(item, at, ind)
+            if got_dyn != "False":
+                self.emit(ind, f"{dyn} = {dyn} or {got_dyn}")
+            self.emit(ind, f"if {got} is not MISSING:")
+            self.emit(ind + 1, f"{out}.append({got})")
+        self.emit(ind, f"{value} = {out} if {out} else MISSING")
+        return value, dyn
+
+    # -- values ---------------------------------------------------------------------------
+    def _source(self, path: str, read: Callable, ind: int) -> str:
+        """A `$path` member: its text, MISSING, or (the engine's closure) a fresh copy of
+        what else it reaches."""
+        fresh = self.engine._fresh
+        missing = self.engine.MISSING
+
+        def slow(ctx: Context) -> Any:
+            got = read(ctx)
+            return got if got.__class__ is str or got is missing else fresh(got)
+        got = self.name("x")
+        if not self._walk(path, got, ind):
+            self.emit(ind, f"{got} = {self.bind(slow, 'read')}(ctx)")
+            return got
+        self.emit(ind, f"if {got}.__class__ is not str or not {got}:")
+        self.emit(ind + 1, f"{got} = MISSING if {got} is None else {self.bind(slow, 'read')}(ctx)")
+        return got
+
+    def _value(self, node: dict, value: Callable, ind: int) -> str:
+        """An expression member; inline when it reads a plain path with at most one
+        transform, else the engine's closure (`value`)."""
+        got = self.name("x")
+        call = f"{self.bind(value, 'value')}(ctx)"
+        steps = self.mapping._steps(node)
+        if "path" not in node or len(steps) > 1 or not self._walk(node["path"], got, ind):
+            self.emit(ind, f"{got} = {call}")
+            return got
+        self.emit(ind, f"if {got}.__class__ is str and {got}:")
+        self.emit(ind + 1, "pass")
+        if steps:
+            self._transform(steps[0], got, ind + 1)
+            self.emit(ind + 1, f"if {got} is None or ({got}.__class__ is list and not {got}):")
+            self.emit(ind + 2, f"{got} = MISSING")
+        self.emit(ind, "else:")
+        self.emit(ind + 1, f"{got} = _ODD")
+        self.emit(ind, f"if {got} is _ODD:")
+        self.emit(ind + 1, f"{got} = {call}")
+        return got
+
+    def _transform(self, step: tuple[Callable, Any], got: str, ind: int) -> None:
+        """`got = fn(got, arg)`; `_ODD` if the transform refuses the value (the engine's
+        closure then raises the error that names the source path)."""
+        fn, arg = step
+        self.emit(ind, "try:")
+        self.emit(ind + 1, f"{got} = {self.bind(fn, 'transform')}({got}, {self.bind(arg, 'arg')})")
+        self.emit(ind, "except TransformError:")
+        self.emit(ind + 1, f"{got} = _ODD")
+
+    def parts(self, node: Any) -> list[tuple] | None:
+        """An expression as ("literal", text) and ("path", path, transform or None) parts
+        that are joined, if it is of that kind (see `value_function`), else None."""
+        engine = self.engine
+        if engine._is_path(node):
+            return [("path", node[1:], None)] if self._walkable(node[1:]) else None
+        if not isinstance(node, dict) or "when" in node:
+            return None
+        steps = self.mapping._steps(node)
+        if "path" in node:
+            ok = len(steps) <= 1 and self._walkable(node["path"])
+            return [("path", node["path"], steps[0] if steps else None)] if ok else None
+        if "concat" not in node or steps:
+            return None
+        parts = []
+        for item in node["concat"]:
+            if isinstance(item, str) and not engine._is_path(item):
+                parts.append(("literal", item.removeprefix("$")))
+                continue
+            found = self.parts(item)
+            if found is None:
+                return None
+            parts += found
+        return parts
+
+    def _walk(self, path: str, target: str, ind: int) -> bool:
+        """Emit the dict look-ups of a path without `[]` or `../` into `target`: a dict,
+        None where a step is absent, `_ODD` where a step is not a dict. False if the path
+        is not of that kind (its reading is left to the engine)."""
+        if not self._walkable(path):
+            return False
+        start, rest = _start(path)
+        steps = () if rest in ("", ".") else tuple(rest.split("."))
+        self.emit(ind, f"{target} = {'it' if start is None else 'ctx.root.item'}")
+        for step in steps:
+            self.emit(ind, f"{target} = {target}.get({step!r}) if {target}.__class__ is dict "
+                           f"else (None if {target} is None else _ODD)")
+        return True
+
+    @staticmethod
+    def _walkable(path: str) -> bool:
+        return "[]" not in path and not path.startswith("../")
