@@ -664,3 +664,51 @@ def test_generated_code_takes_transform_results_and_errors_as_the_closures(tmp_p
         assert "categories" not in one(load_mapping(folder / "cimor.yaml").apply(data), "patient")
     else:
         assert expected in orjson.dumps(generated).decode()
+
+
+PATHS = ["Claims.Claim[].ServiceLines.Line[].Diagnoses.Code[]", "Claims.Claim[]",
+         "/Eligibility.Segment[]", "Claims.Claim[].ServiceLines.Line[]", "Episodes.Episode[]",
+         "Episodes.Episode[].Diagnoses.Code[]", "Resources.Resource[]"]
+
+
+def _reached(find, ctx):
+    def chain(c):
+        return [] if c is None else [(c.item, c.where)] + chain(c.parent)
+    try:
+        return [chain(c) for c in find(ctx)]
+    except MappingError as err:
+        return ("error", str(err))
+
+
+def _values(get, ctx):
+    try:
+        return get(ctx)
+    except MappingError as err:
+        return ("error", str(err))
+
+
+@pytest.mark.parametrize("system", ["cimor", "cyberaccess"])
+def test_generated_path_loops_reach_what_the_reference_reaches(system, tmp_path):
+    import random
+
+    from adapters.common import parse_file
+    from adapters.synth import write_extracts
+    from fhir_gateway.importer import _format
+    from fhir_gateway.mapping.paths import finder, getter
+
+    write_extracts(60, tmp_path)
+    records = [r.data for r in parse_file(_format(system), tmp_path / f"{system}.xml")]
+    rng = random.Random(85)
+    errors, reached = 0, 0
+    for data in records + [_damaged(d, rng) for d in records for _ in range(6)]:
+        for path in PATHS:
+            generated, reference = finder(path), finder(path, generate=False)
+            assert generated is not reference and hasattr(generated, "source")
+            expected = _reached(reference, Context(data))
+            assert _reached(generated, Context(data)) == expected, (path, data)
+            assert _values(getter(path), Context(data)) == _values(
+                getter(path, generate=False), Context(data))
+            failed = isinstance(expected, tuple)
+            errors += failed
+            reached += 0 if failed else len(expected)
+    assert errors > 10 and reached > 100  # both ways were taken

@@ -462,7 +462,7 @@ class Mapping:
         if foreach is None:
             return lambda ctx: [ctx]
         if isinstance(foreach, str):  # several resources and lists go over the same items
-            return _remembered(finder(foreach), ("items", foreach))
+            return _remembered(finder(foreach, self.generate), ("items", foreach))
         values = self._expression(foreach, where)
 
         def each(ctx: Context) -> list[Context]:

@@ -286,3 +286,54 @@ class _Writer:
     @staticmethod
     def _walkable(path: str) -> bool:
         return "[]" not in path and not path.startswith("../")
+
+
+def reach_function(path: str, steps: list[tuple[str, bool]], contexts: bool,
+                   reach: Callable[[Context], list]) -> Callable[[Context], list] | None:
+    """`reach` (paths.finder's or paths.getter's function for a path with `[]`) as nested
+    loops: the contexts of the items the path reaches (`contexts`), else the values but "".
+
+    Depth first where `_reach` goes breadth first: the same items in the same order. A step
+    that would be an error (a list where no `[]` is, no list where one is) hands the whole
+    path to `reach`, which raises the error `_reach` names. None for a path that climbs
+    (`../`) or ends in a plain step: those stay with `reach`.
+    """
+    if path.startswith("../") or not steps[-1][1]:
+        return None
+    namespace = {"Context": Context, "reach": reach}
+    lines = ["def find(ctx):", "    found = []",
+             f"    c0 = {'ctx.root' if path.startswith('/') else 'ctx'}",
+             "    x0 = c0.item"]
+    if contexts:
+        lines.append("    a0 = c0._at")
+    level, ind = "c0", 1
+    for k, (key, many) in enumerate(steps):
+        x, y = f"x{k}", f"x{k + 1}"
+        pad = "    " * ind
+        value = f"v{k}" if many else y  # a list, or the value of a plain step
+        lines.append(f"{pad}if isinstance({x}, dict):")
+        lines.append(f"{pad}    {value} = {x}.get({key!r})")
+        lines += [f"{pad}    if {value} is not None:",
+                  f"{pad}        if {'not ' if many else ''}isinstance({value}, list):",
+                  f"{pad}            return reach(ctx)"]
+        ind += 2
+        pad = "    " * ind
+        if many:
+            lines.append(f"{pad}for i{k}, {y} in enumerate({value}):")
+            lines.append(f"{pad}    if {y} is not None:")
+            ind += 2
+            pad = "    " * ind
+            if contexts:
+                lines.append(f"{pad}a{k + 1} = (({'a' + str(k)}, {key!r}), i{k})")
+                lines.append(f"{pad}c{k + 1} = Context({y}, {level}, a{k + 1})")
+                level = f"c{k + 1}"
+        elif contexts:
+            lines.append(f"{pad}a{k + 1} = (a{k}, {key!r})")
+    last = f"x{len(steps)}"
+    pad = "    " * ind
+    if contexts:
+        lines.append(f"{pad}found.append({level})")
+    else:
+        lines += [f"{pad}if {last} != '':", f"{pad}    found.append({last})"]
+    lines.append("    return found")
+    return _function("\n".join(lines) + "\n", "find", namespace, f"path {path}")

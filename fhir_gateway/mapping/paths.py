@@ -192,8 +192,9 @@ def _steps(rest: str) -> list[tuple[str, bool]]:
 
 
 @cache
-def finder(path: str) -> Finder:
-    """`items` for one path, worked out once."""
+def finder(path: str, generate: bool = True) -> Finder:
+    """`items` for one path, worked out once (as generated loops, unless `generate` is
+    False: generate.reach_function)."""
     start, rest = _start(path)
     if rest in ("", "."):
         return (lambda ctx: [start(ctx)]) if start else (lambda ctx: [ctx])
@@ -205,7 +206,7 @@ def finder(path: str) -> Finder:
         if item_last:
             return [c for c, _, _ in found]
         return [Context(v, c, where, False) for c, v, where in found]
-    return find
+    return _generated(path, steps, True, find) if generate else find
 
 
 def items(ctx: Context, path: str) -> list[Context]:
@@ -214,8 +215,8 @@ def items(ctx: Context, path: str) -> list[Context]:
 
 
 @cache
-def getter(path: str) -> Getter:
-    """`resolve` for one path, worked out once."""
+def getter(path: str, generate: bool = True) -> Getter:
+    """`resolve` for one path, worked out once (see `finder` for `generate`)."""
     if "[]" not in path:
         return _walker(path, False)
     start, rest = _start(path)
@@ -224,7 +225,14 @@ def getter(path: str) -> Getter:
     def values(ctx: Context) -> list:
         found = _reach(start(ctx) if start else ctx, steps, False)
         return [v for _, v, _ in found if v != ""]
-    return values
+    return _generated(path, steps, False, values) if generate else values
+
+
+def _generated(path: str, steps: list[tuple[str, bool]], contexts: bool,
+               reach: Callable[[Context], list]) -> Callable[[Context], list]:
+    from fhir_gateway.mapping.generate import reach_function  # it builds on this module
+
+    return reach_function(path, steps, contexts, reach) or reach
 
 
 def resolve(ctx: Context, path: str) -> Any:
