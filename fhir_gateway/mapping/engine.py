@@ -443,11 +443,7 @@ class Mapping:
     def _repeat(self, node: dict, where: str) -> Callable[[Context, list], None]:
         """A `{foreach, item}` list item: the item at each context where `when` holds, added
         to the list unless it is there already."""
-        when = self._condition(node["when"]).test if "when" in node else None
-        self._check_foreach(node, where)
-        contexts = self._contexts(node["foreach"], f"{where}.foreach")
-        item = self._generated(node["item"], f"{where}.item")
-        distinct = not self._climbs(node)  # a repeated item would add nothing: skip it
+        contexts, when, item, distinct = self._repetition(node, where)
 
         def repeat(ctx: Context, out: list) -> bool:
             for c in _distinct(contexts(ctx)) if distinct else contexts(ctx):
@@ -456,6 +452,15 @@ class Mapping:
                     if value is not MISSING and value not in out:
                         out.append(value)
         return repeat
+
+    def _repetition(self, node: dict, where: str) -> tuple[Finder, Callable | None, Build, bool]:
+        """A `{foreach, item}` list item, compiled: (its contexts, its `when` test or None,
+        its item, whether a repeated string item may be skipped: it would add nothing)."""
+        when = self._condition(node["when"]).test if "when" in node else None
+        self._check_foreach(node, where)
+        contexts = self._contexts(node["foreach"], f"{where}.foreach")
+        item = self._generated(node["item"], f"{where}.item")
+        return contexts, when, item, not self._climbs(node)
 
     def _contexts(self, foreach: Any, where: str) -> Finder:
         """Where a `foreach` leads: a path's items, or one child per value of an expression."""

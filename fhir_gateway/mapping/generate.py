@@ -137,7 +137,7 @@ class _Writer:
                     self.emit(inner, f"{slot} = {self.bind(fn, 'literal')}")
                 continue
             if kind is engine._COPY:
-                self.emit(inner, f"{slot} = {self.bind(fn, 'copy')}()")
+                self.emit(inner, f"{slot} = {self._copy(child, at, fn)}")
                 continue
             if kind is engine._SOURCE:
                 got, got_dyn = self._source(child[1:], fn, inner), "True"
@@ -165,8 +165,7 @@ class _Writer:
         for i, item in enumerate(node):
             at = f"{where}[{i}]"
             if isinstance(item, dict) and "foreach" in item:
-                repeat = self.bind(self.mapping._repeat(item, at), "repeat")
-                self.emit(ind, f"{repeat}(ctx, {out})")
+                self._repeat(item, at, out, ind)
                 self.emit(ind, f"{dyn} = True")
                 continue
             kind, fn, static = self.mapping._member(item, at)
@@ -175,7 +174,7 @@ class _Writer:
                     self.emit(ind, f"{out}.append({self.bind(fn, 'literal')})")
                 continue
             if kind is engine._COPY:
-                self.emit(ind, f"{out}.append({self.bind(fn, 'copy')}())")
+                self.emit(ind, f"{out}.append({self._copy(item, at, fn)})")
                 continue
             if kind is engine._SOURCE:
                 got = self._source(item[1:], fn, ind)
@@ -195,6 +194,31 @@ class _Writer:
             self.emit(ind + 1, f"{out}.append({got})")
         self.emit(ind, f"{value} = {out} if {out} else MISSING")
         return value, dyn
+
+    def _repeat(self, node: dict, where: str, out: str, ind: int) -> None:
+        """engine.Mapping._repeat, as a loop: each item added unless it is there already."""
+        contexts, when, item, distinct = self.mapping._repetition(node, where)
+        each, seen, value = self.name("c"), self.name("seen"), self.name("v")
+        if distinct:
+            self.emit(ind, f"{seen} = set()")
+        self.emit(ind, f"for {each} in {self.bind(contexts, 'contexts')}(ctx):")
+        if distinct:  # engine._distinct
+            self.emit(ind + 1, f"if {each}.item.__class__ is str:")
+            self.emit(ind + 2, f"if {each}.item in {seen}:")
+            self.emit(ind + 3, "continue")
+            self.emit(ind + 2, f"{seen}.add({each}.item)")
+        if when is not None:
+            self.emit(ind + 1, f"if not {self.bind(when, 'when')}({each}):")
+            self.emit(ind + 2, "continue")
+        self.emit(ind + 1, f"{value} = {self.bind(item, 'item')}({each})[0]")
+        self.emit(ind + 1, f"if {value} is not MISSING and {value} not in {out}:")
+        self.emit(ind + 2, f"{out}.append({value})")
+
+    def _copy(self, node: Any, where: str, copy: Callable) -> str:
+        """A literal object or list as a Python display (a fresh copy each time it runs),
+        or a call of the engine's `copy` if it holds anything but JSON values."""
+        literal = self.mapping._literals.get(self.mapping._template(node, where))
+        return repr(literal) if _json_literal(literal) else f"{self.bind(copy, 'copy')}()"
 
     # -- values ---------------------------------------------------------------------------
     def _source(self, path: str, read: Callable, ind: int) -> str:
@@ -286,6 +310,17 @@ class _Writer:
     @staticmethod
     def _walkable(path: str) -> bool:
         return "[]" not in path and not path.startswith("../")
+
+
+def _json_literal(value: Any) -> bool:
+    """Whether `repr(value)` is a Python display of it: JSON types, finite numbers."""
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_literal(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_json_literal(v) for v in value)
+    if isinstance(value, float):
+        return value == value and value not in (float("inf"), float("-inf"))
+    return value is None or isinstance(value, (str, bool, int))
 
 
 def reach_function(path: str, steps: list[tuple[str, bool]], contexts: bool,
