@@ -168,12 +168,16 @@ def _check_parent(fmt: ExtractFormat, element: etree._Element, label: str,
 
 def _record(fmt: ExtractFormat, schema: etree.XMLSchema, element: etree._Element,
             line_offset: int) -> SourceRecord:
-    data = to_data(element, fmt.repeating) or {}
+    raw = etree.tostring(element, with_tail=False)
+    # lxml writes every attribute as name="...": without one after the record's start tag
+    # (which declares the namespace), no element inside has attributes to look for
+    attributes = bool(element.items()) or raw.find(b'="', raw.find(b">")) >= 0
+    data = to_data(element, fmt.repeating, attributes) or {}
     record_id = data.get(fmt.id_element)
     return SourceRecord(system=fmt.system,
                         record_id=record_id if isinstance(record_id, str) else "",
                         line=element.sourceline + line_offset,
-                        raw=etree.tostring(element, with_tail=False),
+                        raw=raw,
                         data=data,
                         errors=validate(schema, element))
 
@@ -191,7 +195,8 @@ def _local(tag: str) -> str:
     return name
 
 
-def to_data(element: etree._Element, repeating: frozenset[str]) -> dict | str | None:
+def to_data(element: etree._Element, repeating: frozenset[str],
+            attributes: bool = True) -> dict | str | None:
     """The element as plain data, per RECORDS.md.
 
     - children -> dict keyed by local name; "Parent/Child" pairs in `repeating` -> lists;
@@ -201,11 +206,12 @@ def to_data(element: etree._Element, repeating: frozenset[str]) -> dict | str | 
     - a child that repeats where the XSD does not allow it (an invalid record) becomes a
       list rather than losing data; the record's `errors` say why.
     Comments and processing instructions are ignored; so is text mixed with children.
+    With `attributes=False` (the caller knows there are none) attributes are not looked for.
     """
     names = _NAMES.get(repeating)
     if names is None:
         names = _NAMES[repeating] = {}
-    return _convert(element, repeating, names)
+    return _convert(element, repeating, names, attributes)
 
 
 # parent tag -> child tag -> (child local name, always a list?), per repeating set: this
@@ -214,10 +220,12 @@ _NAMES: dict[frozenset[str], dict[str, dict[str, tuple[str, bool]]]] = {}
 
 
 def _convert(element: etree._Element, repeating: frozenset[str],
-             names: dict[str, dict[str, tuple[str, bool]]]) -> dict | str | None:
+             names: dict[str, dict[str, tuple[str, bool]]],
+             attributes: bool = True) -> dict | str | None:
     out: dict = {}
-    for name, value in element.items():
-        out["@" + _local(name)] = value
+    if attributes:
+        for name, value in element.items():
+            out["@" + _local(name)] = value
     parent = element.tag
     known = names.get(parent)
     if known is None:
@@ -228,8 +236,8 @@ def _convert(element: etree._Element, repeating: frozenset[str],
         if tag.__class__ is not str:  # comment or processing instruction
             continue
         leaf = False
-        if len(child) or child.items():
-            value = _convert(child, repeating, names)
+        if len(child) or (attributes and child.items()):
+            value = _convert(child, repeating, names, attributes)
             if value is None:
                 continue
         else:  # the common case, a plain leaf: no call

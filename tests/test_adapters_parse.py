@@ -194,6 +194,18 @@ def test_cyberaccess_record_shape():
         "FromDate": "2024-02-19", "ToDate": "2024-02-19", "ProviderNPI": "1500000074",
         "ProviderType": "15", "Procedure": "T1016", "Diagnoses": {"Code": ["G80.9"]}}]}}]}
 
+    # attributes the schema does not allow are kept (and reported), on the record or inside
+    for old, new, path, value in [
+            (b"<Participant>", b'<Participant source="x">', "@source", "x"),
+            (b"<Sex>F</Sex>", b'<Sex code="2">F</Sex>', "Sex", {"@code": "2", "#text": "F"}),
+            (b"<Last>", b"<Last x='a \"=\" b'>", "Name.Last", {"@x": 'a "=" b', "#text": "Dunmore"})]:
+        (record,) = cyberaccess.parse_bytes(one.replace(old, new))
+        found = record.data
+        for step in path.split("."):
+            found = found[step]
+        assert found == value
+        assert record.errors and "not allowed" in record.errors[0]
+
 
 @pytest.mark.parametrize("system", SYSTEMS)
 def test_samples_parse_without_errors_at_their_lines(system):
