@@ -511,6 +511,25 @@ def test_paths_and_conditions():
     assert Condition("upper(DCN) == '9' and (Missing or DCN)", fns)(root)
 
 
+@pytest.mark.parametrize("expr", [
+    "A.B in ['x', 'y']", "not A.B", "A.B", "A.B == 'x' or C != 'z'", "(A.B or C) == True",
+    "A.B not in ['x'] and not (C == 'z')", "upper(A.B) == 'X'", "L[].B in ['x']", "/C == 'z'"])
+@pytest.mark.parametrize("data", [
+    {}, {"A": {"B": "x"}, "C": "z"}, {"A": {"B": "y"}}, {"A": {"B": ""}, "C": ""},
+    {"A": {"B": {"#text": "x", "@n": "1"}}}, {"A": {"B": ["x", "y"]}}, {"A": "x"},
+    {"A": [{"B": "x"}]}, {"L": [{"B": "x"}, {"B": "q"}]}, {"A": {"B": "q"}, "C": {"#text": "z"}}])
+def test_generated_conditions_agree_with_the_closures(expr, data):
+    fns = {"upper": lambda v, p: v.upper() if isinstance(v, str) else v}
+
+    def outcome(condition):
+        try:
+            return condition(Context(data))
+        except MappingError as err:
+            return str(err)
+    generated = Condition(expr, fns)
+    assert outcome(generated) == outcome(Condition(expr, fns, generate=False))
+
+
 def test_identifier_values_are_escaped_for_the_match(cimor, store):
     data = consumer()
     data["ConsumerResources"]["SupportCoordinator"]["Agency"] = "Smith, Jones | Co $5 & 100%"

@@ -257,7 +257,7 @@ class Mapping:
 
     def _condition(self, expr: str) -> Condition:
         if expr not in self._conditions:
-            self._conditions[expr] = Condition(str(expr), self._functions)
+            self._conditions[expr] = Condition(str(expr), self._functions, self.generate)
         return self._conditions[expr]
 
     def _check_value(self, node: dict, where: str) -> None:

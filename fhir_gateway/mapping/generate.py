@@ -372,3 +372,57 @@ def reach_function(path: str, steps: list[tuple[str, bool]], contexts: bool,
         lines += [f"{pad}if {last} != '':", f"{pad}    found.append({last})"]
     lines.append("    return found")
     return _function("\n".join(lines) + "\n", "find", namespace, f"path {path}")
+
+
+def condition_function(tree: tuple, functions: dict, test: Callable[[Context], Any]
+                       ) -> Callable[[Context], Any]:
+    """`test` (paths.Condition's compiled `when:`) as one expression, for its truth.
+
+    Plain paths (no `[]`, no `../`) are read inline, all of them first: each is either
+    absent or a non-empty string in the usual case, and then `==`, `!=`, `in` and a bare
+    path are Python's own operators. Any other value of such a path (attributes, a list)
+    hands the whole condition to `test`. Other operands (`fn(path)`, paths with `[]`) are
+    the closures of paths.py, called where they stand, so `and`/`or` still short-circuit.
+    """
+    from fhir_gateway.mapping import paths
+
+    writer = _Writer(None)
+    writer.namespace["fallback"] = test
+    reads: dict[str, str] = {}
+
+    def read(path: str) -> str | None:
+        if not writer._walkable(path):
+            return None
+        if path not in reads:
+            got = reads[path] = writer.name("x")
+            writer._walk(path, got, 1)
+            writer.emit(1, f"if not ({got} is None or ({got}.__class__ is str and {got})):")
+            writer.emit(2, "return fallback(ctx)")
+        return reads[path]
+
+    def closure(fn: Callable) -> str:
+        return f"{writer.bind(fn, 'operand')}(ctx)"
+
+    def expression(node: tuple) -> str:
+        kind = node[0]
+        if kind in ("or", "and"):
+            return f"({expression(node[1])} {kind} {expression(node[2])})"
+        if kind == "not":
+            return f"(not {expression(node[1])})"
+        if kind == "truthy":
+            operand = node[1]
+            got = read(operand[1]) if operand[0] == "path" else None
+            return got or closure(paths._operand(operand, functions))
+        left, right = node[1], node[2]
+        if left[0] == "path" and right[0] == "lit" and read(left[1]):
+            pool = right[1] if kind != "in" or isinstance(right[1], list) else [right[1]]
+            operator = {"==": "==", "!=": "!=", "in": "in"}[kind]
+            return f"({reads[left[1]]} {operator} {writer.bind(pool, 'literal')})"
+        return closure(paths._compile(node, functions))
+
+    body = expression(tree)
+    if not reads:  # nothing read inline: the closures are the condition
+        return test
+    source = ("def test(ctx):\n    it = ctx.item\n" + "\n".join(writer.lines)
+              + f"\n    return {body}\n")
+    return _function(source, "test", writer.namespace, "condition")

@@ -304,13 +304,17 @@ class Condition:
     bare operand is true when present and non-empty.
     """
 
-    def __init__(self, expr: str, functions: dict):
+    def __init__(self, expr: str, functions: dict, generate: bool = True):
         self.expr, self.functions = expr, functions
         self._toks, self._i = _tokens(expr), 0
         tree = self._or()
         if self._i != len(self._toks):
             raise MappingError(expr, f"unexpected '{self._toks[self._i][1]}' in the condition")
         self.test = _compile(tree, functions, True)  # ctx -> truthy (what callers in a loop use)
+        if generate:  # the same, as one generated expression
+            from fhir_gateway.mapping.generate import condition_function  # it builds on this
+
+            self.test = condition_function(tree, functions, self.test)
 
     def __call__(self, ctx: Context) -> bool:
         return bool(self.test(ctx))
