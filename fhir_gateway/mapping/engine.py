@@ -39,7 +39,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -48,7 +48,8 @@ import orjson
 import yaml
 
 from fhir_gateway import identifiers
-from fhir_gateway.mapping.generate import template_function, value_function
+from fhir_gateway.mapping.generate import (plan_function, resource_function, template_function,
+                                           value_function)
 from fhir_gateway.mapping.paths import (
     Condition,
     Context,
@@ -182,6 +183,11 @@ class _Spec:
     build: Build | None = None  # the template, compiled once every key is known (refs)
     distinct: bool = False  # its resource is a function of the item: repeated items map once
     more_identifiers: bool = True  # whether the template may make identifiers of its own
+    make: Callable[[Context, str], MappedResource] | None = None  # (ctx, identifier value)
+    system: str = field(init=False)  # the identifier's system
+
+    def __post_init__(self):
+        self.system = self.identifier["system"]
 
 
 class Mapping:
@@ -220,6 +226,10 @@ class Mapping:
                 k in spec.template for k in EXPRESSIONS)  # an expression makes anything
             spec.distinct = spec.foreach is not None and not self._climbs(
                 [spec.when.expr if spec.when else None, spec.identifier["value"], spec.template])
+        for spec in self.specs:
+            spec.make = resource_function(self, spec) if generate else partial(self._resource,
+                                                                                  spec)
+        self._plan = plan_function(self) if generate else self._planned
         self._record_id = getter(self.record_id) if self.record_id else None
 
     # -- loading: checks, then compiles ------------------------------------------------
@@ -642,25 +652,12 @@ class Mapping:
         root = _Record(data)
         rid = self._record_id(root) if self._record_id else None  # a bad id fails as itself
         try:
-            planned = []  # (spec, context, identifier value)
-            for spec in self.specs:
-                contexts = spec.contexts(root) if spec.contexts else (root,)
-                # the same resource again: merging it would change nothing
-                for ctx in _distinct(contexts) if spec.distinct else contexts:
-                    if spec.test is None or spec.test(ctx):
-                        value = spec.value(ctx, True)
-                        if isinstance(value, (list, dict)):
-                            raise MappingError(_where(ctx, _source(spec.identifier["value"])),
-                                               f"the {spec.key} identifier needs one value, "
-                                               f"not {value!r}")
-                        if value is not MISSING:  # what a reference to it here finds
-                            root.memo[spec.key, ctx] = str(value)
-                        planned.append((spec, ctx, str(value)))
-            root.produced = frozenset((s.type, s.identifier["system"], v) for s, _, v in planned)
+            planned = self._plan(root)
+            root.produced = frozenset((s.type, s.system, v) for s, _, v in planned)
             out: dict[tuple[str, str, str], MappedResource] = {}
             for spec, ctx, value in planned:
-                mapped = self._resource(spec, ctx, value)
-                ident = (spec.type, *mapped.identifier)
+                mapped = spec.make(ctx, value)
+                ident = (spec.type, spec.system, value)
                 out[ident] = _merge_owned(out[ident], mapped) if ident in out else mapped
             return list(out.values())
         except MappingError as err:
@@ -668,10 +665,23 @@ class Mapping:
         finally:
             root.close()
 
+    def _planned(self, root: _Record) -> list[tuple[_Spec, Context, str]]:
+        """(spec, context, identifier value) of each resource the record maps to, in order
+        (generate.plan_function writes this loop out)."""
+        planned = []
+        for spec in self.specs:
+            contexts = spec.contexts(root) if spec.contexts else (root,)
+            # the same resource again: merging it would change nothing
+            for ctx in _distinct(contexts) if spec.distinct else contexts:
+                if spec.test is None or spec.test(ctx):
+                    planned.append((spec, ctx, _identifier(spec, ctx, spec.value(ctx, True))))
+        return planned
+
     def _resource(self, spec: _Spec, ctx: Context, value: str) -> MappedResource:
+        """The resource of `spec` at `ctx` (generate.resource_function writes this out)."""
         body, _ = spec.build(ctx)
         body = {} if body is MISSING else body
-        ident = {"system": spec.identifier["system"], "value": value}
+        ident = {"system": spec.system, "value": value}
         resource: dict = {"resourceType": spec.type}
         if spec.profile:
             resource["meta"] = {"profile": [spec.profile]}
@@ -681,6 +691,17 @@ class Mapping:
         resource.update(body)
         return MappedResource(spec.key, resource, (ident["system"], value), spec.write,
                               spec.merge)
+
+
+def _identifier(spec: _Spec, ctx: Context, value: Any) -> str:
+    """An identifier value as the resource's: one value, as text (remembered where it was
+    made: what a reference to it from here finds)."""
+    if isinstance(value, (list, dict)):
+        raise MappingError(_where(ctx, _source(spec.identifier["value"])),
+                           f"the {spec.key} identifier needs one value, not {value!r}")
+    if value is not MISSING:
+        ctx.root.memo[spec.key, ctx] = str(value)
+    return str(value)
 
 
 def _distinct(contexts: Iterable[Context]) -> Iterator[Context]:

@@ -426,3 +426,65 @@ def condition_function(tree: tuple, functions: dict, test: Callable[[Context], A
     source = ("def test(ctx):\n    it = ctx.item\n" + "\n".join(writer.lines)
               + f"\n    return {body}\n")
     return _function(source, "test", writer.namespace, "condition")
+
+
+def plan_function(mapping: Any) -> Callable:
+    """engine.Mapping._planned, the loop over the resources of a mapping, written out: one
+    block per resource, its contexts, `when` and identifier named directly."""
+    from fhir_gateway.mapping import engine
+
+    writer = _Writer(mapping)
+    writer.namespace["identifier"] = engine._identifier
+    for spec in mapping.specs:
+        name = writer.bind(spec, "spec")
+        ind = 1
+        if spec.contexts is None:
+            writer.emit(ind, "ctx = root")
+            if spec.test is not None:
+                writer.emit(ind, f"if {writer.bind(spec.test, 'when')}(ctx):")
+                ind += 1
+        else:
+            seen = writer.name("seen")
+            if spec.distinct:
+                writer.emit(ind, f"{seen} = set()")
+            writer.emit(ind, f"for ctx in {writer.bind(spec.contexts, 'contexts')}(root):")
+            ind += 1
+            if spec.distinct:  # engine._distinct
+                writer.emit(ind, "if ctx.item.__class__ is str:")
+                writer.emit(ind + 1, f"if ctx.item in {seen}:")
+                writer.emit(ind + 2, "continue")
+                writer.emit(ind + 1, f"{seen}.add(ctx.item)")
+            if spec.test is not None:
+                writer.emit(ind, f"if not {writer.bind(spec.test, 'when')}(ctx):")
+                writer.emit(ind + 1, "continue")
+        writer.emit(ind, f"value = {writer.bind(spec.value, 'value')}(ctx, True)")
+        writer.emit(ind, "if value.__class__ is str:")
+        writer.emit(ind + 1, f"memo[{spec.key!r}, ctx] = value")
+        writer.emit(ind, "else:")
+        writer.emit(ind + 1, f"value = identifier({name}, ctx, value)")
+        writer.emit(ind, f"planned.append(({name}, ctx, value))")
+    source = ("def plan(root):\n    memo = root.memo\n    planned = []\n"
+              + "\n".join(writer.lines) + "\n    return planned\n")
+    return _function(source, "plan", writer.namespace, f"{mapping.source.name} plan")
+
+
+def resource_function(mapping: Any, spec: Any) -> Callable:
+    """engine.Mapping._resource for one resource, its constants written in."""
+    from fhir_gateway.mapping import engine
+
+    writer = _Writer(mapping)
+    writer.namespace["MappedResource"] = engine.MappedResource
+    meta = f"'meta': {{'profile': [{spec.profile!r}]}}, " if spec.profile else ""
+    lines = [f"body = {writer.bind(spec.build, 'build')}(ctx)[0]",
+             "if body is MISSING:",
+             "    body = {}",
+             f"ident = {{'system': {spec.system!r}, 'value': value}}",
+             f"resource = {{'resourceType': {spec.type!r}, {meta}'identifier': [ident]}}"]
+    if spec.more_identifiers:
+        lines.append("resource['identifier'] += [i for i in body.pop('identifier', []) "
+                     "if i != ident]")
+    lines += ["resource.update(body)",
+              f"return MappedResource({spec.key!r}, resource, ({spec.system!r}, value), "
+              f"{spec.write!r}, {writer.bind(spec.merge, 'merge')})"]
+    source = "def make(ctx, value):\n" + "".join(f"    {line}\n" for line in lines)
+    return _function(source, "make", writer.namespace, f"{spec.where} resource")
