@@ -169,17 +169,18 @@ def _check_parent(fmt: ExtractFormat, element: etree._Element, label: str,
 def _record(fmt: ExtractFormat, schema: etree.XMLSchema, element: etree._Element,
             line_offset: int) -> SourceRecord:
     raw = etree.tostring(element, with_tail=False)
-    # lxml writes every attribute as name="...": without one after the record's start tag
-    # (which declares the namespace), no element inside has attributes to look for
-    attributes = bool(element.items()) or raw.find(b'="', raw.find(b">")) >= 0
-    data = to_data(element, fmt.repeating, attributes) or {}
+    errors = validate(schema, element)
+    # lxml writes every attribute as name="...": none after the record's start tag (which
+    # declares the namespace) means no element inside has any
+    plain = not errors and not element.items() and raw.find(b'="', raw.find(b">")) < 0
+    data = to_data(element, fmt.repeating, plain) or {}
     record_id = data.get(fmt.id_element)
     return SourceRecord(system=fmt.system,
                         record_id=record_id if isinstance(record_id, str) else "",
                         line=element.sourceline + line_offset,
                         raw=raw,
                         data=data,
-                        errors=validate(schema, element))
+                        errors=errors)
 
 
 # ---------------------------------------------------------------- element -> plain data
@@ -196,7 +197,7 @@ def _local(tag: str) -> str:
 
 
 def to_data(element: etree._Element, repeating: frozenset[str],
-            attributes: bool = True) -> dict | str | None:
+            plain: bool = False) -> dict | str | None:
     """The element as plain data, per RECORDS.md.
 
     - children -> dict keyed by local name; "Parent/Child" pairs in `repeating` -> lists;
@@ -206,12 +207,14 @@ def to_data(element: etree._Element, repeating: frozenset[str],
     - a child that repeats where the XSD does not allow it (an invalid record) becomes a
       list rather than losing data; the record's `errors` say why.
     Comments and processing instructions are ignored; so is text mixed with children.
-    With `attributes=False` (the caller knows there are none) attributes are not looked for.
+    `plain`: the caller knows the element is valid against its XSD and has no attributes,
+    so an element with text is a leaf (simple content) and one without is a container or
+    empty: neither children nor attributes are counted (the same data, sooner).
     """
     names = _NAMES.get(repeating)
     if names is None:
         names = _NAMES[repeating] = {}
-    return _convert(element, repeating, names, attributes)
+    return _convert(element, repeating, names, plain)
 
 
 # parent tag -> child tag -> (child local name, always a list?), per repeating set: this
@@ -221,9 +224,9 @@ _NAMES: dict[frozenset[str], dict[str, dict[str, tuple[str, bool]]]] = {}
 
 def _convert(element: etree._Element, repeating: frozenset[str],
              names: dict[str, dict[str, tuple[str, bool]]],
-             attributes: bool = True) -> dict | str | None:
+             plain: bool = False) -> dict | str | None:
     out: dict = {}
-    if attributes:
+    if not plain:
         for name, value in element.items():
             out["@" + _local(name)] = value
     parent = element.tag
@@ -236,17 +239,16 @@ def _convert(element: etree._Element, repeating: frozenset[str],
         if tag.__class__ is not str:  # comment or processing instruction
             continue
         leaf = False
-        if len(child) or (attributes and child.items()):
-            value = _convert(child, repeating, names, attributes)
+        value = child.text
+        if value is not None and (value := value.strip()) and (
+                plain or not (len(child) or child.items())):
+            pass  # the common case, a leaf: its text, no call
+        elif plain or len(child) or child.items():
+            value = _convert(child, repeating, names, plain)
             if value is None:
                 continue
-        else:  # the common case, a plain leaf: no call
-            value = child.text
-            if value is None:
-                continue
-            value = value.strip()
-            if not value:
-                continue
+        else:  # an empty leaf
+            continue
         info = known.get(tag)
         if info is None:
             local = _local(tag)
