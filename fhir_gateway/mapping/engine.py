@@ -27,8 +27,11 @@ An object whose source-derived values are all absent is dropped with its literal
 
 `load_mapping` checks a file and compiles it, once, into nested Python functions: paths
 pre-split, transforms pre-bound, conditions compiled, literal parts built once (and copied
-per use). Applying it to a record then only calls those functions, so the cost of a record is
-its data, not the reading of the template.
+per use). Those closures are what a template means. `generate.py` then writes the same
+decisions out as Python code (one function per template, per identifier, per condition, per
+path with `[]`, and the loop over the resources) for the usual case of each value, and
+hands anything else to the closures. Applying a mapping to a record then only runs that
+code, so the cost of a record is its data, not the reading of the template.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ class _Writer:
 
     def bind(self, obj: Any, hint: str) -> str:
         """A name in the generated code for `obj` (a function, a literal, a source path)."""
-        if isinstance(obj, (str, bool, int, float)) or obj is None:
+        if _json_literal(obj) and not isinstance(obj, (dict, list)):  # its repr is its value
             return repr(obj)
         name = self.name(hint)
         self.namespace[name] = obj
