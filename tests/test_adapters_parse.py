@@ -92,6 +92,18 @@ def test_parser_repeating_elements_are_the_schema_ones(system):
     assert repeats - {f"{fmt.root}/{fmt.record}"} == set(fmt.repeating)
 
 
+@pytest.mark.parametrize("system", SYSTEMS)
+def test_schema_has_no_mixed_content_so_text_marks_a_leaf(system):
+    """The parsers read a valid record without attributes on this assumption
+    (`common.to_data(plain=True)`): no element has both text and children."""
+    xsd = etree.parse(str(SYSTEMS[system].FORMAT.xsd))
+    ns = {"xs": "http://www.w3.org/2001/XMLSchema"}
+    assert not xsd.xpath("//*[@mixed='true'] | //xs:any | //*[@type='xs:anyType']", namespaces=ns)
+    untyped = xsd.xpath("//xs:element[not(@type) and not(@ref) and not(xs:complexType)"
+                        " and not(xs:simpleType)]", namespaces=ns)
+    assert not untyped  # an element without a type is anyType: text and children
+
+
 @pytest.mark.parametrize("system,pattern,bad", [
     ("cimor", "DCNType", ["1234567", "123456789", "1234567a"]),
     ("cimor", "ConsumerIdType", ["123456", "12345678"]),

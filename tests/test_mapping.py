@@ -8,6 +8,7 @@ tests run the adapters' real sample extracts through the same path.
 from __future__ import annotations
 
 import copy
+import datetime
 import re
 import shutil
 from collections import Counter
@@ -21,7 +22,7 @@ from fhir_gateway.config import DEFAULT_PROFILES
 from fhir_gateway.identifiers import (CANONICAL_BASE, DMH_CONSUMER_ID, HH_PROGRAM, ICD10CM,
                                       MO_HEALTHNET_DCN, NPI, SOURCE_OF_PAYMENT)
 from fhir_gateway.mapping import MappingError, load_mapping, to_transaction
-from fhir_gateway.mapping.paths import Condition, Context, items, resolve
+from fhir_gateway.mapping.paths import Condition, Context, getter, items, resolve
 from fhir_gateway.store.sqlite import SQLiteStore
 from fhir_gateway.validation.guard import ValidatingStore
 from fhir_gateway.validation.rules import assess, errors, load_rules
@@ -503,6 +504,10 @@ def test_paths_and_conditions():
         ["15", "20"]
     with pytest.raises(MappingError, match="address it with"):
         resolve(Context(data), "Claims.Claim.ClaimId")
+    for path in ("Claims.Claim[].ServiceLines[]", "Claims.Claim[].ServiceLines.Line.X"):
+        for generate in (True, False):  # the error names the item, whichever way it is read
+            with pytest.raises(MappingError, match=r"^Claims\.Claim\[0\]\.ServiceLines"):
+                resolve(Context(data), path) if generate else getter(path, False)(Context(data))
     fns = {"upper": lambda v, p: v.upper()}
     root = Context(data)
     assert Condition("Claims.Claim[].ServiceLines.Line[].ProviderType in ['85', '15']", fns)(root)
@@ -663,6 +668,22 @@ def test_generated_code_maps_exactly_as_the_closures(system, tmp_path):
         assert _outcome(generated, data) == expected, data
         outcomes["error" if expected[0] == "error" else "mapped"] += 1
     assert outcomes["error"] > 20 and outcomes["mapped"] > len(records)  # both ways were taken
+
+
+def test_generated_code_takes_odd_mapping_files_as_the_closures(tmp_path):
+    folder = tmp_path / "mappings"
+    shutil.copytree(MAPPINGS, folder)
+    doc = yaml.safe_load((folder / "cimor.yaml").read_text())
+    patient = next(r for r in doc["resources"] if r["key"] == "patient")
+    patient["identifier"]["value"] = {"concat": []}  # an empty identifier: ''
+    day = datetime.date(2024, 1, 1)
+    patient["resource"][day] = {"x": float("inf"), "y": "$DCN"}  # YAML keys need not be text
+    (folder / "cimor.yaml").write_text(yaml.dump(doc, sort_keys=False))
+    generated = load_mapping(folder / "cimor.yaml").apply(consumer())
+    assert _outcome(load_mapping(folder / "cimor.yaml"), consumer()) == _outcome(
+        load_mapping(folder / "cimor.yaml", generate=False), consumer())
+    mapped = one(generated, "patient")
+    assert mapped["identifier"][0]["value"] == "" and mapped[day]["x"] == float("inf")
 
 
 @pytest.mark.parametrize("extra, expected", [

@@ -212,6 +212,7 @@ class Mapping:
         self.constants = _constants({**shared, **(doc.get("constants") or {})})
         self._conditions: dict[str, Condition] = {}
         self._literals: dict[Callable, Any] = {}  # compiled literal nodes -> their value
+        self._compiled: dict[tuple, tuple[Any, Build]] = {}  # see `_once`
         self.specs: list[_Spec] = []
         self.by_key: dict[str, _Spec] = {}
         for i, raw in enumerate(doc.get("resources") or []):
@@ -233,7 +234,7 @@ class Mapping:
             spec.make = resource_function(self, spec) if generate else partial(self._resource,
                                                                                   spec)
         self._plan = plan_function(self) if generate else self._planned
-        self._record_id = getter(self.record_id) if self.record_id else None
+        self._record_id = getter(self.record_id, generate) if self.record_id else None
 
     # -- loading: checks, then compiles ------------------------------------------------
     def _spec(self, raw: dict, where: str) -> _Spec:
@@ -308,11 +309,22 @@ class Mapping:
         return False
 
     # -- compiling templates -------------------------------------------------------------
+    def _once(self, kind: str, node: Any, where: str, compile_: Callable[[], Build]) -> Build:
+        """A node compiled once (generated code asks for its parts' closures again)."""
+        key = (kind, id(node), where)
+        found = self._compiled.get(key)
+        if found is None or found[0] is not node:
+            found = self._compiled[key] = (node, compile_())
+        return found[1]
+
     def _template(self, node: Any, where: str) -> Build:
-        """A template node, compiled; a literal subtree is built here, once."""
+        """A template node, compiled (once); a literal subtree is built here, once."""
+        return self._once("closure", node, where, lambda: self._closure(node, where))
+
+    def _closure(self, node: Any, where: str) -> Build:
         if isinstance(node, str):
             if _is_path(node):
-                read = _reader(node[1:], _source(node))
+                read = _reader(node[1:], _source(node), self.generate)
                 return lambda ctx: (read(ctx), True)
             return self._literal(node.removeprefix("$"))
         if isinstance(node, list):
@@ -331,7 +343,7 @@ class Mapping:
         build = self._template(node, where)
         if build in self._literals or not self.generate:
             return build
-        return template_function(self, node, where)
+        return self._once("code", node, where, lambda: template_function(self, node, where))
 
     def _literal(self, value: Any) -> Build:
         """A node without source paths: its value, a fresh copy per use if it is mutable."""
@@ -403,7 +415,7 @@ class Mapping:
         anything else is a template (_BUILD, called for value and dyn).
         """
         if _is_path(node):
-            return _SOURCE, text_getter(node[1:], MISSING), True
+            return _SOURCE, text_getter(node[1:], MISSING, self.generate), True
         if isinstance(node, dict) and "when" not in node and "foreach" not in node \
                 and any(k in node for k in EXPRESSIONS):
             return _VALUE, self._unguarded(node, where), "const" not in node
@@ -507,7 +519,7 @@ class Mapping:
         """A value that is not an expression object: `$path`, a literal, a template."""
         source = _source(node) or str(node)
         if _is_path(node):
-            return _reader(node[1:], source)
+            return _reader(node[1:], source, self.generate)
         build = self._template(node, where)
         literal = self._literals.get(build, MISSING)
         if literal is not MISSING and not isinstance(literal, (dict, list)):
@@ -531,7 +543,7 @@ class Mapping:
         settle = self._settler(node)
         source = _source(node)
         if "path" in node:
-            read = text_getter(node["path"])
+            read = text_getter(node["path"], None, self.generate)
 
             plain = not self._steps(node)
 
@@ -727,9 +739,9 @@ def _is_scalar(value: Any) -> bool:
     return not isinstance(value, (dict, list)) and value is not _NOT_LITERAL
 
 
-def _reader(path: str, source: str) -> Value:
+def _reader(path: str, source: str, generate: bool = True) -> Value:
     """A `$path` as a value: the text of the value(s) there, or MISSING."""
-    read = text_getter(path, MISSING)
+    read = text_getter(path, MISSING, generate)
 
     def value(ctx: Context, required: bool = False) -> Any:
         got = read(ctx)

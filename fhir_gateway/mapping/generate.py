@@ -40,7 +40,7 @@ def value_function(mapping: Any, node: Any, where: str, value: Callable) -> Call
     expression is of another kind."""
     writer = _Writer(mapping)
     parts = writer.parts(node)
-    if parts is None:
+    if not parts:  # another kind of expression, or an empty concat
         return value
     ind, joined = 1, []
     for part in parts:
@@ -131,7 +131,7 @@ class _Writer:
                 continue
             at = f"{where}.{key}"
             kind, fn, static = self.mapping._member(child, at)
-            slot = f"{out}[{key!r}]"
+            slot = f"{out}[{self.bind(key, 'key')}]"
             if kind is engine._LITERAL:
                 if fn is not engine.MISSING:
                     self.emit(inner, f"{slot} = {self.bind(fn, 'literal')}")
@@ -145,12 +145,10 @@ class _Writer:
                 got, got_dyn = self._value(child, fn, inner), repr(static)
             else:
                 got, got_dyn = self.template(child, at, inner)
-            if got_dyn != "False":
-                self.emit(inner, f"{dyn} = {dyn} or {got_dyn}")
+            self._either(dyn, got_dyn, inner)
             self.emit(inner, f"if {got} is not MISSING:")
             self.emit(inner + 1, f"{slot} = {got}")
-            if got_dyn != "False":
-                self.emit(inner + 1, f"{sourced} = {sourced} or {got_dyn}")
+            self._either(sourced, got_dyn, inner + 1)
         self.emit(inner, f"{value} = {out} if {out} and not ({dyn} and not {sourced}) "
                          f"else MISSING")
         return value, dyn
@@ -188,8 +186,7 @@ class _Writer:
                 got, got_dyn = self._value(item, fn, ind), repr(static)
             else:
                 got, got_dyn = self.template(item, at, ind)
-            if got_dyn != "False":
-                self.emit(ind, f"{dyn} = {dyn} or {got_dyn}")
+            self._either(dyn, got_dyn, ind)
             self.emit(ind, f"if {got} is not MISSING:")
             self.emit(ind + 1, f"{out}.append({got})")
         self.emit(ind, f"{value} = {out} if {out} else MISSING")
@@ -198,21 +195,34 @@ class _Writer:
     def _repeat(self, node: dict, where: str, out: str, ind: int) -> None:
         """engine.Mapping._repeat, as a loop: each item added unless it is there already."""
         contexts, when, item, distinct = self.mapping._repetition(node, where)
-        each, seen, value = self.name("c"), self.name("seen"), self.name("v")
-        if distinct:
-            self.emit(ind, f"{seen} = set()")
-        self.emit(ind, f"for {each} in {self.bind(contexts, 'contexts')}(ctx):")
-        if distinct:  # engine._distinct
-            self.emit(ind + 1, f"if {each}.item.__class__ is str:")
-            self.emit(ind + 2, f"if {each}.item in {seen}:")
-            self.emit(ind + 3, "continue")
-            self.emit(ind + 2, f"{seen}.add({each}.item)")
+        each, value = self.name("c"), self.name("v")
+        self.loop(each, f"{self.bind(contexts, 'contexts')}(ctx)", distinct, ind)
         if when is not None:
             self.emit(ind + 1, f"if not {self.bind(when, 'when')}({each}):")
             self.emit(ind + 2, "continue")
         self.emit(ind + 1, f"{value} = {self.bind(item, 'item')}({each})[0]")
         self.emit(ind + 1, f"if {value} is not MISSING and {value} not in {out}:")
         self.emit(ind + 2, f"{out}.append({value})")
+
+    def loop(self, each: str, contexts: str, distinct: bool, ind: int) -> None:
+        """`for each in contexts:`, skipping a string item seen already if `distinct`
+        (engine._distinct)."""
+        seen = self.name("seen")
+        if distinct:
+            self.emit(ind, f"{seen} = set()")
+        self.emit(ind, f"for {each} in {contexts}:")
+        if distinct:
+            self.emit(ind + 1, f"if {each}.item.__class__ is str:")
+            self.emit(ind + 2, f"if {each}.item in {seen}:")
+            self.emit(ind + 3, "continue")
+            self.emit(ind + 2, f"{seen}.add({each}.item)")
+
+    def _either(self, flag: str, dyn: str, ind: int) -> None:
+        """`flag |= dyn`, where dyn is a name or a literal True/False."""
+        if dyn == "True":
+            self.emit(ind, f"{flag} = True")
+        elif dyn != "False":
+            self.emit(ind, f"{flag} = {flag} or {dyn}")
 
     def _copy(self, node: Any, where: str, copy: Callable) -> str:
         """A literal object or list as a Python display (a fresh copy each time it runs),
@@ -247,13 +257,14 @@ class _Writer:
         if "path" not in node or len(steps) > 1 or not self._walk(node["path"], got, ind):
             self.emit(ind, f"{got} = {call}")
             return got
-        self.emit(ind, f"if {got}.__class__ is str and {got}:")
-        self.emit(ind + 1, "pass")
         if steps:
+            self.emit(ind, f"if {got}.__class__ is str and {got}:")
             self._transform(steps[0], got, ind + 1)
             self.emit(ind + 1, f"if {got} is None or ({got}.__class__ is list and not {got}):")
             self.emit(ind + 2, f"{got} = MISSING")
-        self.emit(ind, "else:")
+            self.emit(ind, "else:")
+        else:
+            self.emit(ind, f"if {got}.__class__ is not str or not {got}:")
         self.emit(ind + 1, f"{got} = _ODD")
         self.emit(ind, f"if {got} is _ODD:")
         self.emit(ind + 1, f"{got} = {call}")
@@ -354,7 +365,8 @@ def reach_function(path: str, steps: list[tuple[str, bool]], contexts: bool,
         ind += 2
         pad = "    " * ind
         if many:
-            lines.append(f"{pad}for i{k}, {y} in enumerate({value}):")
+            lines.append(f"{pad}for i{k}, {y} in enumerate({value}):" if contexts
+                         else f"{pad}for {y} in {value}:")
             lines.append(f"{pad}    if {y} is not None:")
             ind += 2
             pad = "    " * ind
@@ -444,22 +456,15 @@ def plan_function(mapping: Any) -> Callable:
                 writer.emit(ind, f"if {writer.bind(spec.test, 'when')}(ctx):")
                 ind += 1
         else:
-            seen = writer.name("seen")
-            if spec.distinct:
-                writer.emit(ind, f"{seen} = set()")
-            writer.emit(ind, f"for ctx in {writer.bind(spec.contexts, 'contexts')}(root):")
+            writer.loop("ctx", f"{writer.bind(spec.contexts, 'contexts')}(root)", spec.distinct,
+                        ind)
             ind += 1
-            if spec.distinct:  # engine._distinct
-                writer.emit(ind, "if ctx.item.__class__ is str:")
-                writer.emit(ind + 1, f"if ctx.item in {seen}:")
-                writer.emit(ind + 2, "continue")
-                writer.emit(ind + 1, f"{seen}.add(ctx.item)")
             if spec.test is not None:
                 writer.emit(ind, f"if not {writer.bind(spec.test, 'when')}(ctx):")
                 writer.emit(ind + 1, "continue")
         writer.emit(ind, f"value = {writer.bind(spec.value, 'value')}(ctx, True)")
         writer.emit(ind, "if value.__class__ is str:")
-        writer.emit(ind + 1, f"memo[{spec.key!r}, ctx] = value")
+        writer.emit(ind + 1, f"memo[{writer.bind(spec.key, 'key')}, ctx] = value")
         writer.emit(ind, "else:")
         writer.emit(ind + 1, f"value = identifier({name}, ctx, value)")
         writer.emit(ind, f"planned.append(({name}, ctx, value))")
@@ -474,17 +479,19 @@ def resource_function(mapping: Any, spec: Any) -> Callable:
 
     writer = _Writer(mapping)
     writer.namespace["MappedResource"] = engine.MappedResource
-    meta = f"'meta': {{'profile': [{spec.profile!r}]}}, " if spec.profile else ""
+    key, rtype, system, profile, write = (writer.bind(v, "const") for v in (
+        spec.key, spec.type, spec.system, spec.profile, spec.write))
+    meta = f"'meta': {{'profile': [{profile}]}}, " if spec.profile else ""
     lines = [f"body = {writer.bind(spec.build, 'build')}(ctx)[0]",
              "if body is MISSING:",
              "    body = {}",
-             f"ident = {{'system': {spec.system!r}, 'value': value}}",
-             f"resource = {{'resourceType': {spec.type!r}, {meta}'identifier': [ident]}}"]
+             f"ident = {{'system': {system}, 'value': value}}",
+             f"resource = {{'resourceType': {rtype}, {meta}'identifier': [ident]}}"]
     if spec.more_identifiers:
         lines.append("resource['identifier'] += [i for i in body.pop('identifier', []) "
                      "if i != ident]")
     lines += ["resource.update(body)",
-              f"return MappedResource({spec.key!r}, resource, ({spec.system!r}, value), "
-              f"{spec.write!r}, {writer.bind(spec.merge, 'merge')})"]
+              f"return MappedResource({key}, resource, ({system}, value), {write}, "
+              f"{writer.bind(spec.merge, 'merge')})"]
     source = "def make(ctx, value):\n" + "".join(f"    {line}\n" for line in lines)
     return _function(source, "make", writer.namespace, f"{spec.where} resource")

@@ -177,7 +177,7 @@ def _reach(ctx: Context, steps: list[tuple[str, bool]], contexts: bool) -> Reach
             if not is_list:
                 raise MappingError(_written(where), "expected a list (a repeating element)")
             if not contexts:
-                nxt += [(None, v, None) for v in value if v is not None]
+                nxt += [(None, v, (where, i)) for i, v in enumerate(value) if v is not None]
                 continue
             for i, v in enumerate(value):
                 if v is not None:
@@ -251,15 +251,15 @@ def text(value: Any) -> Any:
 
 
 @cache
-def text_getter(path: str, absent: Any = None) -> Getter:
+def text_getter(path: str, absent: Any = None, generate: bool = True) -> Getter:
     """`resolve` then `text` (of each value of a list): how mappings read the source.
 
     `absent` is what no value reads as; with None, as `resolve` gives it (None, or [] for
-    a path with `[]`).
+    a path with `[]`). `generate`: see `finder`.
     """
     if "[]" not in path:
         return _walker(path, True, absent)
-    get = getter(path)
+    get = getter(path, generate)
 
     def texts(ctx: Context) -> Any:
         values = [text(v) for v in get(ctx)]
@@ -310,7 +310,7 @@ class Condition:
         tree = self._or()
         if self._i != len(self._toks):
             raise MappingError(expr, f"unexpected '{self._toks[self._i][1]}' in the condition")
-        self.test = _compile(tree, functions, True)  # ctx -> truthy (what callers in a loop use)
+        self.test = _compile(tree, functions, True, generate)  # ctx -> truthy (callers loop)
         if generate:  # the same, as one generated expression
             from fhir_gateway.mapping.generate import condition_function  # it builds on this
 
@@ -395,31 +395,35 @@ class Condition:
 
 
 # compilation: a parsed condition -> nested closures ------------------------------------
-def _compile(node: tuple, functions: dict, truth_only: bool = False) -> Test:
+def _compile(node: tuple, functions: dict, truth_only: bool = False,
+             generate: bool = True) -> Test:
     """A boolean node as a function of the context (operands evaluated left to right).
 
     With `truth_only` (the whole condition, what `not` negates) only the truth of the
     result matters, so a bare operand is its own test, without a bool() around it.
+    `generate`: paths with `[]` as generated loops (see `finder`).
     """
     kind = node[0]
     if kind in ("or", "and"):
-        left = _compile(node[1], functions, truth_only)
-        right = _compile(node[2], functions, truth_only)
+        left = _compile(node[1], functions, truth_only, generate)
+        right = _compile(node[2], functions, truth_only, generate)
         if kind == "or":
             return lambda ctx: left(ctx) or right(ctx)
         return lambda ctx: left(ctx) and right(ctx)
     if kind == "not":
-        inner = _compile(node[1], functions, True)
+        inner = _compile(node[1], functions, True, generate)
         return lambda ctx: not inner(ctx)
     if kind == "truthy":
-        operand = _operand(node[1], functions)
+        operand = _operand(node[1], functions, generate)
         return operand if truth_only else lambda ctx: bool(operand(ctx))
-    return _comparison(kind, node[1], node[2], functions)
+    return _comparison(kind, node[1], node[2], functions, generate)
 
 
-def _comparison(kind: str, left_node: tuple, right_node: tuple, functions: dict) -> Test:
+def _comparison(kind: str, left_node: tuple, right_node: tuple, functions: dict,
+                generate: bool = True) -> Test:
     """`==`, `!=`, `in`: a left operand reaching several values compares each of them."""
-    left, right = _operand(left_node, functions), _operand(right_node, functions)
+    left = _operand(left_node, functions, generate)
+    right = _operand(right_node, functions, generate)
     spread = left_node[0] != "lit"  # a literal list is one value, a `[]` path several
 
     if kind == "==":
@@ -446,21 +450,22 @@ def _comparison(kind: str, left_node: tuple, right_node: tuple, functions: dict)
     return within
 
 
-def _operand(node: tuple, functions: dict) -> Callable[[Context], Any]:
+def _operand(node: tuple, functions: dict, generate: bool = True) -> Callable[[Context], Any]:
     kind = node[0]
     if kind == "lit":
         literal = node[1]
         return lambda ctx: literal
     if kind == "path":
-        return text_getter(node[1])
+        return text_getter(node[1], None, generate)
     if kind == "call":
-        return _call(functions[node[1]], node[2])
-    return _compile(node, functions)
+        return _call(functions[node[1]], node[2], generate)
+    return _compile(node, functions, False, generate)
 
 
-def _call(fn: Callable[[Any, str], Any], path: str) -> Callable[[Context], Any]:
+def _call(fn: Callable[[Any, str], Any], path: str,
+          generate: bool = True) -> Callable[[Context], Any]:
     """`fn(path)`: the function of each value (results flattened), None if there is none."""
-    get = getter(path)
+    get = getter(path, generate)
 
     def call(ctx: Context) -> Any:
         value = get(ctx)
