@@ -1,10 +1,13 @@
-"""A resource template as one generated Python function, for the records that go the usual way.
+"""A mapping as generated Python functions, for the records that go the usual way.
 
 Why: the engine's closures (engine.py) are what a template means, and they cost a call per
 member, per path step and per value: about 800 calls for one CyberAccess record, more than
 half of its mapping time. This module writes the same decisions out as straight-line code:
-objects and lists unrolled, plain source paths read by inline dict look-ups, a value with
-one transform transformed in place.
+each resource template (objects and lists unrolled, plain source paths read by inline dict
+look-ups, a value with one transform transformed in place), each identifier value, each
+`when:` condition, each path with `[]` (nested loops), the loop over a mapping's resources
+and the wrapping of each resource. Measured on CyberAccess records, mapping takes a third
+less CPU than with the closures alone.
 
 It never decides anything the closures do not: each inline read only takes the usual case
 (every step a dict, the leaf a non-empty string, or an absent element); anything else (a
@@ -154,8 +157,8 @@ class _Writer:
         return value, dyn
 
     def _list(self, node: list, where: str, ind: int) -> tuple[str, str]:
-        """engine.Mapping._list: items in order, `foreach` items by the engine's closure, a
-        path reaching several values spread into the list."""
+        """engine.Mapping._list: items in order, `foreach` items as loops, a path reaching
+        several values spread into the list."""
         engine = self.engine
         out, dyn, value = self.name("l"), self.name("d"), self.name("v")
         self.emit(ind, f"{out} = []")
