@@ -118,7 +118,6 @@ class _Writer:
     def _object(self, node: dict, where: str, ind: int) -> tuple[str, str]:
         """engine.Mapping._object: members in order; dropped when `when` fails, when empty,
         or when it has source-derived members and none of them is there."""
-        engine = self.engine
         out, dyn, sourced, value = (self.name(h) for h in ("o", "d", "s", "v"))
         inner = ind
         if "when" in node:
@@ -132,22 +131,13 @@ class _Writer:
         for key, child in node.items():
             if key == "when":
                 continue
-            at = f"{where}.{key}"
-            kind, fn, static = self.mapping._member(child, at)
+            kind, got, got_dyn = self._member(child, f"{where}.{key}", inner)
             slot = f"{out}[{self.bind(key, 'key')}]"
-            if kind is engine._LITERAL:
-                if fn is not engine.MISSING:
-                    self.emit(inner, f"{slot} = {self.bind(fn, 'literal')}")
+            if kind == "fixed":
+                self.emit(inner, f"{slot} = {got}")
                 continue
-            if kind is engine._COPY:
-                self.emit(inner, f"{slot} = {self._copy(child, at, fn)}")
+            if kind == "absent":
                 continue
-            if kind is engine._SOURCE:
-                got, got_dyn = self._source(child[1:], fn, inner), "True"
-            elif kind is engine._VALUE:
-                got, got_dyn = self._value(child, fn, inner), repr(static)
-            else:
-                got, got_dyn = self.template(child, at, inner)
             self._either(dyn, got_dyn, inner)
             self.emit(inner, f"if {got} is not MISSING:")
             self.emit(inner + 1, f"{slot} = {got}")
@@ -159,7 +149,6 @@ class _Writer:
     def _list(self, node: list, where: str, ind: int) -> tuple[str, str]:
         """engine.Mapping._list: items in order, `foreach` items as loops, a path reaching
         several values spread into the list."""
-        engine = self.engine
         out, dyn, value = self.name("l"), self.name("d"), self.name("v")
         self.emit(ind, f"{out} = []")
         self.emit(ind, f"{dyn} = False")
@@ -169,31 +158,43 @@ class _Writer:
                 self._repeat(item, at, out, ind)
                 self.emit(ind, f"{dyn} = True")
                 continue
-            kind, fn, static = self.mapping._member(item, at)
-            if kind is engine._LITERAL:
-                if fn is not engine.MISSING:
-                    self.emit(ind, f"{out}.append({self.bind(fn, 'literal')})")
+            kind, got, got_dyn = self._member(item, at, ind)
+            if kind == "fixed":
+                self.emit(ind, f"{out}.append({got})")
                 continue
-            if kind is engine._COPY:
-                self.emit(ind, f"{out}.append({self._copy(item, at, fn)})")
+            if kind == "absent":
                 continue
-            if kind is engine._SOURCE:
-                got = self._source(item[1:], fn, ind)
+            if kind == "source":  # a path reaching several values spreads into the list
                 self.emit(ind, f"{dyn} = True")
                 self.emit(ind, f"if {got}.__class__ is list:")
                 self.emit(ind + 1, f"{out}.extend({got})")
                 self.emit(ind, f"elif {got} is not MISSING:")
                 self.emit(ind + 1, f"{out}.append({got})")
                 continue
-            if kind is engine._VALUE:
-                got, got_dyn = self._value(item, fn, ind), repr(static)
-            else:
-                got, got_dyn = self.template(item, at, ind)
             self._either(dyn, got_dyn, ind)
             self.emit(ind, f"if {got} is not MISSING:")
             self.emit(ind + 1, f"{out}.append({got})")
         self.emit(ind, f"{value} = {out} if {out} else MISSING")
         return value, dyn
+
+    def _member(self, node: Any, where: str, ind: int) -> tuple[str, str | None, str]:
+        """Emit one member of an object or item of a list (engine.Mapping._member's kinds):
+        ("fixed", an expression that is its value, "False") for a literal; ("absent", None,
+        "False") for an empty one; else ("source" for a `$path`, or "computed"; the name of
+        its value, which may be MISSING; its dyn)."""
+        engine = self.engine
+        kind, fn, static = self.mapping._member(node, where)
+        if kind is engine._LITERAL:
+            if fn is engine.MISSING:
+                return "absent", None, "False"
+            return "fixed", self.bind(fn, "literal"), "False"
+        if kind is engine._COPY:
+            return "fixed", self._copy(node, where, fn), "False"
+        if kind is engine._SOURCE:
+            return "source", self._source(node[1:], fn, ind), "True"
+        if kind is engine._VALUE:
+            return "computed", self._value(node, fn, ind), repr(static)
+        return ("computed", *self.template(node, where, ind))
 
     def _repeat(self, node: dict, where: str, out: str, ind: int) -> None:
         """engine.Mapping._repeat, as a loop: each item added unless it is there already."""
