@@ -143,3 +143,9 @@ def at_entry(err: FhirError, index: int) -> FhirError:
 
 def status_line(code: int) -> str:
     return f"{code} {HTTPStatus(code).phrase}"
+
+
+def response_bundle(kind: str, entries: list[dict]) -> dict:
+    """A transaction-response or batch-response: one entry per request entry, in order."""
+    return {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": kind,
+            "meta": {"lastUpdated": now_instant()[0]}, "entry": entries}

@@ -124,25 +124,37 @@ def load(
     store: StoreOption = "",
     quarantine: Annotated[Path | None, typer.Option(help="write failed records here (NDJSON)")] = None,
 ) -> None:
-    """Load FHIR files into the store; bad records are reported, the rest stored."""
-    from fhir_gateway.loader import load_paths, write_quarantine
+    """Load FHIR files (a Bulk Data export's NDJSON, Bundles, resources) into the store.
+
+    References among the files resolve whatever their order; bad records are reported with
+    their file and line (and quarantined), the rest stored."""
+    from fhir_gateway.loader import load_paths, scan_size
 
     fhir_store = _open(store)
-    total = sum(p.stat().st_size for p in paths)
     with Progress(*Progress.get_default_columns()[:-1], BarColumn(), DownloadColumn(),
                   TimeRemainingColumn(), console=console) as progress:
-        task = progress.add_task("Loading", total=total)
-        summary = load_paths(fhir_store, paths, lambda n: progress.advance(task, n))
+        task = progress.add_task("Scanning", total=scan_size(paths))
+
+        def advance(phase: str, n: int) -> None:
+            progress.update(task, advance=n, description="Scanning" if phase == "scan"
+                            else "Loading")
+        try:
+            summary = load_paths(fhir_store, paths, advance, quarantine)
+        except FhirError as exc:  # the store itself failed (unreachable, ...), not a record
+            progress.stop()
+            console.print(f"[red]error:[/red] {escape(str(exc))}; records stored before it "
+                          "stay stored; loading again resumes (records with ids are updated "
+                          "in place)")
+            raise typer.Exit(2) from None
     for problem in summary.problems[:50]:
         console.print(f"[red]{escape(problem.file)}[/red] {problem.record}: {escape(problem.reason)}",
                       soft_wrap=True)
-    if len(summary.problems) > 50:
-        console.print(f"... and {len(summary.problems) - 50} more")
-    if quarantine and summary.problems:
-        write_quarantine(quarantine, summary.problems)
-        console.print(f"Quarantined {len(summary.problems)} record(s) in {quarantine}")
-    console.print(f"{summary.files} file(s): {summary.created} created, {summary.updated} "
-                  f"updated/unchanged, {summary.failed} failed")
+    if summary.failed > 50:
+        console.print(f"... and {summary.failed - 50} more")
+    if quarantine and summary.failed:
+        console.print(f"Quarantined {summary.failed} record(s) in {quarantine}")
+    console.print(f"{summary.files} file(s), {summary.records} records: {summary.created} "
+                  f"created, {summary.updated} updated/unchanged, {summary.failed} failed")
     fhir_store.close()
     if summary.failed:
         raise typer.Exit(1)

@@ -1,14 +1,28 @@
-"""Load FHIR files (Bundles, single resources, NDJSON) into a store, streaming.
+"""Load FHIR files (NDJSON, Bundles, single resources) into a store, streaming.
 
-NDJSON is read line by line and sent as batch Bundles of 100, so memory stays flat and a
-bad line fails alone: the store's validation answers each batch entry on its own, and a
-failure is reported with its file and line (and optionally written to a quarantine file)
-while every other line is stored.
+What a user hands us is usually a Bulk Data export: one NDJSON file per type, whose records
+point at each other (`Observation.subject` -> `Patient/...`) in an order no file name
+promises. So a load runs in two passes over the files:
+
+1. **Scan**: every record's `Type/id` and which types refer to which. Only those ids stay
+   in memory, never the records.
+2. **Load**: files in dependency order (a type before the types that refer to it), records
+   in chunks of `CHUNK`. A record that refers to a record of the load not yet stored
+   waits in a spool file on disk and is tried again after the pass; records that wait for
+   each other (a cycle) are finally stored together in one transaction. A reference that
+   resolves neither in the load nor in the store is the store's to refuse, and the
+   record is reported with its own file, line and reason.
+
+A chunk goes as one transaction (one commit); if the store refuses it, the same chunk
+goes again as a batch, which answers each record on its own: the bad one is reported (and
+quarantined), the others are stored. So `created + updated + failed` is the number of
+records read, and the store holds exactly what is reported as stored.
 """
 
 from __future__ import annotations
 
 import re
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,16 +30,26 @@ from pathlib import Path
 import orjson
 
 from fhir_gateway.outcome import FhirError
+from fhir_gateway.search import values
 from fhir_gateway.store.base import FhirStore
 from fhir_gateway.validation.structure import check_shape
 
-BATCH = 100
+CHUNK = 100
+#: records that wait for each other are stored together, up to this many at once
+CYCLE_GROUP = 1000
+#: how both stores name a reference that resolves nowhere (HAPI-1094 and ours)
+_MISSING = re.compile(r"Resource ([A-Za-z]+/[A-Za-z0-9\-.]{1,64}) not found")
+#: problems kept in memory for the report; all of them go to the quarantine file
+SHOWN = 1000
+NDJSON = (".ndjson", ".jsonl")
+
+Progress = Callable[[str, int], None]  # (phase, bytes read)
 
 
 @dataclass
 class Problem:
     file: str
-    record: str  # "line 12" or "entry 3"
+    record: str  # "line 12", "entry 3", "file"
     reason: str
     raw: bytes = b""
 
@@ -33,99 +57,330 @@ class Problem:
 @dataclass
 class LoadSummary:
     files: int = 0
+    records: int = 0
     created: int = 0
     updated: int = 0
     failed: int = 0
-    problems: list[Problem] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)  # the first SHOWN
 
     def count(self, status: str) -> None:
         if status.startswith("201"):
             self.created += 1
-        elif status.startswith("2"):
+        else:
             self.updated += 1
 
 
-def load_paths(store: FhirStore, paths: list[Path], progress: Callable[[int], None] = lambda n: None
-               ) -> LoadSummary:
-    """Load every file; `progress` is called with the number of bytes consumed."""
-    summary = LoadSummary()
-    for path in paths:
-        summary.files += 1
-        if path.suffix in (".ndjson", ".jsonl"):
-            _load_ndjson(store, path, summary, progress)
-        else:
-            _load_json(store, path, summary)
-            progress(path.stat().st_size)
-    return summary
+@dataclass
+class _Record:
+    file: str
+    where: str
+    resource: dict
+    raw: bytes
 
 
-def _load_json(store: FhirStore, path: Path, summary: LoadSummary) -> None:
-    raw = path.read_bytes()
-    try:
-        resource = check_shape(orjson.loads(raw))
-        if resource["resourceType"] == "Bundle" and resource.get("type") in ("transaction", "batch"):
-            run = store.transaction if resource["type"] == "transaction" else store.batch
-            result = run(resource)
-            for i, entry in enumerate(result.get("entry", [])):
-                status = entry["response"]["status"]
-                if status.startswith("2"):
-                    summary.count(status)
+def scan_size(paths: list[Path]) -> int:
+    """Bytes `load_paths` reads, for a progress bar: each file once per pass."""
+    return 2 * sum(p.stat().st_size for p in paths)
+
+
+def load_paths(store: FhirStore, paths: list[Path], progress: Progress = lambda phase, n: None,
+               quarantine: Path | None = None) -> LoadSummary:
+    """Load every file; failed records are reported (and appended to `quarantine`)."""
+    with _Load(store, quarantine) as load:
+        order = load.scan(paths, progress)
+        for path in order:
+            load.summary.files += 1
+            load.file(path, progress)
+        load.drain()
+        return load.summary
+
+
+class _Load:
+    def __init__(self, store: FhirStore, quarantine: Path | None):
+        self.store = store
+        self.summary = LoadSummary()
+        self.known: set[str] = set()  # Type/id of every record of the load
+        self.sent: set[str] = set()  # ... and of those already sent to the store
+        self.failed_ids: set[str] = set()  # ... and of those the store refused
+        self.refers: dict[str, set[str]] = {}  # type -> the types its records refer to
+        self.pending: list[_Record] = []
+        self.pending_ids: set[str] = set()
+        self.spool = tempfile.TemporaryFile()
+        self.waiting = 0
+        self.quarantine = quarantine.open("ab") if quarantine else None
+
+    def __enter__(self) -> _Load:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.spool.close()
+        if self.quarantine:
+            self.quarantine.close()
+
+    # -- pass 1 -------------------------------------------------------------------------
+    def scan(self, paths: list[Path], progress: Progress) -> list[Path]:
+        """Note every record's id and references; the files in dependency order."""
+        first_type: dict[Path, str] = {}
+        for path in paths:
+            for record in _records(path, lambda n: progress("scan", n), quiet=True):
+                if isinstance(record, _Record):
+                    rtype = record.resource["resourceType"]
+                    first_type.setdefault(path, rtype)
+                    if isinstance(rid := record.resource.get("id"), str):
+                        self.known.add(f"{rtype}/{rid}")
+                    self.refers.setdefault(rtype, set()).update(
+                        t.partition("/")[0] for t in _targets(record.resource))
+        rank = {rtype: i for i, rtype in enumerate(_dependency_order(self.refers))}
+        return sorted(paths, key=lambda p: rank.get(first_type.get(p, ""), -1))
+
+    # -- pass 2 -------------------------------------------------------------------------
+    def file(self, path: Path, progress: Progress) -> None:
+        for record in _records(path, lambda n: progress("load", n)):
+            if isinstance(record, _Bundle):
+                self.bundle(record)
+                continue
+            self.summary.records += 1
+            if isinstance(record, Problem):
+                self.fail(record)
+            else:
+                self.offer(record)
+
+    def offer(self, record: _Record) -> bool:
+        """Queue the record, or spool it while a record it refers to is still to come."""
+        targets = _targets(record.resource)
+        if any(t in self.known and t not in self.sent and t not in self.pending_ids
+               for t in targets):
+            self.spool.write(orjson.dumps([record.file, record.where,
+                                           record.raw.decode("utf-8", "replace")]) + b"\n")
+            self.waiting += 1
+            return False
+        if self.pending_ids & targets:  # stored in an earlier chunk, not in the same one
+            self.flush()
+        self.pending.append(record)
+        if ident := _ident(record):
+            self.pending_ids.add(ident)
+        if len(self.pending) >= CHUNK:
+            self.flush()
+        return True
+
+    def drain(self) -> None:
+        """Offer the spooled records again while that stores any; what is left then waits
+        for each other (a cycle) and is stored together (`settle`)."""
+        self.flush()
+        while self.waiting:
+            spool, self.spool, self.waiting = self.spool, tempfile.TemporaryFile(), 0
+            with spool:
+                waited = list(self._spooled(spool))
+            if any(self._ready(r) for r in waited):
+                for record in waited:
+                    self.offer(record)
+                self.flush()
+                continue
+            for start in range(0, len(waited), CYCLE_GROUP):
+                self.settle(waited[start:start + CYCLE_GROUP])
+
+    def _ready(self, record: _Record) -> bool:
+        return not any(t in self.known and t not in self.sent for t in _targets(record.resource))
+
+    def _spooled(self, spool) -> Iterator[_Record]:
+        spool.seek(0)
+        for line in spool:
+            file, where, raw = orjson.loads(line)
+            yield _Record(file, where, orjson.loads(raw), raw.encode())
+
+    def flush(self) -> None:
+        """Store the queued records: one transaction; a batch if the store refuses it."""
+        records, self.pending, self.pending_ids = self.pending, [], set()
+        if records:
+            self.sent.update(filter(None, map(_ident, records)))
+            answers = self._store(records)
+            for record, answer in zip(records, answers, strict=True):
+                self.answer(record, answer)
+
+    def settle(self, group: list[_Record]) -> None:
+        """Records that refer to each other: one transaction, so that the store sees them
+        all at its commit. If it refuses, a batch says which record is bad; those whose
+        only fault was a partner of the group not yet stored go again, together."""
+        self.sent.update(filter(None, map(_ident, group)))
+        while group := self._without_failed_partners(group):
+            answers = self._store(group)
+            again = []
+            for record, answer in zip(group, answers, strict=True):
+                missing = _MISSING.search(_reason(answer)) if not _ok(answer) else None
+                if missing and missing[1] in self.known and missing[1] not in self.failed_ids \
+                        and len(group) > 1:
+                    again.append(record)
                 else:
-                    _fail(summary, Problem(str(path), f"entry {i}", _reason(entry)))
-            return
-        if resource["resourceType"] == "Bundle":
-            entries = [e["resource"] for e in resource.get("entry", []) if "resource" in e]
-            _send(store, path, [(f"entry {i}", r, b"") for i, r in enumerate(entries)], summary)
-            return
-        _send(store, path, [("resource", resource, b"")], summary)
-    except orjson.JSONDecodeError as exc:
-        _fail(summary, Problem(str(path), "file", f"malformed JSON: {exc}", raw[:2000]))
-    except FhirError as err:
-        _fail(summary, Problem(str(path), "file", err.issues[0].diagnostics))
+                    self.answer(record, answer)
+            if len(again) == len(group):  # no partner got stored: nothing will change
+                for record, answer in zip(group, answers):
+                    self.answer(record, answer)
+                return
+            group = again
 
+    def _without_failed_partners(self, group: list[_Record]) -> list[_Record]:
+        """The group less the records that refer to a record the store refused (named as
+        the store would name it), and so on, for as long as that fails more."""
+        while doomed := [r for r in group if _targets(r.resource) & self.failed_ids]:
+            for record in doomed:
+                missing = sorted(_targets(record.resource) & self.failed_ids)[0]
+                path = values.reference_path(record.resource, *missing.split("/"))
+                self.refuse(record, f"Resource {missing} not found, specified in path: {path}")
+            group = [r for r in group if all(r is not d for d in doomed)]
+        return group
 
-def _load_ndjson(store: FhirStore, path: Path, summary: LoadSummary,
-                 progress: Callable[[int], None]) -> None:
-    pending: list[tuple[str, dict, bytes]] = []
-    for number, line in _lines(path, progress):
-        if not line.strip():
-            continue
+    def _store(self, records: list[_Record]) -> list[dict]:
+        entries = [_entry(r.resource) for r in records]
         try:
-            pending.append((f"line {number}", check_shape(orjson.loads(line)), line))
-        except orjson.JSONDecodeError as exc:
-            _fail(summary, Problem(str(path), f"line {number}", f"malformed JSON: {exc}", line))
-        except FhirError as err:
-            _fail(summary, Problem(str(path), f"line {number}", err.issues[0].diagnostics, line))
-        if len(pending) >= BATCH:
-            _send(store, path, pending, summary)
-            pending = []
-    if pending:
-        _send(store, path, pending, summary)
+            return self.store.transaction(_bundle("transaction", entries))["entry"]
+        except FhirError:
+            return self.store.batch(_bundle("batch", entries))["entry"]
 
-
-def _lines(path: Path, progress: Callable[[int], None]) -> Iterator[tuple[int, bytes]]:
-    with path.open("rb") as fh:
-        for number, line in enumerate(fh, start=1):
-            progress(len(line))
-            yield number, line
-
-
-def _send(store: FhirStore, path: Path, records: list[tuple[str, dict, bytes]],
-          summary: LoadSummary) -> None:
-    """Store records as one batch: PUT where the record has an id, POST otherwise."""
-    entries = []
-    for _, resource, _ in records:
-        rtype, rid = resource["resourceType"], resource.get("id")
-        request = {"method": "PUT", "url": f"{rtype}/{rid}"} if rid else \
-            {"method": "POST", "url": rtype}
-        entries.append({"resource": resource, "request": request})
-    result = store.batch({"resourceType": "Bundle", "type": "batch", "entry": entries})
-    for (where, _, raw), entry in zip(records, result["entry"]):
-        status = entry["response"]["status"]
-        if status.startswith("2"):
-            summary.count(status)
+    def answer(self, record: _Record, answer: dict) -> None:
+        if _ok(answer):
+            self.summary.count(answer["response"]["status"])
         else:
-            _fail(summary, Problem(str(path), where, _reason(entry), raw))
+            self.refuse(record, _reason(answer))
+
+    def refuse(self, record: _Record, reason: str) -> None:
+        if ident := _ident(record):
+            self.failed_ids.add(ident)
+        self.fail(Problem(record.file, record.where, reason, record.raw))
+
+    def bundle(self, record: _Bundle) -> None:
+        """A transaction or batch Bundle goes as the user wrote it; its entries are its
+        records."""
+        self.flush()
+        self.summary.records += len(record.bundle.get("entry") or [])
+        try:
+            run = self.store.transaction if record.bundle["type"] == "transaction" \
+                else self.store.batch
+            answers = run(record.bundle).get("entry", [])
+        except FhirError as err:  # a transaction fails whole: each of its entries failed
+            for i, _ in enumerate(record.bundle.get("entry") or []):
+                self.fail(Problem(record.file, f"entry {i}", err.issues[0].diagnostics))
+            return
+        for i, answer in enumerate(answers):
+            if _ok(answer):
+                self.summary.count(answer["response"]["status"])
+            else:
+                self.fail(Problem(record.file, f"entry {i}", _reason(answer)))
+
+    def fail(self, problem: Problem) -> None:
+        self.summary.failed += 1
+        if len(self.summary.problems) < SHOWN:
+            self.summary.problems.append(problem)
+        if self.quarantine:
+            self.quarantine.write(orjson.dumps({
+                "file": problem.file, "record": problem.record, "reason": problem.reason,
+                "raw": problem.raw.decode("utf-8", "replace").rstrip("\n")}) + b"\n")
+
+
+@dataclass
+class _Bundle:
+    file: str
+    bundle: dict
+
+
+def _records(path: Path, progress: Callable[[int], None], quiet: bool = False
+             ) -> Iterator[_Record | _Bundle | Problem]:
+    """The file's records, each with its position; what cannot be read is a Problem."""
+    name = str(path)
+    if path.suffix in NDJSON:
+        with path.open("rb") as fh:
+            for number, line in enumerate(fh, start=1):
+                progress(len(line))
+                if line.strip():
+                    yield _parse(name, f"line {number}", line.rstrip(b"\r\n"), quiet)
+        return
+    raw = path.read_bytes()
+    progress(len(raw))
+    parsed = _parse(name, "file", raw, quiet)
+    if not isinstance(parsed, _Record) or parsed.resource["resourceType"] != "Bundle":
+        yield parsed
+    elif parsed.resource.get("type") in ("transaction", "batch"):
+        yield _Bundle(name, parsed.resource)
+    else:  # a collection, searchset, ...: its resources are the records
+        for i, entry in enumerate(parsed.resource.get("entry") or []):
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if resource is not None:
+                yield _checked(name, f"entry {i}", resource, orjson.dumps(resource), quiet)
+
+
+def _parse(file: str, where: str, raw: bytes, quiet: bool) -> _Record | Problem:
+    try:
+        resource = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Problem(file, where, f"malformed JSON: {exc}", raw)
+    return _checked(file, where, resource, raw, quiet)
+
+
+def _checked(file: str, where: str, resource: object, raw: bytes, quiet: bool
+             ) -> _Record | Problem:
+    if quiet:  # the scan only needs ids and references; the load pass reports problems
+        return _Record(file, where, resource, raw) if isinstance(resource, dict) and \
+            isinstance(resource.get("resourceType"), str) else Problem(file, where, "", raw)
+    try:
+        return _Record(file, where, check_shape(resource), raw)
+    except FhirError as err:
+        return Problem(file, where, err.issues[0].diagnostics, raw)
+
+
+def _targets(resource: dict) -> set[str]:
+    """The `Type/id` of every relative reference in the resource (its own id excepted)."""
+    found = set()
+    stack: list = [resource]
+    while stack:
+        node = stack.pop()
+        if node.__class__ is dict:
+            ref = node.get("reference")
+            if ref.__class__ is str and ref.count("/") == 1 and ":" not in ref \
+                    and ref[:1].isupper():
+                found.add(ref)
+            stack.extend(v for v in node.values() if v.__class__ in (dict, list))
+        elif node.__class__ is list:
+            stack.extend(v for v in node if v.__class__ in (dict, list))
+    found.discard(f"{resource['resourceType']}/{resource.get('id')}")
+    return found
+
+
+def _dependency_order(refers: dict[str, set[str]]) -> list[str]:
+    """Types, each after the types it refers to (a cycle is cut where it is met)."""
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(rtype: str) -> None:
+        seen.add(rtype)
+        for target in sorted(refers.get(rtype, ())):
+            if target not in seen:
+                visit(target)
+        order.append(rtype)
+
+    for rtype in refers:
+        if rtype not in seen:
+            visit(rtype)
+    return order
+
+
+def _ident(record: _Record) -> str | None:
+    rid = record.resource.get("id")
+    return f"{record.resource['resourceType']}/{rid}" if isinstance(rid, str) else None
+
+
+def _ok(answer: dict) -> bool:
+    return answer["response"]["status"].startswith("2")
+
+
+def _entry(resource: dict) -> dict:
+    """PUT where the record has an id (a reload changes nothing), POST otherwise."""
+    rtype, rid = resource["resourceType"], resource.get("id")
+    request = {"method": "PUT", "url": f"{rtype}/{rid}"} if rid else \
+        {"method": "POST", "url": rtype}
+    return {"resource": resource, "request": request}
+
+
+def _bundle(kind: str, entries: list[dict]) -> dict:
+    return {"resourceType": "Bundle", "type": kind, "entry": entries}
 
 
 def _reason(entry: dict) -> str:
@@ -134,15 +389,3 @@ def _reason(entry: dict) -> str:
     if not issues:
         return entry["response"]["status"]
     return re.sub(r"^Bundle\.entry\[\d+\]: ", "", issues[0].get("diagnostics", ""))
-
-
-def _fail(summary: LoadSummary, problem: Problem) -> None:
-    summary.failed += 1
-    summary.problems.append(problem)
-
-
-def write_quarantine(path: Path, problems: list[Problem]) -> None:
-    with path.open("ab") as fh:
-        for p in problems:
-            fh.write(orjson.dumps({"file": p.file, "record": p.record, "reason": p.reason,
-                                   "raw": p.raw.decode("utf-8", "replace").rstrip("\n")}) + b"\n")

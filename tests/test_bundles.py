@@ -167,6 +167,69 @@ def test_batch_entries_are_independent(client):
     assert client.get("/fhir/Patient").json()["total"] == 2
 
 
+def observation(subject_ref, code="29463-7"):
+    return {"resourceType": "Observation", "status": "final", "subject": {"reference": subject_ref},
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]}}
+
+
+def test_batch_answers_each_entry_once_and_stores_exactly_what_it_says(client):
+    """FHIR R4 3.1.0.11.6: one response entry per request entry, in order. An entry whose
+    reference points at nothing fails alone, says why, and is not stored."""
+    pid = client.post("/fhir/Patient", json=patient()).json()["id"]
+    entries = [post(observation("Patient/missing-1")), post(observation(f"Patient/{pid}")),
+               post(observation("Patient/missing-2")), post(observation("Patient/missing-3"))]
+    r = client.post("/fhir", json=tx(*entries, kind="batch"))
+    assert r.status_code == 200, r.text
+    answers = r.json()["entry"]
+    assert [a["response"]["status"][:3] for a in answers] == ["400", "201", "400", "400"]
+    for index, missing in ((0, "missing-1"), (2, "missing-2"), (3, "missing-3")):
+        issue = answers[index]["response"]["outcome"]["issue"][0]
+        assert f"Patient/{missing}" in issue["diagnostics"]
+    stored = client.get("/fhir/Observation").json()
+    assert stored["total"] == 1
+    assert stored["entry"][0]["resource"]["subject"]["reference"] == f"Patient/{pid}"
+    assert answers[1]["response"]["location"].startswith(
+        f"Observation/{stored['entry'][0]['resource']['id']}/")
+
+
+def test_store_batch_answers_each_entry_once(store):
+    pid = store.create(patient()).resource["id"]
+    result = store.batch(tx(post(observation("Patient/gone")), post(observation(f"Patient/{pid}")),
+                            post(observation("Patient/gone-too")), kind="batch"))
+    assert [a["response"]["status"][:3] for a in result["entry"]] == ["400", "201", "400"]
+    assert store.search("Observation", []).total == 1
+
+
+def test_a_missing_reference_is_named_by_its_element_not_its_search_parameter(client, on_hapi):
+    """`expression` is a FHIRPath to the element in the submitted resource: `subject`, not
+    the search parameter `patient` that indexes it."""
+    for resource, element in ((observation("Patient/nobody"), "subject"),
+                              (condition("Patient/nobody"), "subject")):
+        rtype = resource["resourceType"]
+        r = client.post(f"/fhir/{rtype}", json=resource)
+        assert r.status_code in (400, 404), r.text
+        issue = r.json()["issue"][0]
+        assert f"{rtype}.{element}" in issue["diagnostics"]
+        assert f"{rtype}.patient" not in issue["diagnostics"]
+        if not on_hapi:  # HAPI names the path in its diagnostics only
+            assert issue["expression"] == [f"{rtype}.{element}"]
+    encounter = {"resourceType": "Encounter", "status": "finished",
+                 "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                           "code": "AMB"},
+                 "subject": {"reference": "Patient/nobody"}}
+    r = client.post("/fhir", json=tx(post(patient(), "urn:uuid:p1"), post(encounter)))
+    assert r.status_code in (400, 404)
+    issue = r.json()["issue"][0]
+    assert "Encounter.subject" in issue["diagnostics"]
+    if not on_hapi:
+        assert issue["expression"] == ["Bundle.entry[1].resource.subject"]
+    r = client.post("/fhir", json=tx(post(observation("Patient/nobody")), kind="batch"))
+    issue = r.json()["entry"][0]["response"]["outcome"]["issue"][0]
+    assert "Observation.subject" in issue["diagnostics"]
+    if not on_hapi:
+        assert issue["expression"] == ["Bundle.entry[0].resource.subject"]
+
+
 def test_bundle_of_other_types_is_refused(client):
     r = client.post("/fhir", json={"resourceType": "Bundle", "type": "collection"})
     assert r.status_code == 400 and r.json()["issue"][0]["expression"] == ["Bundle.type"]

@@ -16,7 +16,8 @@ from conftest import ROOT, patient
 from fhir_gateway.store.sqlite import SQLiteStore
 
 GOOD = 250
-SUMMARY = re.compile(r"(\d+) file\(s\): (\d+) created, (\d+) updated/unchanged, (\d+) failed")
+SUMMARY = re.compile(r"(\d+) file\(s\), (\d+) records: (\d+) created, (\d+) updated/unchanged, "
+                     r"(\d+) failed")
 
 
 def cli(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -34,7 +35,10 @@ def output(result: subprocess.CompletedProcess) -> str:
 def summary(result: subprocess.CompletedProcess) -> dict[str, int]:
     found = SUMMARY.findall(output(result))
     assert len(found) == 1, output(result)
-    return dict(zip(("files", "created", "updated", "failed"), map(int, found[0])))
+    counts = dict(zip(("files", "records", "created", "updated", "failed"), map(int, found[0])))
+    # the summary is true: every record read was stored or reported
+    assert counts["records"] == counts["created"] + counts["updated"] + counts["failed"]
+    return {k: v for k, v in counts.items() if k != "records"}
 
 
 def store_url(path: Path) -> str:

@@ -85,6 +85,24 @@ def references(nodes: Iterable) -> list[tuple[str, str | None, str | None]]:
     return rows
 
 
+def reference_path(resource: dict, ttype: str, tid: str) -> str:
+    """The FHIRPath of the element of `resource` that refers to `ttype/tid`
+    (`Encounter.participant[0].individual`): where the client must look, which the search
+    parameter that indexed it (`Encounter.practitioner`) does not say."""
+    stack: list[tuple[str, object]] = [(resource["resourceType"], resource)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, dict):
+            found = references([node])
+            if found and found[0][1:] == (ttype, tid):
+                return path
+            stack.extend((f"{path}.{k}", v) for k, v in reversed(node.items())
+                         if isinstance(v, (dict, list)))
+        elif isinstance(node, list):
+            stack.extend((f"{path}[{i}]", v) for i, v in reversed(list(enumerate(node))))
+    return resource["resourceType"]
+
+
 def dates(nodes: Iterable) -> list[tuple[float, float]]:
     rows = []
     for node in nodes:

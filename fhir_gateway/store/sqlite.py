@@ -278,10 +278,13 @@ class SQLiteStore:
         live = {(ttype, tid) for ttype, ids in wanted.items()  # a query per type, not per id
                 for (tid,) in _rows_in(conn, "SELECT id FROM resource WHERE type=? AND "
                                              "deleted=0 AND id IN", [ttype], ids)}
-        for (ttype, tid), path in references.items():
+        for (ttype, tid), source in references.items():
             if (ttype, tid) not in live:
-                raise FhirError(400, f"Resource {ttype}/{tid} not found, specified in path: "
+                path = values.reference_path(source, ttype, tid)
+                err = FhirError(400, f"Resource {ttype}/{tid} not found, specified in path: "
                                      f"{path}", "not-found", path)
+                err.source = (source["resourceType"], source["id"])
+                raise err
         for rtype, rid in self._local.deleted:
             row = conn.execute(
                 "SELECT s.type, s.id FROM idx_ref x JOIN resource s ON s.rid = x.rid "
@@ -469,8 +472,7 @@ class SQLiteStore:
                 if param.type == "reference":
                     for _, ttype, tid in found:
                         if ttype and (ttype, tid) != (resource_type, resource["id"]):
-                            self._local.references.setdefault(
-                                (ttype, tid), f"{resource_type}.{param.code}")
+                            self._local.references.setdefault((ttype, tid), resource)
 
     def _clear_index(self, rid: int) -> None:
         conn = self._conn()

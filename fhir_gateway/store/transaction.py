@@ -8,13 +8,11 @@ everything back. A batch runs each entry on its own and reports each outcome.
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
 
 from fhir_gateway import bundle as bundles
 from fhir_gateway.outcome import FhirError, invalid
-from fhir_gateway.search.dates import now_instant
 from fhir_gateway.search.registry import params_for, resource_types
 from fhir_gateway.store.base import Written, one_match
 from fhir_gateway.validation.structure import check_shape
@@ -35,19 +33,26 @@ class BundleProcessor:
         for index, entry in entries:
             _check_entry(index, entry)
         responses: dict[int, dict] = {}
-        with self.store.atomic(all_or_nothing=True):
-            ids = self._assign_ids(entries)
-            for index, entry in entries:
-                if "resource" in entry:
-                    _rewrite_references(entry["resource"], ids, self._resolve_conditional,
-                                        f"Bundle.entry[{index}].resource")
-            for index, entry in sorted(entries, key=lambda e: ORDER[e[1]["request"]["method"]]):
-                try:
-                    responses[index] = self._process(entry)
-                except FhirError as err:
-                    raise bundles.at_entry(err, index) from None
-        return _response_bundle("transaction-response",
-                                [responses[i] for i in sorted(responses)])
+        try:
+            with self.store.atomic(all_or_nothing=True):
+                ids = self._assign_ids(entries)
+                for index, entry in entries:
+                    if "resource" in entry:
+                        _rewrite_references(entry["resource"], ids, self._resolve_conditional,
+                                            f"Bundle.entry[{index}].resource")
+                for index, entry in sorted(entries,
+                                           key=lambda e: ORDER[e[1]["request"]["method"]]):
+                    try:
+                        responses[index] = self._process(entry)
+                    except FhirError as err:
+                        raise bundles.at_entry(err, index) from None
+        except FhirError as err:  # refused at commit: name the entry whose resource it was
+            source = getattr(err, "source", None)
+            index = next((i for i, e in entries if source and "resource" in e
+                          and (e["resource"].get("resourceType"), e.get("_id")) == source), None)
+            raise err if index is None else bundles.at_entry(err, index) from None
+        return bundles.response_bundle("transaction-response",
+                                       [responses[i] for i in sorted(responses)])
 
     def batch(self, bundle: dict) -> dict:
         entries = _entries(bundle, "batch")
@@ -55,16 +60,17 @@ class BundleProcessor:
         for index, entry in entries:
             try:
                 _check_entry(index, entry)
-                with self.store.atomic():
+                with self.store.atomic():  # its commit checks the references: it may refuse
                     self._assign_ids([(index, entry)])
                     if "resource" in entry:
                         _rewrite_references(entry["resource"], {}, self._resolve_conditional,
                                             f"Bundle.entry[{index}].resource")
-                    out.append(self._process(entry))
+                    answer = self._process(entry)
             except FhirError as err:
-                out.append({"response": {"status": bundles.status_line(err.status),
-                                         "outcome": bundles.at_entry(err, index).outcome}})
-        return _response_bundle("batch-response", out)
+                answer = {"response": {"status": bundles.status_line(err.status),
+                                       "outcome": bundles.at_entry(err, index).outcome}}
+            out.append(answer)  # one answer per entry, after its commit
+        return bundles.response_bundle("batch-response", out)
 
     # -- steps --------------------------------------------------------------------------
     def _assign_ids(self, entries: list[tuple[int, dict]]) -> dict[str, str]:
@@ -316,8 +322,3 @@ def _write_response(written) -> dict:
                 "etag": f'W/"{res["meta"]["versionId"]}"',
                 "lastModified": res["meta"]["lastUpdated"]}
     return {"fullUrl": f"{res['resourceType']}/{res['id']}", "response": response}
-
-
-def _response_bundle(kind: str, entries: list[dict]) -> dict:
-    return {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": kind,
-            "meta": {"lastUpdated": now_instant()[0]}, "entry": entries}

@@ -14,14 +14,12 @@ error is always that of the full checks of the resource itself.
 
 from __future__ import annotations
 
-import uuid
 from functools import lru_cache
 
 import orjson
 
 from fhir_gateway import bundle as bundles
 from fhir_gateway.outcome import FhirError
-from fhir_gateway.search.dates import now_instant
 from fhir_gateway.store.base import FhirStore, Written
 from fhir_gateway.validation.canonical import canonical_key
 from fhir_gateway.validation.reads import EMPTY
@@ -84,9 +82,7 @@ class ValidatingStore:
         answered = iter(self.inner.batch({**bundle, "entry": valid}).get("entry", [])
                         if valid else [])
         merged = [failed[i] if i in failed else next(answered) for i in range(len(entries))]
-        return {"resourceType": "Bundle", "id": str(uuid.uuid4()), "type": "batch-response",
-                "meta": {"lastUpdated": now_instant()[0]}, "entry": merged}
-
+        return bundles.response_bundle("batch-response", merged)
 
     def _check_entry(self, index: int, entry: object) -> None:
         if isinstance(entry, dict) and "resource" in entry:
