@@ -165,7 +165,7 @@ class _Load:
 
     def drain(self) -> None:
         """Offer the spooled records again while that stores any; what is left then waits
-        for each other (a cycle) and is stored together (`settle`)."""
+        for each other (a cycle) and is stored together (`store_together`)."""
         self.flush()
         while self.waiting:
             spool, self.spool, self.waiting = self.spool, tempfile.TemporaryFile(), 0
@@ -177,7 +177,7 @@ class _Load:
                 self.flush()
                 continue
             for start in range(0, len(waited), CYCLE_GROUP):
-                self.settle(waited[start:start + CYCLE_GROUP])
+                self.store_together(waited[start:start + CYCLE_GROUP])
 
     def _ready(self, record: _Record) -> bool:
         return not any(t in self.known and t not in self.sent for t in _targets(record.resource))
@@ -197,7 +197,7 @@ class _Load:
             for record, answer in zip(records, answers, strict=True):
                 self.answer(record, answer)
 
-    def settle(self, group: list[_Record]) -> None:
+    def store_together(self, group: list[_Record]) -> None:
         """Records that refer to each other: one transaction, so that the store sees them
         all at its commit. If it refuses, a batch says which record is bad; those whose
         only fault was a partner of the group not yet stored go again, together."""
