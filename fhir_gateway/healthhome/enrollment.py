@@ -185,10 +185,14 @@ def consent(patient_ref: str, request: Request, episode_ref: str) -> dict:
     }
 
 
+def _categories(condition: dict) -> set[str]:
+    return {c["code"] for coding in (condition.get("code") or {}).get("coding", [])
+            if coding.get("system") == ICD10CM and coding.get("code")
+            for c in categories(coding["code"])}
+
+
 def _qualifies(condition: dict, basis: set[str] | None) -> bool:
-    found = {c["code"] for coding in (condition.get("code") or {}).get("coding", [])
-             if coding.get("system") == ICD10CM and coding.get("code")
-             for c in categories(coding["code"])}
+    found = _categories(condition)
     return bool(found) and (basis is None or bool(found & basis))
 
 
@@ -346,11 +350,7 @@ def dd_referral_needed(program: str, conditions: list[dict], coordination: list[
     """A developmental-disability condition but no open DD episode, in a state that refers
     such members to a DD Regional Office (Missouri)."""
     return bool(policy(program).get("dd_referral")) and not coordination and any(
-        c["code"] == "developmental-disability"
-        for condition in conditions
-        for coding in (condition.get("code") or {}).get("coding", [])
-        if coding.get("system") == ICD10CM and coding.get("code")
-        for c in categories(coding["code"]))
+        "developmental-disability" in _categories(condition) for condition in conditions)
 
 
 def dd_referral(program: str, patient: dict, when: str) -> dict:
