@@ -141,24 +141,33 @@ def test_mco_assignment_sends_the_assignment_letter(client):
     assert client.get("/fhir/Communication?subject=Patient/m1").json()["total"] == 1
 
 
-MO_PROVIDER_TYPE = "http://fhir.health-home-gateway.org/CodeSystem/mo-provider-type"
+def add_coordination_episode(client, system: str, code: str) -> None:
+    """An open DD / TCM EpisodeOfCare of the member: Practitioner/coord1 coordinates it for
+    Organization/agency1."""
+    client.put("/fhir/Practitioner/coord1", json={"resourceType": "Practitioner", "id": "coord1",
+                                                  "name": [{"family": "Coordinator"}]})
+    client.put("/fhir/Organization/agency1", json={"resourceType": "Organization",
+                                                   "id": "agency1", "name": "Demo TCM Agency"})
+    episode = {"resourceType": "EpisodeOfCare", "status": "active",
+               "patient": {"reference": "Patient/m1"},
+               "type": [{"coding": [{"system": system, "code": code}]}],
+               "managingOrganization": {"reference": "Organization/agency1"},
+               "careManager": {"reference": "Practitioner/coord1"}}
+    assert client.post("/fhir/EpisodeOfCare", json=episode).status_code == 201
+
+
+def care_team_roles(client, episode: dict) -> dict[str, str]:
+    team = client.get(f"/fhir/{episode['team'][0]['reference']}").json()
+    return {p["member"]["reference"]: p["role"][0]["text"] for p in team["participant"]}
 
 
 def test_dd_member_gets_a_care_team_with_the_support_coordinator_and_tcm_agency(client):
     setup_member(client, "MO", ["F20.9", "F84.0"])
-    client.put("/fhir/Practitioner/sc1", json={"resourceType": "Practitioner", "id": "sc1",
-                                               "name": [{"family": "Coordinator"}]})
-    client.put("/fhir/Organization/tcm1", json={"resourceType": "Organization", "id": "tcm1",
-                                                "name": "Demo TCM Agency"})
-    dd = {"resourceType": "EpisodeOfCare", "status": "active", "patient": {"reference": "Patient/m1"},
-          "type": [{"coding": [{"system": MO_PROVIDER_TYPE, "code": "15"}]}],
-          "managingOrganization": {"reference": "Organization/tcm1"},
-          "careManager": {"reference": "Practitioner/sc1"}}
-    assert client.post("/fhir/EpisodeOfCare", json=dd).status_code == 201
+    add_coordination_episode(client, f"{CS}/mo-provider-type", "15")
     episode = client.post("/fhir/Patient/m1/$enroll", json=enroll_params("mo-cmhc")).json()
-    team = client.get(f"/fhir/{episode['team'][0]['reference']}").json()
-    members = {p["member"]["reference"] for p in team["participant"]}
-    assert members == {"Practitioner/sc1", "Organization/tcm1"}
+    assert care_team_roles(client, episode) == {
+        "Practitioner/coord1": "DD support coordinator",
+        "Organization/agency1": "TCM agency / Regional Office"}
     drafts = client.get("/fhir/ServiceRequest?status=draft&code=dd-regional-office-referral").json()
     assert drafts["total"] == 0  # the DD episode is open: no referral needed
 
@@ -272,21 +281,11 @@ def test_missouri_enrollments_get_no_kancare_letter(client):
 
 def test_kancare_idd_member_gets_their_tcm_provider_on_the_care_team(client):
     setup_member(client, "KS", ["F31.9", "F84.0"])
-    client.put("/fhir/Practitioner/tcm-cm", json={"resourceType": "Practitioner", "id": "tcm-cm",
-                                                  "name": [{"family": "Casemanager"}]})
-    client.put("/fhir/Organization/ks-tcm", json={"resourceType": "Organization", "id": "ks-tcm",
-                                                  "name": "Demo CDDO TCM Provider"})
-    tcm = {"resourceType": "EpisodeOfCare", "status": "active", "patient": {"reference": "Patient/m1"},
-           "type": [{"coding": [{"system": f"{CS}/hh-codes", "code": "idd-tcm"}]}],
-           "managingOrganization": {"reference": "Organization/ks-tcm"},
-           "careManager": {"reference": "Practitioner/tcm-cm"}}
-    assert client.post("/fhir/EpisodeOfCare", json=tcm).status_code == 201
+    add_coordination_episode(client, f"{CS}/hh-codes", "idd-tcm")
     episode = client.post("/fhir/Patient/m1/$enroll", json=enroll_params("ks-smi")).json()
-    team = client.get(f"/fhir/{episode['team'][0]['reference']}").json()
-    assert {p["member"]["reference"] for p in team["participant"]} == \
-        {"Practitioner/tcm-cm", "Organization/ks-tcm"}
-    assert {p["role"][0]["text"] for p in team["participant"]} == \
-        {"I/DD targeted case manager", "I/DD TCM provider"}
+    assert care_team_roles(client, episode) == {
+        "Practitioner/coord1": "I/DD targeted case manager",
+        "Organization/agency1": "I/DD TCM provider"}
     # the Regional Office is Missouri's Division of DD: no referral for a KanCare member
     assert client.get("/fhir/ServiceRequest?code=dd-regional-office-referral").json()["total"] == 0
 
