@@ -161,15 +161,22 @@ def care_team_roles(client, episode: dict) -> dict[str, str]:
     return {p["member"]["reference"]: p["role"][0]["text"] for p in team["participant"]}
 
 
-def test_dd_member_gets_a_care_team_with_the_support_coordinator_and_tcm_agency(client):
-    setup_member(client, "MO", ["F20.9", "F84.0"])
-    add_coordination_episode(client, f"{CS}/mo-provider-type", "15")
-    episode = client.post("/fhir/Patient/m1/$enroll", json=enroll_params("mo-cmhc")).json()
-    assert care_team_roles(client, episode) == {
-        "Practitioner/coord1": "DD support coordinator",
-        "Organization/agency1": "TCM agency / Regional Office"}
-    drafts = client.get("/fhir/ServiceRequest?status=draft&code=dd-regional-office-referral").json()
-    assert drafts["total"] == 0  # the DD episode is open: no referral needed
+@pytest.mark.parametrize("state, program, episode_type, roles", [
+    # Missouri: DD provider type 15 (TCM); the support coordinator and the TCM agency
+    ("MO", "mo-cmhc", ("mo-provider-type", "15"),
+     ("DD support coordinator", "TCM agency / Regional Office")),
+    # KanCare: an I/DD member's TCM provider (manual 2.2), by the gateway's configurable code
+    ("KS", "ks-smi", ("hh-codes", "idd-tcm"),
+     ("I/DD targeted case manager", "I/DD TCM provider"))])
+def test_dd_member_gets_a_care_team_with_their_coordinator_and_tcm_agency(
+        client, state, program, episode_type, roles):
+    setup_member(client, state, ["F20.9" if state == "MO" else "F31.9", "F84.0"])
+    add_coordination_episode(client, f"{CS}/{episode_type[0]}", episode_type[1])
+    episode = client.post("/fhir/Patient/m1/$enroll", json=enroll_params(program)).json()
+    assert care_team_roles(client, episode) == {"Practitioner/coord1": roles[0],
+                                                "Organization/agency1": roles[1]}
+    # an open DD / TCM episode needs no Regional Office referral (a Missouri office anyway)
+    assert client.get("/fhir/ServiceRequest?code=dd-regional-office-referral").json()["total"] == 0
 
 
 def test_dd_condition_without_a_dd_episode_becomes_a_regional_office_work_item(client):
@@ -275,19 +282,6 @@ def test_missouri_enrollments_get_no_kancare_letter(client):
     assert client.post("/fhir/Patient/m1/$enroll",
                        json=enroll_params("mo-cmhc", "mco-assignment")).status_code == 201
     assert letter_html(client) is None
-
-
-# -- KanCare: the I/DD member's TCM provider is on the team ---------------------------------
-
-def test_kancare_idd_member_gets_their_tcm_provider_on_the_care_team(client):
-    setup_member(client, "KS", ["F31.9", "F84.0"])
-    add_coordination_episode(client, f"{CS}/hh-codes", "idd-tcm")
-    episode = client.post("/fhir/Patient/m1/$enroll", json=enroll_params("ks-smi")).json()
-    assert care_team_roles(client, episode) == {
-        "Practitioner/coord1": "I/DD targeted case manager",
-        "Organization/agency1": "I/DD TCM provider"}
-    # the Regional Office is Missouri's Division of DD: no referral for a KanCare member
-    assert client.get("/fhir/ServiceRequest?code=dd-regional-office-referral").json()["total"] == 0
 
 
 # -- the Regional Office referral names the county, never the city ---------------------------
