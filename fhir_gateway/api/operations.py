@@ -188,14 +188,84 @@ async def enroll(request: Request, patient_id: str) -> Response:
     if override and not reason:
         raise invalid("An override needs a 'reason'", "reason")
     wanted = hh_enrollment.Request(_code(params, "program"), provider, _date(params, "start"),
-                                   _code(params, "source"), reason if override else None)
+                                   _code(params, "source"), reason if override else None,
+                                   _agreement(params))
     store = request.app.state.store
     episode = await run_in_threadpool(_enroll, store, patient_id, wanted)
     headers = version_headers(episode, base_url(request))
     return fhir_response(episode, 201, headers, pretty=is_pretty(request))
 
 
+def _agreement(params: dict) -> hh_enrollment.Agreement | None:
+    """The optional `consent` parameter: parts `agreedBy` (the Patient or a RelatedPerson,
+    the guardian) and `date`. Whether it is required depends on the program's state."""
+    if "consent" not in params:
+        return None
+    parts = {p.get("name"): p for p in params["consent"].get("part") or []}
+    by = ((parts.get("agreedBy") or {}).get("valueReference") or {}).get("reference", "")
+    if not by.startswith(("Patient/", "RelatedPerson/")):
+        raise invalid("Parameter 'consent' needs a part 'agreedBy' (valueReference to the "
+                      "Patient or to a RelatedPerson, the guardian)", "consent.agreedBy")
+    return hh_enrollment.Agreement(by, _date({"consent.date": parts.get("date")}, "consent.date"))
+
+
+#: how often `$enroll` decides again after losing a race with a concurrent change
+ATTEMPTS = 3
+
+
 def _enroll(store, patient_id: str, wanted) -> dict:
+    """Decide and write, with the member's enrollment List as the guard: each attempt reads
+    the List, then the record, and writes with If-Match on the List's version. Of concurrent
+    enrollments of one member the store commits one; the others fail (409/412 from either
+    store, HAPI included, in one transaction) and decide again on what was committed."""
+    if wanted.consent and wanted.consent.by.startswith("RelatedPerson/"):
+        wanted.consent.guardian = _referenced(store, wanted.consent.by, "consent.agreedBy")
+    for _ in range(ATTEMPTS):
+        guard = _enrollments_list(store, patient_id)
+        bundle = _enrollment_bundle(store, patient_id, wanted, guard)
+        try:
+            response = store.transaction(bundle)
+        except FhirError as err:
+            if err.status in (409, 412):  # the List changed since we read it
+                continue
+            raise
+        location = response["entry"][0]["response"]["location"].split("/")
+        return store.read(location[0], location[1])
+    raise FhirError(409, f"The enrollments of Patient/{patient_id} changed during each of "
+                         f"{ATTEMPTS} attempts; try again", "conflict")
+
+
+def _referenced(store, reference: str, where: str) -> dict:
+    try:
+        return store.read(*reference.split("/", 1))
+    except FhirError as err:
+        if err.status in (404, 410):
+            raise invalid(f"{reference} is not on record", where) from None
+        raise
+
+
+def _enrollments_list(store, patient_id: str) -> dict:
+    """The member's enrollment List, created on their first `$enroll` (after the Patient is
+    known to exist). Two first requests may both write it: the content is the same."""
+    list_id = hh_enrollment.enrollments_list_id(patient_id)
+    try:
+        return store.read("List", list_id)
+    except FhirError as err:
+        if err.status not in (404, 410):
+            raise
+    store.read("Patient", patient_id)
+    try:
+        return store.update("List", list_id, hh_enrollment.enrollments_list(patient_id)).resource
+    except FhirError as err:
+        if err.status not in (409, 412):
+            raise
+        return store.read("List", list_id)
+
+
+def _enrollment_bundle(store, patient_id: str, wanted, guard: dict) -> dict:
+    """The transaction of one enrollment: the EpisodeOfCare, what goes with it (consent,
+    override Provenance, care team, Regional Office referral, KanCare assignment letter) and
+    the List, rewritten If-Match its version read before the record was."""
     from fhir_gateway.healthhome.eligibility import EligibilityInputError, evaluate
 
     record = member_record(store, patient_id)
@@ -210,33 +280,33 @@ def _enroll(store, patient_id: str, wanted) -> dict:
         episode = hh_enrollment.enroll(record[0], wanted, verdict, conditions, episodes)
     except EnrollmentRefused as err:
         raise _refused(err) from None
-    # the enrollment and what goes with it (override Provenance, KanCare assignment letter)
-    # are written in one transaction: all or nothing
-    target, when = f"urn:uuid:{uuid.uuid4()}", now_instant()[0]
+    target, when, member = f"urn:uuid:{uuid.uuid4()}", now_instant()[0], f"Patient/{patient_id}"
     entries = [{"fullUrl": target, "resource": episode,
                 "request": {"method": "POST", "url": "EpisodeOfCare"}}]
+
+    def add(resource: dict, full_url: str | None = None) -> None:
+        entries.append({**({"fullUrl": full_url} if full_url else {}), "resource": resource,
+                        "request": {"method": "POST", "url": resource["resourceType"]}})
+
+    if wanted.consent:
+        add(hh_enrollment.consent(member, wanted, target))
     if wanted.override_reason:
-        entries.append({"resource": hh_enrollment.override_provenance(
-            target, f"Patient/{patient_id}", wanted.override_reason, when),
-            "request": {"method": "POST", "url": "Provenance"}})
-    dd_episodes = hh_enrollment.open_dd_episodes(episodes)
-    team = hh_enrollment.dd_care_team(f"Patient/{patient_id}", target, dd_episodes)
+        add(hh_enrollment.override_provenance(target, member, wanted.override_reason, when))
+    coordination = hh_enrollment.coordination_episodes(wanted.program, episodes)
+    team = hh_enrollment.care_team(wanted.program, member, target, coordination)
     if team:
-        entries.append({"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": team,
-                        "request": {"method": "POST", "url": "CareTeam"}})
+        add(team, f"urn:uuid:{uuid.uuid4()}")
         episode["team"] = [{"reference": entries[-1]["fullUrl"]}]
-    if hh_enrollment.dd_referral_needed(conditions, dd_episodes):
-        entries.append({"resource": hh_enrollment.dd_referral(record[0], when),
-                        "request": {"method": "POST", "url": "ServiceRequest"}})
-    if wanted.source == "mco-assignment":
+    if hh_enrollment.dd_referral_needed(wanted.program, conditions, coordination):
+        add(hh_enrollment.dd_referral(wanted.program, record[0], when))
+    if hh_enrollment.sends_letter(wanted.program, wanted.source):
         provider = store.read(*wanted.provider.split("/", 1))
-        entries.append({"resource": hh_enrollment.assignment_letter(
-            record[0], target, wanted.program, verdict, provider, when),
-            "request": {"method": "POST", "url": "Communication"}})
-    response = store.transaction({"resourceType": "Bundle", "type": "transaction",
-                                  "entry": entries})
-    location = response["entry"][0]["response"]["location"].split("/")
-    return store.read(location[0], location[1])
+        add(hh_enrollment.assignment_letter(record[0], target, wanted.program, verdict,
+                                            provider, when))
+    entries.append({"resource": hh_enrollment.enrollments_list(patient_id, target, when),
+                    "request": {"method": "PUT", "url": f"List/{guard['id']}",
+                                "ifMatch": f'W/"{guard["meta"]["versionId"]}"'}})
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
 @router.post("/Patient/{patient_id}/$disenroll")

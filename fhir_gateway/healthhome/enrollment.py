@@ -3,15 +3,26 @@
 `$enroll` and `$disenroll` gather the member's record, ask these functions what the
 outcome is (or why not), and write what they return. One Health Home at a time: an active
 enrollment blocks another (KanCare: a member eligible for SMI and CC must choose).
+
+What differs by state (consent, opt-out reassessment, the care team's DD/TCM providers,
+the Regional Office referral, the assignment letter) is data: `enrollment.yaml`, each entry
+citing its seed; `FHIR_GATEWAY_HH_ENROLLMENT` points at another file.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import os
 from dataclasses import dataclass
 from datetime import date
+from functools import cache
 from html import escape
+from pathlib import Path
 
+import yaml
+
+from fhir_gateway.healthhome import eligibility
 from fhir_gateway.healthhome.categories import categories
 from fhir_gateway.identifiers import CANONICAL_BASE, HH_PROGRAM, ICD10CM
 
@@ -19,6 +30,8 @@ SD = f"{CANONICAL_BASE}/StructureDefinition"
 CS = f"{CANONICAL_BASE}/CodeSystem"
 SOURCES = ("referral", "mco-assignment", "claims-list", "self")
 REASONS = ("opt-out", "moved", "lost-eligibility", "deceased", "other")
+POLICY_FILE = Path(__file__).resolve().parent / "enrollment.yaml"
+OPEN = ("active", "onhold", "waitlist")
 
 
 class EnrollmentRefused(Exception):
@@ -30,17 +43,61 @@ class EnrollmentRefused(Exception):
 
 
 @dataclass
+class Agreement:
+    """Who agreed to the enrollment (the member, or a guardian as RelatedPerson), and when."""
+
+    by: str  # "Patient/<id>" or "RelatedPerson/<id>"
+    on: date
+    guardian: dict | None = None  # the RelatedPerson, when a guardian agreed
+
+
+@dataclass
 class Request:
     program: str
     provider: str  # "Organization/<id>"
     start: date
     source: str
     override_reason: str | None = None
+    consent: Agreement | None = None
+
+
+# -- the policy file ---------------------------------------------------------------------
+
+def _policy_file() -> str:
+    return str(os.environ.get("FHIR_GATEWAY_HH_ENROLLMENT") or POLICY_FILE)
+
+
+@cache
+def _load_policy(path: str) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def policy(program: str) -> dict:
+    """The enrollment policy of the state whose eligibility rules define `program`
+    (empty for a program no state defines: nothing state-specific applies)."""
+    state = program_state(program)
+    return (_load_policy(_policy_file()).get(state) or {}) if state else {}
+
+
+def program_state(program: str) -> str | None:
+    """The state whose eligibility rule file lists `program` (one source for the pairing)."""
+    rules = eligibility.load_rules(eligibility._rules_dir(None))
+    return next((code for code, doc in rules.states.items()
+                 if any(p["code"] == program for p in doc["programs"])), None)
+
+
+def program_name(program: str) -> str:
+    rules = eligibility.load_rules(eligibility._rules_dir(None))
+    return next((p.get("name") or program for doc in rules.states.values()
+                 for p in doc["programs"] if p["code"] == program), program)
+
+
+def _system(name: str) -> str:
+    return name if ":" in name else f"{CS}/{name}"
 
 
 def active_enrollments(episodes: list[dict]) -> list[dict]:
-    return [e for e in episodes if e.get("status") in ("active", "onhold", "waitlist")
-            and _program(e)]
+    return [e for e in episodes if e.get("status") in OPEN and _program(e)]
 
 
 def _program(episode: dict) -> str | None:
@@ -56,6 +113,7 @@ def enroll(patient: dict, request: Request, verdict, conditions: list[dict],
     if verdict is None:
         raise EnrollmentRefused(400, f"Program '{request.program}' is not a program of the "
                                      "member's state", "program")
+    _check_consent(patient, request)
     current = active_enrollments(episodes)
     if current:
         raise EnrollmentRefused(409, f"Already actively enrolled in {_program(current[0])} "
@@ -85,10 +143,56 @@ def enroll(patient: dict, request: Request, verdict, conditions: list[dict],
     }
 
 
+def _check_consent(patient: dict, request: Request) -> None:
+    """Where the state requires the member's (or guardian's) agreement, no enrollment
+    without it; an agreement given must be the member's own or their guardian's."""
+    rule = policy(request.program).get("consent") or {}
+    agreement, member = request.consent, f"Patient/{patient['id']}"
+    if agreement is None:
+        if rule.get("required"):
+            raise EnrollmentRefused(
+                400, f"Parameter 'consent' is required for {request.program}: the member (or "
+                     "guardian) has to agree to the enrollment ("
+                     + " ".join(str(rule.get("source", "")).split()) + "). Give consent.agreedBy "
+                     "(the Patient or a RelatedPerson) and consent.date", "consent")
+        return
+    guardian_of = ((agreement.guardian or {}).get("patient") or {}).get("reference")
+    if agreement.by != member and guardian_of != member:
+        raise EnrollmentRefused(400, f"consent.agreedBy must be the member ({member}) or a "
+                                     f"RelatedPerson of the member, not {agreement.by}",
+                                "consent.agreedBy")
+
+
+def consent(patient_ref: str, request: Request, episode_ref: str) -> dict:
+    """The member's (or guardian's) agreement to the enrollment, as a FHIR Consent: an
+    opt-in to the Health Home, permitting the enrollment from its start."""
+    agreement = request.consent
+    return {
+        "resourceType": "Consent", "status": "active",
+        "scope": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                              "code": "treatment"}]},
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0",
+                                  "display": "Patient Consent"}]}],
+        "patient": {"reference": patient_ref},
+        "dateTime": agreement.on.isoformat(),
+        "performer": [{"reference": agreement.by}],
+        "organization": [{"reference": request.provider}],
+        "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                                   "code": "OPTIN"}],
+                       "text": f"Agreement to enroll in the {program_name(request.program)}"},
+        "provision": {"type": "permit", "period": {"start": request.start.isoformat()},
+                      "data": [{"meaning": "related", "reference": {"reference": episode_ref}}]},
+    }
+
+
+def _categories(condition: dict) -> set[str]:
+    return {c["code"] for coding in (condition.get("code") or {}).get("coding", [])
+            if coding.get("system") == ICD10CM and coding.get("code")
+            for c in categories(coding["code"])}
+
+
 def _qualifies(condition: dict, basis: set[str] | None) -> bool:
-    found = {c["code"] for coding in (condition.get("code") or {}).get("coding", [])
-             if coding.get("system") == ICD10CM and coding.get("code")
-             for c in categories(coding["code"])}
+    found = _categories(condition)
     return bool(found) and (basis is None or bool(found & basis))
 
 
@@ -101,8 +205,35 @@ def override_provenance(episode_ref: str, patient_ref: str, reason: str, when: s
             "agent": [{"who": {"reference": patient_ref}, "role": [{"text": "subject"}]}]}
 
 
+# -- one enrollment at a time: the member's enrollment list ------------------------------
+
+def enrollments_list_id(patient_id: str) -> str:
+    """The id of the member's enrollment List: derived from the Patient id, so that every
+    request for the member finds the same one (a FHIR id has at most 64 characters)."""
+    readable = f"hh-enrollments-{patient_id}"
+    return readable if len(readable) <= 64 else \
+        "hh-enrollments-" + hashlib.sha256(patient_id.encode()).hexdigest()[:40]
+
+
+def enrollments_list(patient_id: str, latest: str | None = None, when: str | None = None
+                     ) -> dict:
+    """The member's enrollment List: `entry` is the enrollment most recently made through
+    $enroll. Every $enroll rewrites it with If-Match on the version read before deciding,
+    so of two concurrent enrollments of a member the store lets exactly one commit."""
+    resource = {"resourceType": "List", "id": enrollments_list_id(patient_id),
+                "status": "current", "mode": "working", "title": "Health Home enrollments",
+                "code": {"coding": [{"system": f"{CS}/hh-codes", "code": "hh-enrollments"}]},
+                "subject": {"reference": f"Patient/{patient_id}"}}
+    if latest:
+        resource.update(date=when, entry=[{"item": {"reference": latest}}])
+    return resource
+
+
+# -- disenrollment -----------------------------------------------------------------------
+
 def disenroll(episodes: list[dict], program: str, reason: str, end: date) -> dict:
-    """The enrollment, closed: finished, period.end, reason; opt-outs get a reassessment date."""
+    """The enrollment, closed: finished, period.end, reason; an opt-out gets a reassessment
+    date where the program's state reassesses opt-outs (KanCare, manual 4.2)."""
     if reason not in REASONS:
         raise EnrollmentRefused(400, f"reason must be one of {', '.join(REASONS)}", "reason")
     current = [e for e in active_enrollments(episodes) if _program(e) == program]
@@ -117,37 +248,53 @@ def disenroll(episodes: list[dict], program: str, reason: str, end: date) -> dic
                                           f"{SD}/hh-annual-reassessment-date")]
     extensions.append({"url": f"{SD}/hh-disenrollment-reason", "valueCodeableConcept": {
         "coding": [{"system": f"{CS}/hh-disenrollment-reason", "code": reason}]}})
-    if reason == "opt-out":  # KanCare manual 4.2: opt-outs are reassessed annually
-        reassess = end.replace(year=end.year + 1) if not (end.month == 2 and end.day == 29) \
-            else end.replace(year=end.year + 1, day=28)
+    reassessment = policy(program).get("opt_out_reassessment")
+    if reason == "opt-out" and reassessment:
         extensions.append({"url": f"{SD}/hh-annual-reassessment-date",
-                           "valueDate": reassess.isoformat()})
+                           "valueDate": _add_months(end, reassessment["months"]).isoformat()})
     episode.update(extension=extensions, status="finished",
                    period={**episode.get("period", {}), "end": end.isoformat()})
     return episode
 
 
+def _add_months(day: date, months: int) -> date:
+    """The same day `months` later, or the month's last day (29 Feb + 12 -> 28 Feb)."""
+    year, month = divmod(day.month - 1 + months, 12)
+    year, month = day.year + year, month + 1
+    following = date(year + month // 12, month % 12 + 1, 1)
+    return date(year, month, min(day.day, (following - date.resolution).day))
+
+
+# -- the KanCare assignment letter (manual 4.2) -------------------------------------------
+
+def sends_letter(program: str, source: str) -> bool:
+    letter = policy(program).get("assignment_letter")
+    return bool(letter) and source in letter.get("sources", ())
+
+
 def assignment_letter(patient: dict, episode_ref: str, program: str, verdict, provider: dict,
                       when: str) -> dict:
-    """The KanCare assignment letter (manual 4.2) as a Communication with readable HTML:
-    why the member is eligible, the assigned Health Home Partner, how to choose another,
-    and how to opt out."""
-    name = " ".join([*((patient.get("name") or [{}])[0].get("given", [])),
-                     (patient.get("name") or [{}])[0].get("family", "")]).strip() or "Member"
-    partner = provider.get("name") or provider.get("id", "your Health Home Partner")
-    html = (
-        "<html><body>"
-        f"<p>Dear {escape(name)},</p>"
-        f"<p>Your KanCare plan has assigned you to a Health Home ({escape(program)}). "
-        f"<strong>Why you are eligible:</strong> {escape(verdict.explanation)}</p>"
-        f"<p><strong>Your Health Home Partner:</strong> {escape(partner)}.</p>"
-        "<p><strong>Choosing another Health Home Partner:</strong> call your KanCare plan's "
-        "member services and name the partner you prefer; the change takes effect the "
-        "following month.</p>"
-        "<p><strong>Opting out:</strong> Health Homes are voluntary. Call your KanCare plan to "
-        "opt out at any time; you will keep all your other KanCare benefits, and your plan "
-        "will ask you again in a year.</p>"
-        "</body></html>")
+    """The assignment letter as a Communication with readable HTML: what Health Homes are
+    and offer, why the member is eligible, the Health Home Partner, how to choose another
+    and how to opt out. The words come from the policy file, in plain language: the member
+    sees no rule ids or document citations."""
+    letter = policy(program)["assignment_letter"]
+    first = (patient.get("name") or [{}])[0]
+    values = {"name": " ".join([*first.get("given", []), first.get("family", "")]).strip()
+                      or "Member",
+              "program": program_name(program),
+              "partner": provider.get("name") or "your Health Home Partner"}
+    values["why"] = _why(letter["why"], verdict, values["program"])
+
+    def fill(text: str) -> str:
+        return escape(" ".join(str(text).split()).format(**values))
+
+    parts = [f"<h1>{fill(letter['title'])}</h1>", f"<p>{fill(letter['greeting'])}</p>",
+             f"<p>{fill(letter['intro'])}</p>"]
+    for section in letter["sections"]:
+        parts.append(f"<h2>{fill(section['heading'])}</h2>")
+        parts += [f"<p>{fill(text)}</p>" for text in section["paragraphs"]]
+    html = f"<html><body>{''.join(parts)}</body></html>"
     return {
         "resourceType": "Communication", "status": "completed",
         "category": [{"text": "Health Home assignment letter"}],
@@ -160,56 +307,67 @@ def assignment_letter(patient: dict, episode_ref: str, program: str, verdict, pr
     }
 
 
-# -- DD coordination (mo-healthnet-health-homes-and-dd-coordination) --------------------------
+def _why(words: dict, verdict, program: str) -> str:
+    """Why the member is eligible, in the letter's words: the conditions the rule found, or,
+    for an enrollment made with an override, that the plan reviewed the member's needs."""
+    if not verdict.eligible:
+        return " ".join(words["override"].split()).format(program=program)
+    said = list(dict.fromkeys(words["conditions"].get(c, words["other"]) for c in verdict.basis))
+    listed = ", ".join(said[:-1]) + f" and {said[-1]}" if len(said) > 1 else \
+        (said[0] if said else words["other"])
+    return " ".join(words["eligible"].split()).format(conditions=listed, program=program)
 
-DD_PROVIDER_TYPES = ("15", "85")
 
+# -- DD / TCM coordination: the care team and the Regional Office referral ---------------
 
-def open_dd_episodes(episodes: list[dict]) -> list[dict]:
-    """Active Division of DD episodes: provider type 15 (TCM) or 85 (waiver)."""
-    return [e for e in episodes if e.get("status") in ("active", "onhold", "waitlist")
-            and any(c.get("code") in DD_PROVIDER_TYPES
-                    and c.get("system", "").endswith("/mo-provider-type")
+def coordination_episodes(program: str, episodes: list[dict]) -> list[dict]:
+    """The member's open episodes whose type marks a provider the Health Home must work
+    with (Missouri: DD provider types 15 and 85; KanCare: the I/DD TCM provider)."""
+    wanted = {(_system(t["system"]), str(t["code"]))
+              for t in (policy(program).get("care_team") or {}).get("episode_types", [])}
+    return [e for e in episodes if e.get("status") in OPEN
+            and any((c.get("system"), c.get("code")) in wanted
                     for t in e.get("type", []) for c in t.get("coding", []))]
 
 
-def dd_care_team(patient_ref: str, enrollment_ref: str, dd_episodes: list[dict]) -> dict | None:
-    """The enrollment's CareTeam with the DD support coordinator(s) and TCM agency/agencies:
-    the Health Home coordinates with them, it does not replace them."""
-    members = []
-    for episode in dd_episodes:
-        if episode.get("careManager"):
-            members.append({"role": [{"text": "DD support coordinator"}],
-                            "member": episode["careManager"]})
-        if episode.get("managingOrganization"):
-            members.append({"role": [{"text": "TCM agency / Regional Office"}],
-                            "member": episode["managingOrganization"]})
+def care_team(program: str, patient_ref: str, enrollment_ref: str,
+              coordination: list[dict]) -> dict | None:
+    """The enrollment's CareTeam with the coordinators and agencies of those episodes: the
+    Health Home coordinates with them, it does not replace them."""
+    team = policy(program).get("care_team") or {}
+    members = [{"role": [{"text": team["roles"][element]}], "member": episode[element]}
+               for episode in coordination
+               for element in ("careManager", "managingOrganization") if episode.get(element)]
     if not members:
         return None
     return {"resourceType": "CareTeam", "meta": {"profile": [f"{SD}/hh-care-team"]},
-            "status": "active", "name": "Health Home and DD coordination",
+            "status": "active", "name": team["name"],
             "subject": {"reference": patient_ref}, "participant": members,
             "note": [{"text": f"Care team of {enrollment_ref}"}]}
 
 
-def dd_referral_needed(conditions: list[dict], dd_episodes: list[dict]) -> bool:
-    """A developmental-disability condition but no open DD episode: refer to the Regional Office."""
-    return not dd_episodes and any(
-        c["code"] == "developmental-disability"
-        for condition in conditions
-        for coding in (condition.get("code") or {}).get("coding", [])
-        if coding.get("system") == ICD10CM and coding.get("code")
-        for c in categories(coding["code"]))
+def dd_referral_needed(program: str, conditions: list[dict], coordination: list[dict]) -> bool:
+    """A developmental-disability condition but no open DD episode, in a state that refers
+    such members to a DD Regional Office (Missouri)."""
+    return bool(policy(program).get("dd_referral")) and not coordination and any(
+        "developmental-disability" in _categories(condition) for condition in conditions)
 
 
-def dd_referral(patient: dict, when: str) -> dict:
-    """The work item: a draft ServiceRequest to the DD Regional Office for the member's county."""
-    address = (patient.get("address") or [{}])[0]
-    county = address.get("district") or address.get("city") or "the member's county"
+def dd_referral(program: str, patient: dict, when: str) -> dict:
+    """The work item: a draft ServiceRequest to the DD Regional Office serving the member's
+    county (Patient.address.district); an unknown county is said to be unknown."""
+    offices = policy(program)["dd_referral"].get("regional_offices") or {}
+    county = next((a["district"] for a in patient.get("address") or [] if a.get("district")),
+                  None)
+    if county is None:
+        performer = "DD Regional Office serving the member's county (county unknown: " \
+                    "no Patient.address.district)"
+    else:
+        performer = offices.get(county) or f"DD Regional Office serving {county}"
     return {"resourceType": "ServiceRequest", "status": "draft", "intent": "proposal",
             "code": {"coding": [{"system": f"{CS}/hh-codes", "code": "dd-regional-office-referral",
                                  "display": "Referral to the DD Regional Office"}]},
             "subject": {"reference": f"Patient/{patient['id']}"}, "authoredOn": when,
-            "performerType": {"text": f"DD Regional Office serving {county}"},
+            "performerType": {"text": performer},
             "reasonCode": [{"text": "Developmental disability on record without an open "
                                     "Division of DD episode"}]}
