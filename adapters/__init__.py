@@ -6,6 +6,6 @@ Neither system has a public API, so each adapter defines a documented XML extrac
 `synth.py` writes matching synthetic extracts for both systems.
 """
 
-from adapters.common import MalformedExtract, SourceRecord, SourceUnavailable
+from fhir_gateway.adapters.common import MalformedExtract, SourceRecord, SourceUnavailable
 
 __all__ = ["MalformedExtract", "SourceRecord", "SourceUnavailable"]

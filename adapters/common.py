@@ -93,7 +93,7 @@ _SCHEMAS = threading.local()
 def parse_file(fmt: ExtractFormat, path: str | Path) -> Iterator[SourceRecord]:
     """Stream the records of an extract file (see `iter_records`), slice by slice
     (`slices.parse_file`): their line numbers stay right past line 65,535."""
-    from adapters.slices import parse_file as parse_sliced  # it builds on this module
+    from fhir_gateway.adapters.slices import parse_file as parse_sliced  # it builds on this module
 
     return parse_sliced(fmt, path)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from lxml import etree
 
-from adapters.common import ExtractFormat, MalformedExtract, SourceRecord, iter_records
+from fhir_gateway.adapters.common import ExtractFormat, MalformedExtract, SourceRecord, iter_records
 
 SLICE_BYTES = 1 << 20  # about 400 CyberAccess or 1,000 CIMOR records
 #: libxml2 keeps an element's line in 16 bits: past line 65,535 lxml reports a nearby line

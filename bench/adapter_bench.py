@@ -35,10 +35,11 @@ def stage(kind: str, system: str, path: str, db: str) -> dict:
     """Run in a child process: one stage over one extract; prints records/s and peak RSS."""
     from lxml import etree
 
-    from adapters.cimor.parser import parse as parse_cimor
-    from adapters.cyberaccess.parser import parse as parse_cyberaccess
+    from fhir_gateway.adapters.cimor.parser import parse as parse_cimor
+    from fhir_gateway.adapters.cyberaccess.parser import parse as parse_cyberaccess
     from fhir_gateway.bulk import bulk_gc
-    from fhir_gateway.importer import MAPPINGS, default_workers, import_extract, prepare
+    from fhir_gateway.config import DEFAULT_MAPPINGS
+    from fhir_gateway.importer import default_workers, import_extract, prepare
     from fhir_gateway.mapping.engine import load_mapping
     from fhir_gateway.store import open_store
 
@@ -52,7 +53,7 @@ def stage(kind: str, system: str, path: str, db: str) -> dict:
                 while element.getprevious() is not None:
                     del element.getparent()[0]
     elif kind == "parse+map":
-        mapping = load_mapping(MAPPINGS / f"{system}.yaml")
+        mapping = load_mapping(f"{DEFAULT_MAPPINGS}/{system}.yaml")
         with bulk_gc():
             for record in (parse_cimor if system == "cimor" else parse_cyberaccess)(path):
                 mapping.apply(record.data)
@@ -86,7 +87,7 @@ def main() -> None:
     if args.stage:
         print(json.dumps(stage(*args.stage)))
         return
-    from adapters.synth import write_extracts
+    from fhir_gateway.adapters.synth import write_extracts
 
     with tempfile.TemporaryDirectory() as tmp:
         for size in sorted({args.records // 10, args.records}):

@@ -1,6 +1,6 @@
 """CIMOR and CyberAccess extract parsing: records/s and memory, at several file sizes.
 
-For each size, synthetic extracts are written (adapters.synth), then each is parsed in a
+For each size, synthetic extracts are written (fhir_gateway.adapters.synth), then each is parsed in a
 fresh child process so that its peak RSS (`resource.getrusage`, ru_maxrss) belongs to that
 parse alone. Printed next to each figure:
 - floor: the same file through bare `lxml.etree.iterparse` with the same clearing, no
@@ -45,8 +45,8 @@ def child(system: str, path: str, trace: bool) -> None:
         print(json.dumps({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
         return
 
-    from adapters.cimor import parser as cimor
-    from adapters.cyberaccess import parser as cyberaccess
+    from fhir_gateway.adapters.cimor import parser as cimor
+    from fhir_gateway.adapters.cyberaccess import parser as cyberaccess
 
     module = {"cimor": cimor, "cyberaccess": cyberaccess}[system]
     fmt = module.FORMAT
@@ -99,7 +99,7 @@ def main() -> None:
         child(*args.child, args.tracemalloc)
         return
 
-    from adapters.synth import write_extracts
+    from fhir_gateway.adapters.synth import write_extracts
 
     print(f"{'records':>8} {'system':<12} {'MB':>6} {'rec/s':>8} {'floor rec/s':>11} "
           f"{'peak RSS MB':>11} {'growth MB':>9} {'DOM peak MB':>11}"

@@ -27,11 +27,11 @@ StoreOption = Annotated[str, typer.Option(
          "under the user data dir")]
 
 
-def _open(store_url: str):
+def _open(settings: Settings):
     """Open the store and check that it answers, or exit 2 with a clear message."""
-    url = store_url or Settings().store_url()
+    url = settings.store_url()
     try:
-        store = open_store(url)
+        store = open_store(url, settings)
         store.is_empty()
         return store
     except StoreURLError as exc:
@@ -56,13 +56,13 @@ def serve(
     from fhir_gateway.api.app import create_app
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    settings = Settings(store=store or Settings().store, host=host, port=port, demo=demo)
-    fhir_store = _open(settings.store_url())
+    settings = Settings(store=store, host=host, port=port, demo=demo)  # flags, else environment
+    fhir_store = _open(settings)
     simulators = []
     if demo:
         extracts = _demo_extracts_dir(settings.store_url())
         if fhir_store.is_empty():
-            _load_demo(fhir_store, extracts)
+            _load_demo(fhir_store, extracts, settings.mappings)
         simulators = _demo_lookups(settings, extracts)
     console.print(f"FHIR base: [bold]http://{host}:{port}/fhir[/bold]  store: {settings.store_url()}")
     try:
@@ -73,10 +73,10 @@ def serve(
             simulator.stop()
 
 
-def _load_demo(fhir_store, extracts: Path) -> None:
+def _load_demo(fhir_store, extracts: Path, mappings: str) -> None:
     """The synthetic population: Kansas and Missouri members as FHIR, and Missouri members
     as CIMOR and CyberAccess extracts imported through the adapters."""
-    from adapters.synth import write_extracts
+    from fhir_gateway.adapters.synth import write_extracts
     from fhir_gateway.demo import demo_population
     from fhir_gateway.importer import import_extract
 
@@ -87,8 +87,8 @@ def _load_demo(fhir_store, extracts: Path) -> None:
             fhir_store.transaction(bundle)
             progress.advance(task)
     cimor, cyberaccess = write_extracts(DEMO_EXTRACT_MEMBERS, extracts)
-    imported = [import_extract(fhir_store, "cimor", cimor),
-                import_extract(fhir_store, "cyberaccess", cyberaccess)]
+    imported = [import_extract(fhir_store, "cimor", cimor, mappings=mappings),
+                import_extract(fhir_store, "cyberaccess", cyberaccess, mappings=mappings)]
     console.print(f"Loaded the demo population ({len(bundles)} bundles) and imported "
                   f"{sum(s.records for s in imported)} CIMOR/CyberAccess records")
 
@@ -103,8 +103,8 @@ def _demo_extracts_dir(store_url: str) -> Path:
 
 def _demo_lookups(settings: Settings, extracts: Path) -> list:
     """Serve the demo extracts as the CIMOR/CyberAccess lookups, unless real ones are set."""
-    from adapters.cimor.simulator import Simulator as CimorSimulator
-    from adapters.cyberaccess.simulator import Simulator as CyberAccessSimulator
+    from fhir_gateway.adapters.cimor.simulator import Simulator as CimorSimulator
+    from fhir_gateway.adapters.cyberaccess.simulator import Simulator as CyberAccessSimulator
 
     started = []
     for field, name, simulator in (("cimor_url", "cimor", CimorSimulator),
@@ -130,7 +130,7 @@ def load(
     their file and line (and quarantined), the rest stored."""
     from fhir_gateway.loader import load_paths, scan_size
 
-    fhir_store = _open(store)
+    fhir_store = _open(Settings(store=store))
     with Progress(*Progress.get_default_columns()[:-1], BarColumn(), DownloadColumn(),
                   TimeRemainingColumn(), console=console) as progress:
         task = progress.add_task("Scanning", total=scan_size(paths))
@@ -176,14 +176,16 @@ def import_(
         console.print(f"[red]error:[/red] unknown system '{escape(system)}': expected "
                       f"{' or '.join(SYSTEMS)}")
         raise typer.Exit(2)
-    fhir_store = _open(store)
+    settings = Settings(store=store)
+    fhir_store = _open(settings)
     failed = False
     for path in paths:
         with Progress(*Progress.get_default_columns()[:-1], console=console,
                       transient=True) as progress:
             task = progress.add_task(f"Importing {path.name}", total=None)
             summary = import_extract(fhir_store, system, path,
-                                     lambda n: progress.advance(task, n))
+                                     lambda n: progress.advance(task, n),
+                                     mappings=settings.mappings)
         console.print(f"{escape(str(path))}: {summary.records} records, {summary.created} created, "
                       f"{summary.updated} updated, {summary.unchanged} unchanged, "
                       f"{summary.quarantined} quarantined", soft_wrap=True)
@@ -246,7 +248,7 @@ def eligibility(
         return count
 
     if input_file is None:
-        count = report(batch.rows(_store_members(_open(store)), state, when))
+        count = report(batch.rows(_store_members(_open(Settings(store=store))), state, when))
     elif input_file.suffix == ".json":
         try:
             count = report(batch.rows(batch.members_from_bundle(input_file), state, when))
@@ -285,7 +287,7 @@ def synth(
     seed: Annotated[int, typer.Option()] = 1945,
 ) -> None:
     """Write consistent synthetic CIMOR and CyberAccess extracts for the same people."""
-    from adapters.synth import write_extracts
+    from fhir_gateway.adapters.synth import write_extracts
 
     cimor, cyberaccess = write_extracts(members, out, seed)
     console.print(f"Wrote {escape(str(cimor))} and {escape(str(cyberaccess))} ({members} people)")

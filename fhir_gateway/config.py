@@ -12,10 +12,19 @@ def default_store() -> str:
     return f"sqlite:///{Path(user_data_dir('fhir-gateway')) / 'gateway.db'}"
 
 
-#: the Health Home IG package of this checkout (docker/Dockerfile sets FHIR_GATEWAY_PROFILES)
-DEFAULT_PROFILES = str(Path(__file__).resolve().parents[1] / "profiles" / "package")
-#: the declarative CIMOR/CyberAccess mappings of this checkout (the image sets FHIR_GATEWAY_MAPPINGS)
-DEFAULT_MAPPINGS = str(Path(__file__).resolve().parents[1] / "mappings")
+def _shipped(installed: str, checkout: str) -> str:
+    """A data folder the gateway ships: `fhir_gateway/data/<installed>` in an installed
+    package (pyproject.toml puts it there), else `<checkout>` beside the package, where the
+    repository keeps it (an editable install, or the source tree itself)."""
+    package = Path(__file__).resolve().parent
+    folder = package / "data" / installed
+    return str(folder if folder.is_dir() else package.parent / checkout)
+
+
+#: the Health Home IG package (profiles/package/ of the repository)
+DEFAULT_PROFILES = _shipped("ig", "profiles/package")
+#: the declarative CIMOR/CyberAccess mappings and their ConceptMaps (mappings/ of the repository)
+DEFAULT_MAPPINGS = _shipped("mappings", "mappings")
 
 
 class Settings(BaseSettings):

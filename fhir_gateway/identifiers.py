@@ -1,18 +1,12 @@
 """Naming systems the gateway stamps on identifiers and codes.
 
 One place for every system URI so that adapters, demo data, profiles and tests agree on
-how a MO HealthNet DCN or a KanCare ID is spelled on the wire. The canonical base itself is
-defined once, by the IG package (`profiles/package/package.json`).
+how a MO HealthNet DCN or a KanCare ID is spelled on the wire. The canonical base is the
+IG package's (`canonical` in `profiles/package/package.json`; tests/test_package.py holds the
+two equal): a constant, so that importing this module reads no settings and no file.
 """
 
-from pathlib import Path
-
-import orjson
-
-from fhir_gateway.config import Settings
-
-CANONICAL_BASE: str = orjson.loads((Path(Settings().profiles) / "package.json").read_bytes())[
-    "canonical"]
+CANONICAL_BASE = "http://fhir.health-home-gateway.org"
 
 MO_HEALTHNET_DCN = f"{CANONICAL_BASE}/sid/mo-healthnet-dcn"
 KANCARE_ID = f"{CANONICAL_BASE}/sid/kancare-id"

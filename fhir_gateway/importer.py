@@ -29,10 +29,10 @@ from pathlib import Path
 
 import orjson
 
-from adapters import slices
-from adapters.common import ExtractFormat, MalformedExtract, SourceRecord, parse_record
+from fhir_gateway.adapters import slices
+from fhir_gateway.adapters.common import ExtractFormat, MalformedExtract, SourceRecord, parse_record
 from fhir_gateway.bulk import bulk_gc
-from fhir_gateway.config import Settings
+from fhir_gateway.config import DEFAULT_MAPPINGS
 from fhir_gateway.mapping.engine import (MappedResource, load_mapping, to_transaction,
                                           transaction_json)
 from fhir_gateway.mapping.paths import MappingError
@@ -41,7 +41,6 @@ from fhir_gateway.store.base import FhirStore
 from fhir_gateway.validation.guard import ValidatingStore
 from fhir_gateway.validation.rules import load_rules
 
-MAPPINGS = Path(Settings().mappings)
 #: records per transaction: each commit writes every index page it touched, so bigger groups
 #: share pages (100: commits took about half the time of 25); small enough to retry one by one
 GROUP = 100
@@ -118,45 +117,48 @@ def _guard(package_dir: str | None, all_of_profiled_types: bool) -> ValidatingSt
 
 def _format(system: str) -> ExtractFormat:
     if system == "cimor":
-        from adapters.cimor.parser import FORMAT
+        from fhir_gateway.adapters.cimor.parser import FORMAT
     elif system == "cyberaccess":
-        from adapters.cyberaccess.parser import FORMAT
+        from fhir_gateway.adapters.cyberaccess.parser import FORMAT
     else:
         raise ValueError(f"Unknown source system '{system}': expected one of {', '.join(SYSTEMS)}")
     return FORMAT
 
 
-@lru_cache(maxsize=len(SYSTEMS))
-def _mapping(system: str):
-    return load_mapping(MAPPINGS / f"{system}.yaml")
+@lru_cache(maxsize=2 * len(SYSTEMS))
+def _mapping(system: str, mappings: str):
+    """`<mappings>/<system>.yaml`, loaded once per process."""
+    return load_mapping(Path(mappings) / f"{system}.yaml")
 
 
-def _load(system: str, validator: Validator | None):
+def _load(system: str, validator: Validator | None, mappings: str):
     """The mapping, with the checks built too: long-lived data, to load before `bulk_gc`
     freezes the heap."""
     if validator:
         validator.load()
-    return _mapping(system)
+    return _mapping(system, mappings)
 
 
 # ------------------------------------------------------------------ preparing
 
 
-def prepare(system: str, path: Path, validator: Validator | None,
-            workers: int = 0) -> Iterator[Group]:
+def prepare(system: str, path: Path, validator: Validator | None, workers: int = 0,
+            mappings: str = DEFAULT_MAPPINGS) -> Iterator[Group]:
     """The extract's records in groups, each ready to store, in the file's order.
 
     `workers` > 0: slices of the file are prepared in that many worker processes at once.
+    `mappings`: the folder of the mapping files (the `mappings` setting).
     """
     if workers:
-        yield from _prepare_in_workers(system, path, validator, workers)
+        yield from _prepare_in_workers(system, path, validator, workers, mappings)
     else:
-        yield from _prepare_records(system, slices.parse_file(_format(system), path), validator)
+        yield from _prepare_records(system, slices.parse_file(_format(system), path), validator,
+                                    mappings)
 
 
-def _prepare_records(system: str, records: Iterable[SourceRecord], validator: Validator | None
-                     ) -> Iterator[Group]:
-    mapping = _load(system, validator)
+def _prepare_records(system: str, records: Iterable[SourceRecord], validator: Validator | None,
+                     mappings: str) -> Iterator[Group]:
+    mapping = _load(system, validator, mappings)
     prepared: list[tuple[Prepared, list[MappedResource]]] = []
     with bulk_gc():
         try:
@@ -172,13 +174,15 @@ def _prepare_records(system: str, records: Iterable[SourceRecord], validator: Va
             yield _group(prepared)
 
 
-def _prepare_slice(system: str, part: slices.Slice, validator: Validator | None) -> list[Group]:
+def _prepare_slice(system: str, part: slices.Slice, validator: Validator | None,
+                   mappings: str) -> list[Group]:
     """One slice's groups (in a worker process)."""
-    return list(_prepare_records(system, slices.parse_slice(_format(system), part), validator))
+    return list(_prepare_records(system, slices.parse_slice(_format(system), part), validator,
+                                 mappings))
 
 
 def _prepare_in_workers(system: str, path: Path, validator: Validator | None,
-                        workers: int) -> Iterator[Group]:
+                        workers: int, mappings: str) -> Iterator[Group]:
     """`prepare` of the file's slices in worker processes, a few slices ahead of the caller
     (bounded: memory stays flat), handed on in the file's order.
 
@@ -194,7 +198,8 @@ def _prepare_in_workers(system: str, path: Path, validator: Validator | None,
         parts = slices.split(fmt, path)
         while True:
             for part in parts:
-                ahead.append((part, pool.submit(_prepare_slice, system, part, validator)))
+                ahead.append((part, pool.submit(_prepare_slice, system, part, validator,
+                                                mappings)))
                 if len(ahead) > 2 * workers:
                     break
             if not ahead:
@@ -204,7 +209,7 @@ def _prepare_in_workers(system: str, path: Path, validator: Validator | None,
             if groups and groups[-1].malformed and not part.last:
                 pool.shutdown(cancel_futures=True)  # what comes after the break is not used
                 yield from _prepare_records(system, slices.parse_slice(fmt, part.rest()),
-                                            validator)
+                                            validator, mappings)
                 return
             yield from groups
     finally:  # also when the caller stops early (a store error): no work left running
@@ -241,18 +246,19 @@ def _group(records: list[tuple[Prepared, list[MappedResource]]],
 
 def import_extract(store: FhirStore, system: str, path: Path,
                    progress: Callable[[int], None] = lambda n: None,
-                   workers: int | None = None) -> ImportSummary:
+                   workers: int | None = None, mappings: str = DEFAULT_MAPPINGS) -> ImportSummary:
     """Import one extract file; `progress` gets the number of records done. `workers`:
     processes preparing slices of the file (0: in this process; default: one per core, up
-    to MAX_WORKERS, for files from WORKER_FROM_BYTES on)."""
+    to MAX_WORKERS, for files from WORKER_FROM_BYTES on). `mappings`: the folder of the
+    mapping files (the `mappings` setting; by default the ones the gateway ships)."""
     _format(system)  # an unknown system fails here, before any work
     validator = Validator.of(store)
     writer = store.inner if isinstance(store, ValidatingStore) else store  # checked already
     if workers is None:
         workers = default_workers(path)
     if not workers:  # preparing here: its data is loaded before `bulk_gc` below
-        _load(system, validator)
-    groups = prepare(system, path, validator, workers)
+        _load(system, validator, mappings)
+    groups = prepare(system, path, validator, workers, mappings)
     summary = ImportSummary()
     with bulk_gc():
         for group in groups:
@@ -261,7 +267,7 @@ def import_extract(store: FhirStore, system: str, path: Path,
                 if record.reason:
                     _quarantine(summary, path, record, record.reason)
             if group.transaction_json:
-                _store_group(writer, system, group, summary, path)
+                _store_group(writer, system, group, summary, path, mappings)
             summary.malformed = group.malformed
             progress(len(group.records))
     return summary
@@ -274,7 +280,7 @@ def default_workers(path: Path) -> int:
 
 
 def _store_group(store: FhirStore, system: str, group: Group, summary: ImportSummary,
-                 path: Path) -> None:
+                 path: Path, mappings: str) -> None:
     good = [p for p in group.records if not p.reason]
     try:
         _transact(store, orjson.loads(group.transaction_json), summary)
@@ -285,7 +291,8 @@ def _store_group(store: FhirStore, system: str, group: Group, summary: ImportSum
             return
     for record in good:  # find the bad one(s); the others go in on their own
         try:
-            mapped = _mapping(system).apply(parse_record(_format(system), record.raw).data)
+            mapped = _mapping(system, mappings).apply(
+                parse_record(_format(system), record.raw).data)
             _transact(store, to_transaction(mapped), summary)
         except FhirError as err:
             _quarantine(summary, path, record, err.issues[0].diagnostics)

@@ -20,14 +20,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `adapters` is not part of the installed package
     sys.path.insert(0, str(ROOT))
 
-from adapters import synth
-from adapters.cimor import parser as cimor
-from adapters.cimor.client import Client as CimorClient
-from adapters.cimor.simulator import Simulator as CimorSimulator
-from adapters.common import MalformedExtract, SourceUnavailable, iter_records
-from adapters.cyberaccess import parser as cyberaccess
-from adapters.cyberaccess.client import Client as CyberAccessClient
-from adapters.cyberaccess.simulator import Simulator as CyberAccessSimulator
+from fhir_gateway.adapters import synth
+from fhir_gateway.adapters.cimor import parser as cimor
+from fhir_gateway.adapters.cimor.client import Client as CimorClient
+from fhir_gateway.adapters.cimor.simulator import Simulator as CimorSimulator
+from fhir_gateway.adapters.common import MalformedExtract, SourceUnavailable, iter_records
+from fhir_gateway.adapters.cyberaccess import parser as cyberaccess
+from fhir_gateway.adapters.cyberaccess.client import Client as CyberAccessClient
+from fhir_gateway.adapters.cyberaccess.simulator import Simulator as CyberAccessSimulator
 
 XS = "{http://www.w3.org/2001/XMLSchema}"
 SYSTEMS = {"cimor": cimor, "cyberaccess": cyberaccess}

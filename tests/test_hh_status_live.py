@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from adapters.cimor.parser import parse as parse_cimor
-from adapters.cimor.simulator import Simulator as CimorSimulator
-from adapters.cyberaccess.parser import parse as parse_cyberaccess
-from adapters.cyberaccess.simulator import Simulator as CyberAccessSimulator
-from adapters.synth import write_extracts
+from fhir_gateway.adapters.cimor.parser import parse as parse_cimor
+from fhir_gateway.adapters.cimor.simulator import Simulator as CimorSimulator
+from fhir_gateway.adapters.cyberaccess.parser import parse as parse_cyberaccess
+from fhir_gateway.adapters.cyberaccess.simulator import Simulator as CyberAccessSimulator
+from fhir_gateway.adapters.synth import write_extracts
 from fhir_gateway.api.app import create_app
 from fhir_gateway.config import Settings
 from fhir_gateway.healthhome import status as hh

@@ -562,8 +562,8 @@ def test_a_broken_mapping_fails_at_load(tmp_path):
 
 # -- the adapters' sample extracts --------------------------------------------------------
 def _samples():
-    cimor_parser = pytest.importorskip("adapters.cimor.parser")
-    cyberaccess_parser = pytest.importorskip("adapters.cyberaccess.parser")
+    cimor_parser = pytest.importorskip("fhir_gateway.adapters.cimor.parser")
+    cyberaccess_parser = pytest.importorskip("fhir_gateway.adapters.cyberaccess.parser")
     return (list(cimor_parser.parse(ROOT / "adapters" / "cimor" / "sample.xml")) +
             list(cyberaccess_parser.parse(ROOT / "adapters" / "cyberaccess" / "sample.xml")))
 
@@ -650,8 +650,8 @@ def _damaged(data, rng):
 def test_generated_code_maps_exactly_as_the_closures(system, tmp_path):
     import random
 
-    from adapters.common import parse_file
-    from adapters.synth import write_extracts
+    from fhir_gateway.adapters.common import parse_file
+    from fhir_gateway.adapters.synth import write_extracts
     from fhir_gateway.importer import _format
 
     write_extracts(150, tmp_path)
@@ -731,8 +731,8 @@ def _values(get, ctx):
 def test_generated_path_loops_reach_what_the_reference_reaches(system, tmp_path):
     import random
 
-    from adapters.common import parse_file
-    from adapters.synth import write_extracts
+    from fhir_gateway.adapters.common import parse_file
+    from fhir_gateway.adapters.synth import write_extracts
     from fhir_gateway.importer import _format
     from fhir_gateway.mapping.paths import finder, getter
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from adapters import slices, synth
-from adapters.common import MalformedExtract, iter_records
-from adapters.cimor import parser as cimor
-from adapters.cyberaccess import parser as cyberaccess
+from fhir_gateway.adapters import slices, synth
+from fhir_gateway.adapters.common import MalformedExtract, iter_records
+from fhir_gateway.adapters.cimor import parser as cimor
+from fhir_gateway.adapters.cyberaccess import parser as cyberaccess
 from fhir_gateway.importer import prepare
 
 

@@ -1,5 +1,5 @@
 """CIMOR (Missouri Department of Mental Health) consumer extract: format, parser, lookup."""
 
-from adapters.cimor.parser import FORMAT, parse, parse_bytes
+from fhir_gateway.adapters.cimor.parser import FORMAT, parse, parse_bytes
 
 __all__ = ["FORMAT", "parse", "parse_bytes"]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from adapters.cimor.parser import FORMAT
-from adapters.cimor.simulator import KEYS, ROUTE
-from adapters.common import LookupClient, SourceRecord
+from fhir_gateway.adapters.cimor.parser import FORMAT
+from fhir_gateway.adapters.cimor.simulator import KEYS, ROUTE
+from fhir_gateway.adapters.common import LookupClient, SourceRecord
 
 
 class Client(LookupClient):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from adapters import common
-from adapters.common import ExtractFormat, SourceRecord
+from fhir_gateway.adapters import common
+from fhir_gateway.adapters.common import ExtractFormat, SourceRecord
 
 NAMESPACE = "urn:mo-dmh:cimor:extract:1"
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from adapters.cimor.parser import FORMAT
-from adapters.common import LookupSimulator
+from fhir_gateway.adapters.cimor.parser import FORMAT
+from fhir_gateway.adapters.common import LookupSimulator
 
 ROUTE = "consumers"
 KEYS = {"DCN": re.compile(r"[0-9]{8}"), "ConsumerId": re.compile(r"[0-9]{7}")}

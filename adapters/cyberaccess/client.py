@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from adapters.common import LookupClient, SourceRecord
-from adapters.cyberaccess.parser import FORMAT
-from adapters.cyberaccess.simulator import KEYS, ROUTE
+from fhir_gateway.adapters.common import LookupClient, SourceRecord
+from fhir_gateway.adapters.cyberaccess.parser import FORMAT
+from fhir_gateway.adapters.cyberaccess.simulator import KEYS, ROUTE
 
 
 class Client(LookupClient):

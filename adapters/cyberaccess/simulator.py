@@ -14,8 +14,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from adapters.common import LookupSimulator
-from adapters.cyberaccess.parser import FORMAT
+from fhir_gateway.adapters.common import LookupSimulator
+from fhir_gateway.adapters.cyberaccess.parser import FORMAT
 
 ROUTE = "participants"
 KEYS = {"DCN": re.compile(r"[0-9]{8}")}

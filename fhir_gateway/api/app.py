@@ -59,8 +59,8 @@ def create_app(store: FhirStore, settings: Settings | None = None) -> FastAPI:
 
 def lookup_clients(settings: Settings) -> dict:
     """The configured CIMOR / CyberAccess lookup clients (absent when not configured)."""
-    from adapters.cimor.client import Client as CimorClient
-    from adapters.cyberaccess.client import Client as CyberAccessClient
+    from fhir_gateway.adapters.cimor.client import Client as CimorClient
+    from fhir_gateway.adapters.cyberaccess.client import Client as CyberAccessClient
 
     clients = {}
     if settings.cimor_url:
