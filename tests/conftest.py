@@ -97,18 +97,25 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """`fhir-gateway serve` in a subprocess, as a user would run it."""
+    """`fhir-gateway serve` in a subprocess, as a user would run it.
+
+    `command`, `cwd` and `environ` run another installation of it (tests/test_package.py):
+    its command, its working directory, its whole environment (default: this process's).
+    """
 
     def __init__(self, db: Path, demo: bool = False, env: dict | None = None,
-                 store: str | None = None):
+                 store: str | None = None, command: list[str] | None = None, cwd: Path = ROOT,
+                 environ: dict | None = None):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}/fhir"
         self.db = db
-        args = [sys.executable, "-m", "fhir_gateway.cli", "serve", "--port", str(self.port),
-                "--store", store or f"sqlite:///{db}", "--demo" if demo else "--no-demo"]
+        args = [*(command or [sys.executable, "-m", "fhir_gateway.cli"]), "serve",
+                "--port", str(self.port), "--store", store or f"sqlite:///{db}",
+                "--demo" if demo else "--no-demo"]
         self.log = db.with_suffix(".log")
         self.proc = subprocess.Popen(args, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})}, cwd=ROOT)
+                                     env={**(os.environ if environ is None else environ),
+                                          **(env or {})}, cwd=cwd)
         deadline = time.time() + 60
         while time.time() < deadline:
             if self.proc.poll() is not None:
