@@ -101,7 +101,7 @@ class _Load:
         self.summary = LoadSummary()
         self.known: set[str] = set()  # Type/id of every record of the load
         self.sent: set[str] = set()  # ... and of those already sent to the store
-        self.failed_ids: set[str] = set()  # ... and of those the store refused
+        self.absent: set[str] = set()  # Type/id the store refused or does not hold
         self.refers: dict[str, set[str]] = {}  # type -> the types its records refer to
         self.pending: list[_Record] = []
         self.pending_ids: set[str] = set()
@@ -199,15 +199,20 @@ class _Load:
 
     def store_together(self, group: list[_Record]) -> None:
         """Records that refer to each other: one transaction, so that the store sees them
-        all at its commit. If it refuses, a batch says which record is bad; those whose
-        only fault was a partner of the group not yet stored go again, together."""
-        self.sent.update(filter(None, map(_ident, group)))
-        while group := self._without_failed_partners(group):
+        all at its commit. What they refer to outside the group is looked up first (a
+        store names one missing reference per record, not always the cause). If the store
+        refuses, a batch says which record is bad; those whose only fault was a partner of
+        the group not yet stored go again, together."""
+        inside = set(filter(None, map(_ident, group)))
+        outside = {t for r in group for t in _targets(r.resource)} - inside - self.sent
+        self.absent.update(t for t in sorted(outside) if not self._stored(t))
+        self.sent |= inside
+        while group := self._without_absent_targets(group):
             answers = self._store(group)
             again = []
             for record, answer in zip(group, answers, strict=True):
                 missing = _MISSING.search(_reason(answer)) if not _ok(answer) else None
-                if missing and missing[1] in self.known and missing[1] not in self.failed_ids \
+                if missing and missing[1] in self.known and missing[1] not in self.absent \
                         and len(group) > 1:
                     again.append(record)
                 else:
@@ -218,16 +223,25 @@ class _Load:
                 return
             group = again
 
-    def _without_failed_partners(self, group: list[_Record]) -> list[_Record]:
-        """The group less the records that refer to a record the store refused (named as
-        the store would name it), and so on, for as long as that fails more."""
-        while doomed := [r for r in group if _targets(r.resource) & self.failed_ids]:
+    def _without_absent_targets(self, group: list[_Record]) -> list[_Record]:
+        """The group less the records that refer to what the store does not hold (named as
+        the store would name it), and so on, for as long as that refuses more."""
+        while doomed := [r for r in group if _targets(r.resource) & self.absent]:
             for record in doomed:
-                missing = sorted(_targets(record.resource) & self.failed_ids)[0]
+                missing = sorted(_targets(record.resource) & self.absent)[0]
                 path = values.reference_path(record.resource, *missing.split("/"))
                 self.refuse(record, f"Resource {missing} not found, specified in path: {path}")
             group = [r for r in group if all(r is not d for d in doomed)]
         return group
+
+    def _stored(self, target: str) -> bool:
+        try:
+            self.store.read(*target.split("/"))
+        except FhirError as err:
+            if err.status in (404, 410):
+                return False
+            raise
+        return True
 
     def _store(self, records: list[_Record]) -> list[dict]:
         entries = [_entry(r.resource) for r in records]
@@ -244,7 +258,7 @@ class _Load:
 
     def refuse(self, record: _Record, reason: str) -> None:
         if ident := _ident(record):
-            self.failed_ids.add(ident)
+            self.absent.add(ident)
         self.fail(Problem(record.file, record.where, reason, record.raw))
 
     def bundle(self, record: _Bundle) -> None:
