@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from fhir_gateway import identifiers
-from fhir_gateway.healthhome.categories import ONSET_BEFORE_AGE, STATE, Target
+from fhir_gateway.healthhome.categories import ONSET_BEFORE_AGE, STATE
 from fhir_gateway.healthhome.categories import targets as icd10_targets
 from fhir_gateway.identifiers import (
     CONDITION_CLINICAL,
@@ -226,8 +226,22 @@ def _codes(concept: dict | None, system: str) -> list[str]:
 
 
 @cache
-def _icd_targets(code: str) -> tuple[Target, ...]:
-    return icd10_targets(code)
+def _icd_targets(code: str, state: str) -> tuple[frozenset, tuple[tuple[str, str], ...]]:
+    """The categories a code counts toward in `state` whatever the Condition says, and the
+    (category, age) pairs that count only with the onset before that age (dependsOn)."""
+    plain, by_onset = set(), []
+    for target in icd10_targets(code):
+        category, needs = target.coding["code"], dict(target.depends_on)
+        if unknown := set(needs) - {STATE, ONSET_BEFORE_AGE}:
+            raise RuleFileError(f"ConceptMap target {code} -> {category}: dependsOn "
+                                f"{sorted(unknown)} is not understood")
+        if needs.get(STATE, state) != state:
+            continue
+        if ONSET_BEFORE_AGE in needs:
+            by_onset.append((category, needs[ONSET_BEFORE_AGE]))
+        else:
+            plain.add(category)
+    return frozenset(plain), tuple(by_onset)
 
 
 def _same_patient(resource: dict, field_name: str, patient_id: str | None) -> bool:
@@ -265,21 +279,15 @@ def _code_categories(concept: dict | None, condition: dict, facts: dict, state: 
     """The categories of a concept's ICD-10-CM codes whose ConceptMap targets hold here."""
     cats, left_out = set(), []
     for code in _codes(concept, ICD10CM):
-        for target in _icd_targets(code):
-            category = target.coding["code"]
-            needs = dict(target.depends_on)
-            if unknown := set(needs) - {STATE, ONSET_BEFORE_AGE}:
-                raise RuleFileError(f"ConceptMap target {code} -> {category}: dependsOn "
-                                    f"{sorted(unknown)} is not understood")
-            if needs.get(STATE, state) != state:
-                continue
-            if ONSET_BEFORE_AGE in needs:
-                before, onset = needs[ONSET_BEFORE_AGE], _onset_age(condition, birth)
-                if onset is None or onset >= float(before):
-                    left_out.append((category, _onset_sentence(facts, code, category, before,
-                                                               onset)))
-                    continue
-            cats.add(category)
+        plain, by_onset = _icd_targets(code, state)
+        cats |= plain
+        for category, before in by_onset:
+            onset = _onset_age(condition, birth)
+            if onset is not None and onset < float(before):
+                cats.add(category)
+            else:
+                left_out.append((category, _onset_sentence(facts, code, category, before,
+                                                           onset)))
     return cats, left_out
 
 
@@ -318,6 +326,8 @@ def _primary_categories(by_type: dict, pid: str | None, conditions: list[dict], 
                         state: str, birth: date | None, as_of: date) -> frozenset | None:
     """The categories of the member's primary diagnoses (see PRIMARY_SOURCES), or None when
     no primary diagnosis is known: a rule on the primary diagnosis then reads them all."""
+    if not any(kind in by_type for kind in PRIMARY_SOURCES):
+        return None
     rules = facts["primary_diagnosis"]
     by_ref = {f"Condition/{c['id']}": c for c in conditions if c.get("id")}
     known, cats = False, set()
