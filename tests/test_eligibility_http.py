@@ -184,8 +184,9 @@ def test_batch_eligibility_cli_from_ndjson_and_from_the_store(tmp_path):
     assert stored == {k: v == "True" for k, v in verdict.items()}
 
 
-def explanations(parameters: dict) -> dict[str, str]:
-    return {parts["code"]["valueCode"]: parts["explanation"]["valueString"]
+def program_parts(parameters: dict, name: str) -> dict[str, str]:
+    """Each program's part `name` (explanation, rule), by program code."""
+    return {parts["code"]["valueCode"]: parts[name]["valueString"]
             for p in parameters["parameter"] if p["name"] == "program"
             for parts in [{q["name"]: q for q in p["part"]}]}
 
@@ -198,7 +199,7 @@ def test_onset_not_verified_is_said(client):
         "resourceType": "Parameters", "parameter": [
             {"name": "bundle", "resource": bundle}, {"name": "asOf", "valueDate": AS_OF}]})
     assert r.status_code == 200, r.text
-    said = explanations(r.json())["mo-cmhc"]
+    said = program_parts(r.json(), "explanation")["mo-cmhc"]
     assert "G40.909 is not counted as developmental-disability" in said
     assert "onset was not verified" in said
 
@@ -214,7 +215,7 @@ def test_primary_diagnosis_of_stored_episodes_and_encounters(client):
     def cmhc() -> tuple[bool, str]:
         r = client.get(f"/fhir/Patient/m1/$hh-eligibility?asOf={AS_OF}")
         assert r.status_code == 200, r.text
-        return verdicts(r.json())["mo-cmhc"], explanations(r.json())["mo-cmhc"]
+        return verdicts(r.json())["mo-cmhc"], program_parts(r.json(), "explanation")["mo-cmhc"]
 
     eligible, said = cmhc()
     assert eligible and "primary diagnosis was not verified" in said
@@ -247,7 +248,4 @@ def test_missouri_chip_child_imported_from_cyberaccess(client, store):
     assert [c["type"]["coding"][0]["code"] for c in coverages] == ["23"]
     r = client.get(f"/fhir/Patient/{found[0]['id']}/$hh-eligibility?asOf={AS_OF}")
     assert r.status_code == 200, r.text
-    rules = {parts["code"]["valueCode"]: parts["rule"]["valueString"]
-             for p in r.json()["parameter"] if p["name"] == "program"
-             for parts in [{q["name"]: q for q in p["part"]}]}
-    assert rules == {"mo-cmhc": "mo-no-chip", "mo-pchh": "mo-no-chip"}
+    assert program_parts(r.json(), "rule") == {"mo-cmhc": "mo-no-chip", "mo-pchh": "mo-no-chip"}
