@@ -17,10 +17,10 @@ def member(state: str, birth: str = "1980-05-01") -> dict:
             "address": [{"state": state}]}
 
 
-def condition(code: str, status: str = "active") -> dict:
+def condition(code: str, status: str = "active", **onset) -> dict:
     return {"resourceType": "Condition", "subject": {"reference": "Patient/m1"},
             "clinicalStatus": {"coding": [{"system": CONDITION_CLINICAL, "code": status}]},
-            "code": {"coding": [{"system": ICD10CM, "code": code}]}}
+            "code": {"coding": [{"system": ICD10CM, "code": code}]}, **onset}
 
 
 def coverage(code: str = "2") -> dict:
@@ -29,12 +29,20 @@ def coverage(code: str = "2") -> dict:
             "type": {"coding": [{"system": SOURCE_OF_PAYMENT, "code": code}]}}
 
 
-def bmi(value: float) -> dict:
+def bmi(value: float, loinc: str = "39156-5", unit: str = "kg/m2") -> dict:
     return {"resourceType": "Observation", "status": "final", "subject": {"reference": "Patient/m1"},
-            "code": {"coding": [{"system": LOINC, "code": "39156-5"}]},
+            "code": {"coding": [{"system": LOINC, "code": loinc}]},
             "effectiveDateTime": "2026-01-10",
-            "valueQuantity": {"value": value, "unit": "kg/m2", "system": "http://unitsofmeasure.org",
-                              "code": "kg/m2"}}
+            "valueQuantity": {"value": value, "unit": unit, "system": "http://unitsofmeasure.org",
+                              "code": unit}}
+
+
+def bmi_for_age(percentile: float) -> dict:
+    return bmi(percentile, "59576-9", "%")
+
+
+ONSET_AT_5 = {"onsetAge": {"value": 5, "unit": "a", "system": "http://unitsofmeasure.org",
+                           "code": "a"}}
 
 
 CASES = [  # (name, state, birthDate, extra resources, coverage code, {program: eligible})
@@ -53,6 +61,32 @@ CASES = [  # (name, state, birthDate, extra resources, coverage code, {program: 
      {"ks-smi": False}),
     ("KS child on CHIP", "KS", "2015-05-01", [condition("F31.9")], "23",
      {"ks-smi": False, "ks-cc": False}),
+    # ConceptMap corrections
+    ("MO F32.A depression unspecified is not SMI", "MO", "1980-05-01", [condition("F32.A")], "2",
+     {"mo-cmhc": False}),
+    ("MO MH + history of nicotine dependence", "MO", "1980-05-01",
+     [condition("F99"), condition("Z87.891")], "2", {"mo-cmhc": False}),
+    ("MO E66.3 overweight alone", "MO", "1980-05-01", [condition("E66.3")], "2",
+     {"mo-pchh": False}),
+    ("MO MH + epilepsy, onset unknown", "MO", "1980-05-01",
+     [condition("F99"), condition("G40.909")], "2", {"mo-cmhc": False}),
+    ("MO MH + epilepsy from age 5", "MO", "1980-05-01",
+     [condition("F99"), condition("G40.909", **ONSET_AT_5)], "2", {"mo-cmhc": True}),
+    ("KS child disintegrative disorder", "KS", "1980-05-01", [condition("F84.3")], "2",
+     {"ks-smi": True}),
+    ("MO COPD + cardiomyopathy", "MO", "1980-05-01", [condition("J44.9"), condition("I42.9")],
+     "2", {"mo-pchh": True}),
+    # MO PCHH behavioral health: anxiety, depression, substance use disorder
+    ("MO schizophrenia + asthma is not PCHH", "MO", "1980-05-01",
+     [condition("F20.9"), condition("J45.909")], "2", {"mo-pchh": False, "mo-cmhc": True}),
+    # children's weight: BMI-for-age
+    ("MO child BMI-for-age 97th (obesity)", "MO", "2016-05-01", [bmi_for_age(97)], "2",
+     {"mo-pchh": True}),
+    ("MO child adult-scale BMI 31", "MO", "2016-05-01", [bmi(31)], "2", {"mo-pchh": False}),
+    # coverage: the state's own Medicaid; dual eligibles count
+    ("MO Medicaid out of state (25)", "MO", "1980-05-01", [condition("F20.9")], "25",
+     {"mo-cmhc": False, "mo-pchh": False}),
+    ("KS dual eligible (14)", "KS", "1980-05-01", [condition("F31.9")], "14", {"ks-smi": True}),
 ]
 
 
@@ -78,7 +112,12 @@ def test_stored_member_through_get(client, name, state, birth, extra, cov, expec
     assert {k: got[k] for k in expected} == expected
 
 
-@pytest.mark.parametrize("name, state, birth, extra, cov, expected", CASES[:3], ids=[c[0] for c in CASES[:3]])
+POSTED = [c for c in CASES if c[0] in (
+    "MO SMI alone", "MO hypertension alone", "MO diabetes alone (PCHH)",
+    "MO MH + epilepsy, onset unknown", "MO child BMI-for-age 97th (obesity)")]
+
+
+@pytest.mark.parametrize("name, state, birth, extra, cov, expected", POSTED, ids=[c[0] for c in POSTED])
 def test_posted_bundle(client, name, state, birth, extra, cov, expected):
     bundle = {"resourceType": "Bundle", "type": "collection",
               "entry": [{"resource": r} for r in [member(state, birth), *extra, coverage(cov)]]}
@@ -143,3 +182,70 @@ def test_batch_eligibility_cli_from_ndjson_and_from_the_store(tmp_path):
     stored = {(r["patient"], r["program"]): r["eligible"]
               for r in map(json.loads, out.read_text().splitlines())}
     assert stored == {k: v == "True" for k, v in verdict.items()}
+
+
+def program_parts(parameters: dict, name: str) -> dict[str, str]:
+    """Each program's part `name` (explanation, rule), by program code."""
+    return {parts["code"]["valueCode"]: parts[name]["valueString"]
+            for p in parameters["parameter"] if p["name"] == "program"
+            for parts in [{q["name"]: q for q in p["part"]}]}
+
+
+def test_onset_not_verified_is_said(client):
+    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [
+        {"resource": r} for r in [member("MO"), condition("F99"), condition("G40.909"),
+                                  coverage()]]}
+    r = client.post("/fhir/Patient/$hh-eligibility", json={
+        "resourceType": "Parameters", "parameter": [
+            {"name": "bundle", "resource": bundle}, {"name": "asOf", "valueDate": AS_OF}]})
+    assert r.status_code == 200, r.text
+    said = program_parts(r.json(), "explanation")["mo-cmhc"]
+    assert "G40.909 is not counted as developmental-disability" in said
+    assert "onset was not verified" in said
+
+
+def test_primary_diagnosis_of_stored_episodes_and_encounters(client):
+    """The SMI must be the primary diagnosis where one is ranked; unranked, it is not verified."""
+    assert client.put("/fhir/Patient/m1", json=member("MO")).status_code == 201
+    assert client.post("/fhir/Coverage", json=coverage()).status_code == 201
+    for cid, code in (("scz", "F20.9"), ("uri", "J06.9")):
+        assert client.put(f"/fhir/Condition/{cid}", json={**condition(code), "id": cid}
+                          ).status_code == 201
+
+    def cmhc() -> tuple[bool, str]:
+        r = client.get(f"/fhir/Patient/m1/$hh-eligibility?asOf={AS_OF}")
+        assert r.status_code == 200, r.text
+        return verdicts(r.json())["mo-cmhc"], program_parts(r.json(), "explanation")["mo-cmhc"]
+
+    eligible, said = cmhc()
+    assert eligible and "primary diagnosis was not verified" in said
+    encounter = {"resourceType": "Encounter", "status": "finished", "subject": {"reference": "Patient/m1"},
+                 "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                 "period": {"start": "2026-02-01"},
+                 "diagnosis": [{"condition": {"reference": "Condition/uri"}, "rank": 1},
+                               {"condition": {"reference": "Condition/scz"}, "rank": 2}]}
+    assert client.post("/fhir/Encounter", json=encounter).status_code == 201
+    assert cmhc()[0] is False  # the primary diagnosis (rank 1) is not the SMI
+    episode = {"resourceType": "EpisodeOfCare", "status": "active",
+               "patient": {"reference": "Patient/m1"}, "period": {"start": "2026-03-01"},
+               "diagnosis": [{"condition": {"reference": "Condition/scz"}, "rank": 1}]}
+    assert client.post("/fhir/EpisodeOfCare", json=episode).status_code == 201
+    eligible, said = cmhc()
+    assert eligible and "not verified" not in said
+
+
+def test_missouri_chip_child_imported_from_cyberaccess(client, store):
+    """CyberAccess's CHIP segment (ME 73) becomes SOPT 23, which mo.yaml's gate reads."""
+    from conftest import ROOT
+
+    from fhir_gateway.importer import import_extract
+
+    summary = import_extract(store, "cyberaccess", ROOT / "adapters/cyberaccess/sample.xml",
+                             workers=0)
+    assert summary.quarantined == 0
+    found = store.search("Patient", [("identifier", f"{MO_HEALTHNET_DCN}|10000084")]).matches
+    coverages = store.search("Coverage", [("beneficiary", f"Patient/{found[0]['id']}")]).matches
+    assert [c["type"]["coding"][0]["code"] for c in coverages] == ["23"]
+    r = client.get(f"/fhir/Patient/{found[0]['id']}/$hh-eligibility?asOf={AS_OF}")
+    assert r.status_code == 200, r.text
+    assert program_parts(r.json(), "rule") == {"mo-cmhc": "mo-no-chip", "mo-pchh": "mo-no-chip"}

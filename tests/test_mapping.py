@@ -259,6 +259,16 @@ def test_no_support_coordinator_means_no_care_team_but_dd_episode_needs_the_agen
 
 
 # -- CyberAccess ------------------------------------------------------------------------
+def test_cyberaccess_chip_segment_is_sopt_23(cyberaccess):
+    """ME codes become SOPT codes through conceptmaps/mo-me-code-payment: CHIP 23, else 2
+    (the eligibility rules then decide whether CHIP counts: mo.yaml's mo-no-chip)."""
+    data = participant()
+    data["Eligibility"]["Segment"][1].update(MECode="73", Description="CHIP")
+    coverages = {c["class"][0]["value"]: c for c in by_key(cyberaccess.apply(data))["coverage"]}
+    assert codes(coverages["73"]["type"]) == [(SOURCE_OF_PAYMENT, "23")]
+    assert codes(coverages["71"]["type"]) == [(SOURCE_OF_PAYMENT, "2")]
+
+
 def test_cyberaccess_participant_maps(cyberaccess):
     mapped = cyberaccess.apply(participant())
     assert Counter(m.key for m in mapped) == {

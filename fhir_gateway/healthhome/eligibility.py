@@ -20,7 +20,8 @@ from pathlib import Path
 import yaml
 
 from fhir_gateway import identifiers
-from fhir_gateway.healthhome.categories import categories as icd10_categories
+from fhir_gateway.healthhome.categories import ONSET_BEFORE_AGE, STATE
+from fhir_gateway.healthhome.categories import targets as icd10_targets
 from fhir_gateway.identifiers import (
     CONDITION_CLINICAL,
     CONDITION_VERIFICATION,
@@ -31,7 +32,15 @@ from fhir_gateway.identifiers import (
 
 RULES_DIR = Path(__file__).resolve().parent / "rules"
 FACTS = ("medicaid", "chip", "pediatric")
-CONDITION_KEYS = ("all_of", "any_of", "not", "count_at_least", "one_plus")
+CONDITION_KEYS = ("all_of", "any_of", "not", "count_at_least", "one_plus", "primary")
+#: where a primary diagnosis is recorded: resource type -> (member element, rank element,
+#: the date it starts); the diagnosis ranked 1 is primary
+PRIMARY_SOURCES = {"EpisodeOfCare": ("patient", "rank", "period.start"),
+                   "Encounter": ("subject", "rank", "period.start"),
+                   "Claim": ("patient", "sequence", "created")}
+#: Age units (UCUM code, or the unit's name without a plural s) -> per year
+AGE_UNITS = {"a": 1, "year": 1, "mo": 12, "month": 12, "wk": 52.1775, "week": 52.1775,
+             "d": 365.25, "day": 365.25}
 
 
 class EligibilityInputError(ValueError):
@@ -89,6 +98,8 @@ class RuleSet:
     groups: dict  # group name -> frozenset of categories
     aliases: dict  # upper-case name or code -> state code
     uses_age: bool = False  # some explanation says {age}: verdicts then depend on the age
+    #: state code -> identifier systems that make a Coverage that state's
+    coverage_systems: dict = field(default_factory=dict)
 
 
 def _rules_dir(rules_dir: str | os.PathLike | None) -> str:
@@ -120,7 +131,15 @@ def load_rules(rules_dir: str) -> RuleSet:
     for code, spelled in (facts.get("state_names") or {}).items():
         for name in spelled:
             aliases[str(name).upper()] = code
-    return RuleSet(facts, states, groups, aliases, any(map(_quotes_age, states.values())))
+    return RuleSet(facts, states, groups, aliases, any(map(_quotes_age, states.values())),
+                   _coverage_systems(facts))
+
+
+def _coverage_systems(facts: dict) -> dict[str, frozenset]:
+    """Per state, the identifier systems that mark a Coverage (or its payor) as that state's."""
+    named = [facts.get("state_identifiers") or {}, facts["coverage"].get("state_systems") or {}]
+    return {state: frozenset(_system(n) for table in named for n in table.get(state) or ())
+            for state in set().union(*named)}
 
 
 def _quotes_age(doc: dict) -> bool:
@@ -144,7 +163,9 @@ def _check_state(doc: dict, names: set, file: str) -> None:
         if key in ("all_of", "any_of"):
             for c in arg:
                 check_cond(c, where)
-        elif key == "not":
+        elif key in ("not", "primary"):
+            if key == "primary" and not isinstance(arg, str):
+                raise RuleFileError(f"{file} {where}: primary takes a category or group name")
             check_cond(arg, where)
         elif key == "count_at_least":
             if not isinstance(arg.get("n"), int):
@@ -205,8 +226,22 @@ def _codes(concept: dict | None, system: str) -> list[str]:
 
 
 @cache
-def _icd_categories(code: str) -> tuple[str, ...]:
-    return tuple(c["code"] for c in icd10_categories(code))
+def _icd_targets(code: str, state: str) -> tuple[frozenset, tuple[tuple[str, str], ...]]:
+    """The categories a code counts toward in `state` whatever the Condition says, and the
+    (category, age) pairs that count only with the onset before that age (dependsOn)."""
+    plain, by_onset = set(), []
+    for target in icd10_targets(code):
+        category, needs = target.coding["code"], dict(target.depends_on)
+        if unknown := set(needs) - {STATE, ONSET_BEFORE_AGE}:
+            raise RuleFileError(f"ConceptMap target {code} -> {category}: dependsOn "
+                                f"{sorted(unknown)} is not understood")
+        if needs.get(STATE, state) != state:
+            continue
+        if ONSET_BEFORE_AGE in needs:
+            by_onset.append((category, needs[ONSET_BEFORE_AGE]))
+        else:
+            plain.add(category)
+    return frozenset(plain), tuple(by_onset)
 
 
 def _same_patient(resource: dict, field_name: str, patient_id: str | None) -> bool:
@@ -221,15 +256,107 @@ def _has_code(concept: dict | None, system: str, wanted) -> bool:
                for c in (concept or {}).get("coding", ()))
 
 
-def _condition_categories(condition: dict, facts: dict) -> list[str]:
+def _is_current(condition: dict, facts: dict) -> bool:
+    """Active (or relapsed, recurred) and not refuted or entered in error."""
     rules = facts["condition"]
-    if not _has_code(condition.get("clinicalStatus"), CONDITION_CLINICAL,
-                     rules["clinical_active"]) or _has_code(
-            condition.get("verificationStatus"), CONDITION_VERIFICATION,
-            rules["verification_excluded"]):
-        return []
-    return [cat for code in _codes(condition.get("code"), ICD10CM)
-            for cat in _icd_categories(code)]
+    return _has_code(condition.get("clinicalStatus"), CONDITION_CLINICAL,
+                     rules["clinical_active"]) and not _has_code(
+        condition.get("verificationStatus"), CONDITION_VERIFICATION,
+        rules["verification_excluded"])
+
+
+def _condition_categories(condition: dict, facts: dict, state: str,
+                          birth: date | None) -> tuple[set[str], list[tuple[str, str]]]:
+    """The categories a current Condition counts toward in `state`, and (category, sentence)
+    for each target left out because its onset was not before the age the map asks for."""
+    if not _is_current(condition, facts):
+        return set(), []
+    return _code_categories(condition.get("code"), condition, facts, state, birth)
+
+
+def _code_categories(concept: dict | None, condition: dict, facts: dict, state: str,
+                     birth: date | None) -> tuple[set[str], list[tuple[str, str]]]:
+    """The categories of a concept's ICD-10-CM codes whose ConceptMap targets hold here."""
+    cats, left_out = set(), []
+    for code in _codes(concept, ICD10CM):
+        plain, by_onset = _icd_targets(code, state)
+        cats |= plain
+        for category, before in by_onset:
+            onset = _onset_age(condition, birth)
+            if onset is not None and onset < float(before):
+                cats.add(category)
+            else:
+                left_out.append((category, _onset_sentence(facts, code, category, before,
+                                                           onset)))
+    return cats, left_out
+
+
+def _onset_age(condition: dict, birth: date | None) -> float | None:
+    """Age in years at Condition.onset[x]; None when it cannot be told."""
+    if "onsetAge" in condition:
+        return _years(condition["onsetAge"])
+    if "onsetRange" in condition:  # began no later than the upper bound
+        return _years((condition["onsetRange"] or {}).get("high"))
+    when = condition.get("onsetDateTime") or (condition.get("onsetPeriod") or {}).get("start")
+    if not when or birth is None:
+        return None
+    return _age(birth, _parse_date(when, "Condition.onset"))
+
+
+def _years(age: dict | None) -> float | None:
+    age = age if isinstance(age, dict) else {}
+    unit = str(age.get("code") or age.get("unit") or "").lower()
+    per_year = AGE_UNITS.get(unit) or AGE_UNITS.get(unit.removesuffix("s"))
+    value = age.get("value")
+    if per_year is None or not isinstance(value, (int, float)):
+        return None
+    return value / per_year
+
+
+def _onset_sentence(facts: dict, code: str, category: str, before: str,
+                    onset: float | None) -> str:
+    rules = facts["condition"]
+    template = rules["onset_not_verified"] if onset is None else rules["onset_too_late"]
+    return " ".join(template.split()).format(
+        code=code, category=category, before=before, onset=f"{onset or 0:g}",
+        source=" ".join(rules["onset_source"].split()))
+
+
+def _primary_categories(by_type: dict, pid: str | None, conditions: list[dict], facts: dict,
+                        state: str, birth: date | None, as_of: date) -> frozenset | None:
+    """The categories of the member's primary diagnoses (see PRIMARY_SOURCES), or None when
+    no primary diagnosis is known: a rule on the primary diagnosis then reads them all."""
+    if not any(kind in by_type for kind in PRIMARY_SOURCES):
+        return None
+    rules = facts["primary_diagnosis"]
+    by_ref = {f"Condition/{c['id']}": c for c in conditions if c.get("id")}
+    known, cats = False, set()
+    for kind, (member, rank, start) in PRIMARY_SOURCES.items():
+        for res in by_type.get(kind, []):
+            began = _path(res, start)
+            if (not _same_patient(res, member, pid) or res.get("status") in
+                    rules["excluded_status"] or (began and _parse_date(
+                        began, f"{kind}.{start}") > as_of)):
+                continue
+            for dx in res.get("diagnosis") or []:
+                if not isinstance(dx, dict) or dx.get(rank) != 1:
+                    continue
+                ref = (dx.get("condition") or dx.get("diagnosisReference") or {})
+                condition = by_ref.get(ref.get("reference"))
+                if condition is not None:
+                    known = True
+                    cats |= _condition_categories(condition, facts, state, birth)[0]
+                elif dx.get("diagnosisCodeableConcept"):
+                    known = True
+                    cats |= _code_categories(dx["diagnosisCodeableConcept"], {}, facts,
+                                             state, birth)[0]
+    return frozenset(cats) if known else None
+
+
+def _path(resource: dict, dotted: str):
+    for name in dotted.split("."):
+        resource = resource.get(name) if isinstance(resource, dict) else None
+    return resource
 
 
 def _observation_time(obs: dict) -> str:
@@ -251,21 +378,34 @@ def _latest(observations: list[dict], loinc: str, facts: dict, as_of: date) -> d
     return max(found, key=lambda pair: pair[0])[1] if found else None
 
 
-def _observation_categories(observations: list[dict], facts: dict, as_of: date) -> set[str]:
+def observation_codes(rules_dir: str | os.PathLike | None = None) -> list[str]:
+    """The LOINC codes of the Observations eligibility reads (what a member record fetches)."""
+    observation = load_rules(_rules_dir(rules_dir)).facts["observation"]
+    return [observation[k]["loinc"] for k in ("bmi", "bmi_for_age", "smoking")]
+
+
+def _observation_categories(observations: list[dict], facts: dict, as_of: date,
+                            pediatric: bool) -> set[str]:
+    """Weight from the latest BMI (for a child: BMI-for-age percentile, the adult BMI does
+    not apply), tobacco from the latest smoking status."""
     out = set()
-    bmi_rules, smoking = facts["observation"]["bmi"], facts["observation"]["smoking"]
+    rules = facts["observation"]
+    bmi_rules, smoking = rules["bmi_for_age" if pediatric else "bmi"], rules["smoking"]
     bmi = _latest(observations, bmi_rules["loinc"], facts, as_of)
     value = ((bmi or {}).get("valueQuantity") or {}).get("value")
     if isinstance(value, (int, float)):
-        if value > bmi_rules["overweight_above"]:
-            out.add("overweight")
-        if value >= bmi_rules["obesity_at_least"]:
-            out.add("obesity")
+        out |= {cat for cat in ("overweight", "obesity") if _reaches(value, bmi_rules[cat])}
     status = _latest(observations, smoking["loinc"], facts, as_of)
     if status and set(_codes(status.get("valueCodeableConcept"), SNOMED)) & set(
             smoking["current_smoker"]):
         out.add("tobacco")
     return out
+
+
+def _reaches(value: float, threshold: dict) -> bool:
+    if "above" in threshold:
+        return value > threshold["above"]
+    return value >= threshold["at_least"]
 
 
 def _covers(period: dict | None, as_of: date, where: str) -> bool:
@@ -275,13 +415,19 @@ def _covers(period: dict | None, as_of: date, where: str) -> bool:
     return not (period.get("end") and _parse_date(period["end"], f"{where}.end") < as_of)
 
 
-def _coverage(coverages: list[dict], facts: dict, as_of: date) -> tuple[bool, bool]:
-    rules = facts["coverage"]
+def _coverage(coverages: list[dict], rules_set: RuleSet, state: str,
+              as_of: date) -> tuple[bool, bool]:
+    """(Medicaid, CHIP) on the date, from active Coverages that are not another state's."""
+    rules = rules_set.facts["coverage"]
+    foreign = set().union(*(systems for other, systems in rules_set.coverage_systems.items()
+                            if other != state))
     medicaid = chip = False
     for cov in coverages:
         if cov.get("status") != "active" or not _covers(cov.get("period"), as_of,
                                                          "Coverage.period"):
             continue
+        if _identifier_systems(cov) & foreign:
+            continue  # another state's Medicaid or CHIP
         for code in _codes(cov.get("type"), rules["system"]):
             if code in rules["medicaid_codes"] or any(
                     code.startswith(p) for p in rules["medicaid_prefixes"]):
@@ -291,11 +437,19 @@ def _coverage(coverages: list[dict], facts: dict, as_of: date) -> tuple[bool, bo
     return medicaid, chip
 
 
+def _identifier_systems(cov: dict) -> set[str]:
+    ids = [*(cov.get("identifier") or []),
+           *((p or {}).get("identifier") or {} for p in cov.get("payor") or [])]
+    return {i.get("system") for i in ids if isinstance(i, dict)}
+
+
 def _age(birth: date, as_of: date) -> int:
     return as_of.year - birth.year - ((as_of.month, as_of.day) < (birth.month, birth.day))
 
 
 def _system(name: str) -> str:
+    if "{" in name:
+        return name.format(CANONICAL_BASE=identifiers.CANONICAL_BASE)
     return name if ":" in name else getattr(identifiers, name)
 
 
@@ -323,14 +477,24 @@ def _derive_state(patient: dict, coverages: list[dict], rules: RuleSet) -> str:
 
 
 class _Context:
-    def __init__(self, cats: set[str], facts: dict[str, bool], groups: dict):
-        self.cats, self.facts, self.groups = cats, facts, groups
+    def __init__(self, cats: set[str], facts: dict[str, bool], groups: dict,
+                 primary: frozenset | None = None):
+        self.cats, self.facts, self.groups, self.primary = cats, facts, groups, primary
+        #: set by `check` when a {primary: ...} held only because no primary is known
+        self.unverified = False
 
-    def present(self, name: str) -> set[str]:
+    def present(self, name: str, among: set[str] | frozenset | None = None) -> set[str]:
         """The categories that make `name` (category or group) present; empty if absent."""
+        among = self.cats if among is None else among
         if name in self.groups:
-            return self.groups[name] & self.cats
-        return {name} if name in self.cats else set()
+            return self.groups[name] & among
+        return {name} if name in among else set()
+
+    def check(self, cond) -> tuple[bool, set[str], bool]:
+        """`test`, and whether the answer rests on an unverified primary diagnosis."""
+        self.unverified = False
+        ok, basis = self.test(cond)
+        return ok, basis, self.unverified
 
     def test(self, cond) -> tuple[bool, set[str]]:
         if isinstance(cond, str):
@@ -339,6 +503,11 @@ class _Context:
             hit = self.present(cond)
             return bool(hit), hit
         (key, arg), = cond.items()
+        if key == "primary":
+            hit = self.present(arg, self.primary)
+            if self.primary is None and hit:
+                self.unverified = True
+            return bool(hit), hit
         if key == "all_of":
             basis = set()
             for c in arg:
@@ -371,26 +540,30 @@ def _say(item: dict, program: dict, basis, age, source: str | None = None) -> st
                        basis=", ".join(sorted(basis)) or "none", age=age)
 
 
-def _verdict(program: dict, state_doc: dict, ctx: _Context, age) -> ProgramVerdict:
+def _verdict(program: dict, state_doc: dict, ctx: _Context, age,
+             not_verified: str) -> ProgramVerdict:
+    """The first failing gate, else the first matching rule (unless an exclusion holds), else
+    no_match; an answer resting on an unknown primary diagnosis says `not_verified`."""
     code = program["code"]
     for gate in [*(state_doc.get("gates") or []), *(program.get("gates") or [])]:
         if not ctx.test(gate["when"])[0]:
             return ProgramVerdict(code, False, [], gate["id"], _say(gate, program, [], age),
                                   gate["source"])
-    matched = [(rule, hit) for rule in program["rules"]
-               for ok, hit in [ctx.test(rule["when"])] if ok]
+    matched = [(rule, hit, unverified) for rule in program["rules"]
+               for ok, hit, unverified in [ctx.check(rule["when"])] if ok]
     if not matched:
         miss = program["no_match"]
         return ProgramVerdict(code, False, [], miss["id"],
                               _say(miss, program, ctx.cats, age), miss.get("source", ""))
-    rule, basis = matched[0]
+    rule, basis, unverified = matched[0]
+    caveat = f" {not_verified}" if unverified else ""
     for excl in program.get("exclusions") or []:
         ok, hit = ctx.test(excl["when"])
         if ok:
             return ProgramVerdict(code, False, sorted(basis | hit), excl["id"],
                                   _say(excl, program, basis | hit, age), excl["source"])
-    also = [r["id"] for r, _ in matched[1:]]
-    text = _say(rule, program, basis, age)
+    also = [r["id"] for r, _, _ in matched[1:]]
+    text = _say(rule, program, basis, age) + caveat
     if also:
         text += f" Also meets: {', '.join(also)}."
     return ProgramVerdict(code, True, sorted(basis), rule["id"], text, rule["source"], also)
@@ -400,8 +573,9 @@ def evaluate(resources: list[dict], state: str | None = None, as_of: date | None
              rules_dir: str | os.PathLike | None = None) -> Evaluation:
     """Which Health Home programs of the member's state the member qualifies for, and why.
 
-    `resources`: one member's Patient with their Conditions, Observations and Coverages
-    (other resource types are ignored). `state`: "MO"/"KS" (or Missouri/Kansas); derived from
+    `resources`: one member's Patient with their Conditions, Observations and Coverages, and
+    the EpisodesOfCare, Encounters and Claims that rank their diagnoses (other resource types
+    are ignored). `state`: "MO"/"KS" (or Missouri/Kansas); derived from
     identifiers or the address when omitted. `as_of`: the evaluation date, today by default.
     """
     folder = _rules_dir(rules_dir)
@@ -433,39 +607,51 @@ def evaluate(resources: list[dict], state: str | None = None, as_of: date | None
             raise EligibilityInputError(
                 f"unknown state {state!r}; known: {', '.join(sorted(rules.states))}", "state")
 
-    cats = {cat for cond in conditions for cat in _condition_categories(cond, facts)}
-    cats |= _observation_categories(observations, facts, as_of)
+    birth = age = None
+    if patient.get("birthDate"):
+        birth = _parse_date(patient["birthDate"], "Patient.birthDate")
+        age = _age(birth, as_of)
+    pediatric = age is not None and age < facts["pediatric_age"]
+
+    cats, left_out = set(), []
+    for cond in conditions:
+        found, why = _condition_categories(cond, facts, code, birth)
+        cats |= found
+        left_out += why
+    cats |= _observation_categories(observations, facts, as_of, pediatric)
     for cat, implied in (facts.get("implies") or {}).items():
         if cat in cats:
             cats |= set(implied)
-    medicaid, chip = _coverage(coverages, facts, as_of)
-    age = None
-    if patient.get("birthDate"):
-        age = _age(_parse_date(patient["birthDate"], "Patient.birthDate"), as_of)
-    pediatric = age is not None and age < facts["pediatric_age"]
+    # a diagnosis left out matters only when nothing else brought its category
+    left_out = list(dict.fromkeys(why for cat, why in left_out if cat not in cats))
+    primary = _primary_categories(by_type, pid, conditions, facts, code, birth, as_of)
+    medicaid, chip = _coverage(coverages, rules, code, as_of)
 
     key_age = age if rules.uses_age else None
-    verdicts, notes = _judge(folder, code, frozenset(cats), medicaid, chip,
+    verdicts, notes = _judge(folder, code, frozenset(cats), primary, medicaid, chip,
                              pediatric, key_age)
+    told = "".join(f" {why}" for why in left_out)
     return Evaluation(code, as_of, sorted(cats), medicaid, chip,
-                      [ProgramVerdict(c, ok, list(basis), rule, text, source, list(also))
-                       for c, ok, basis, rule, text, source, also in verdicts], age, list(notes))
+                      [ProgramVerdict(c, ok, list(basis), rule, text + told, source, list(also))
+                       for c, ok, basis, rule, text, source, also in verdicts], age,
+                      [*notes, *left_out])
 
 
 @lru_cache(maxsize=8192)
-def _judge(rules_dir: str, code: str, cats: frozenset, medicaid: bool, chip: bool,
-           pediatric: bool, age: int | None) -> tuple[tuple, tuple]:
+def _judge(rules_dir: str, code: str, cats: frozenset, primary: frozenset | None,
+           medicaid: bool, chip: bool, pediatric: bool, age: int | None) -> tuple[tuple, tuple]:
     """The verdicts (as tuples) and notes for one combination of facts.
 
-    A verdict depends on nothing but the categories and the three facts (and the age, only
-    if an explanation quotes it), and members share few combinations: batch evaluation
-    judges each combination once.
+    A verdict depends on nothing but the categories, the primary diagnosis's categories and
+    the three facts (and the age, only if an explanation quotes it), and members share few
+    combinations: batch evaluation judges each combination once.
     """
     rules = load_rules(rules_dir)
     state_doc = rules.states[code]
     ctx = _Context(set(cats), {"medicaid": medicaid, "chip": chip, "pediatric": pediatric},
-                   rules.groups)
-    verdicts = [_verdict(p, state_doc, ctx, age) for p in state_doc["programs"]]
+                   rules.groups, primary)
+    not_verified = " ".join(rules.facts["primary_diagnosis"]["not_verified"].split())
+    verdicts = [_verdict(p, state_doc, ctx, age, not_verified) for p in state_doc["programs"]]
     notes = []
     eligible = {v.code for v in verdicts if v.eligible}
     for rule in state_doc.get("mutually_exclusive") or []:
