@@ -187,6 +187,24 @@ def test_dd_condition_without_a_dd_episode_becomes_a_regional_office_work_item(c
     assert drafts["entry"][0]["resource"]["subject"]["reference"] == "Patient/m1"
 
 
+def test_epilepsy_is_a_developmental_disability_for_enrollment_only_with_onset_before_22(client):
+    """Enrollment reads a Condition as eligibility does (MO DD seed: onset before age 22):
+    epilepsy of unknown onset sends no one to the DD Regional Office."""
+    setup_member(client, "MO", ["F20.9", "G40.909"])
+    assert client.post("/fhir/Patient/m1/$enroll", json=enroll_params("mo-cmhc")).status_code == 201
+    drafts = "/fhir/ServiceRequest?status=draft&code=dd-regional-office-referral"
+    assert client.get(drafts).json()["total"] == 0
+    setup_member(client, "MO", ["F20.9"], pid="m2")
+    early = condition("G40.909", onsetAge={"value": 6, "unit": "a",
+                                           "system": "http://unitsofmeasure.org", "code": "a"})
+    assert client.post("/fhir/Condition", json={**early, "subject": {"reference": "Patient/m2"}}
+                       ).status_code == 201
+    r = client.post("/fhir/Patient/m2/$enroll", json=enroll_params("mo-cmhc", agreed_by="Patient/m2"))
+    assert r.status_code == 201, r.text
+    found = client.get(drafts).json()
+    assert [e["resource"]["subject"]["reference"] for e in found.get("entry", [])] == ["Patient/m2"]
+
+
 # -- consent: Missouri enrollment needs the member's or guardian's agreement ---------------
 
 def test_missouri_enrollment_without_the_members_agreement_is_refused(client):

@@ -297,7 +297,8 @@ def _enrollment_bundle(store, patient_id: str, wanted, guard: dict) -> dict:
     if team:
         add(team, f"urn:uuid:{uuid.uuid4()}")
         episode["team"] = [{"reference": entries[-1]["fullUrl"]}]
-    if hh_enrollment.dd_referral_needed(wanted.program, conditions, coordination):
+    if hh_enrollment.dd_referral_needed(wanted.program, record[0], conditions,
+                                       coordination):
         add(hh_enrollment.dd_referral(wanted.program, record[0], when))
     if hh_enrollment.sends_letter(wanted.program, wanted.source):
         provider = store.read(*wanted.provider.split("/", 1))

@@ -274,6 +274,15 @@ def _condition_categories(condition: dict, facts: dict, state: str,
     return _code_categories(condition.get("code"), condition, facts, state, birth)
 
 
+def counted_categories(condition: dict, state: str, birth_date: str | None) -> set[str]:
+    """The categories a Condition counts toward in `state`, read as eligibility reads it
+    (epilepsy or a head injury only with onset before 22, F84.3 as SMI only in Kansas):
+    what enrollment links to and refers on must be what made the member eligible."""
+    facts = load_rules(_rules_dir(None)).facts
+    birth = _parse_date(birth_date, "Patient.birthDate") if birth_date else None
+    return _code_categories(condition.get("code"), condition, facts, state, birth)[0]
+
+
 def _code_categories(concept: dict | None, condition: dict, facts: dict, state: str,
                      birth: date | None) -> tuple[set[str], list[tuple[str, str]]]:
     """The categories of a concept's ICD-10-CM codes whose ConceptMap targets hold here."""

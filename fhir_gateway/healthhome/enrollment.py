@@ -23,8 +23,7 @@ from pathlib import Path
 import yaml
 
 from fhir_gateway.healthhome import eligibility
-from fhir_gateway.healthhome.categories import categories
-from fhir_gateway.identifiers import CANONICAL_BASE, HH_PROGRAM, ICD10CM
+from fhir_gateway.identifiers import CANONICAL_BASE, HH_PROGRAM
 
 SD = f"{CANONICAL_BASE}/StructureDefinition"
 CS = f"{CANONICAL_BASE}/CodeSystem"
@@ -123,8 +122,9 @@ def enroll(patient: dict, request: Request, verdict, conditions: list[dict],
         raise EnrollmentRefused(422, f"Not eligible for {request.program}: "
                                      f"{verdict.explanation} (rule {verdict.rule}); enroll with "
                                      "an override and a reason to proceed", "program")
-    qualifying = [c for c in conditions if _qualifies(c, set(verdict.basis))] or \
-        [c for c in conditions if _qualifies(c, None)]
+    qualifying = [c for c in conditions
+                  if _qualifies(c, set(verdict.basis), request.program, patient)] or \
+        [c for c in conditions if _qualifies(c, None, request.program, patient)]
     if not qualifying:
         raise EnrollmentRefused(422, "No qualifying Condition is on record to link the "
                                      "enrollment to", "program")
@@ -185,14 +185,13 @@ def consent(patient_ref: str, request: Request, episode_ref: str) -> dict:
     }
 
 
-def _categories(condition: dict) -> set[str]:
-    return {c["code"] for coding in (condition.get("code") or {}).get("coding", [])
-            if coding.get("system") == ICD10CM and coding.get("code")
-            for c in categories(coding["code"])}
+def _categories(condition: dict, program: str, patient: dict) -> set[str]:
+    return eligibility.counted_categories(condition, program_state(program) or "",
+                                          patient.get("birthDate"))
 
 
-def _qualifies(condition: dict, basis: set[str] | None) -> bool:
-    found = _categories(condition)
+def _qualifies(condition: dict, basis: set[str] | None, program: str, patient: dict) -> bool:
+    found = _categories(condition, program, patient)
     return bool(found) and (basis is None or bool(found & basis))
 
 
@@ -346,11 +345,13 @@ def care_team(program: str, patient_ref: str, enrollment_ref: str,
             "note": [{"text": f"Care team of {enrollment_ref}"}]}
 
 
-def dd_referral_needed(program: str, conditions: list[dict], coordination: list[dict]) -> bool:
+def dd_referral_needed(program: str, patient: dict, conditions: list[dict],
+                       coordination: list[dict]) -> bool:
     """A developmental-disability condition but no open DD episode, in a state that refers
     such members to a DD Regional Office (Missouri)."""
     return bool(policy(program).get("dd_referral")) and not coordination and any(
-        "developmental-disability" in _categories(condition) for condition in conditions)
+        "developmental-disability" in _categories(condition, program, patient)
+        for condition in conditions)
 
 
 def dd_referral(program: str, patient: dict, when: str) -> dict:
