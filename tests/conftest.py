@@ -149,3 +149,16 @@ def patient(identifier: str = "12345678", family: str = "Testperson", **extra) -
                             "value": identifier}],
             "name": [{"family": family, "given": ["Alex"]}], "gender": "female",
             "birthDate": "1980-04-02", **extra}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "hapi: runs against the HAPI FHIR server (a JVM); "
+                                       "`pytest -m 'not hapi'` is the fast loop without one")
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every test that reaches HAPI: through `hapi_url`, or a store parameter 'hapi'."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "hapi_url" in item.fixturenames or "hapi" in params.values():
+            item.add_marker(pytest.mark.hapi)
