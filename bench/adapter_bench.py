@@ -39,8 +39,9 @@ def stage(kind: str, system: str, path: str, db: str) -> dict:
     from fhir_gateway.adapters.cyberaccess.parser import parse as parse_cyberaccess
     from fhir_gateway.bulk import bulk_gc
     from fhir_gateway.config import DEFAULT_MAPPINGS
+    from fhir_gateway.healthhome.transforms import TRANSFORMS
     from fhir_gateway.importer import default_workers, import_extract, prepare
-    from fhir_gateway.mapping.engine import load_mapping
+    from fhir_gateway.mapping import load_mapping
     from fhir_gateway.store import open_store
 
     started, records = time.perf_counter(), 0
@@ -53,7 +54,7 @@ def stage(kind: str, system: str, path: str, db: str) -> dict:
                 while element.getprevious() is not None:
                     del element.getparent()[0]
     elif kind == "parse+map":
-        mapping = load_mapping(f"{DEFAULT_MAPPINGS}/{system}.yaml")
+        mapping = load_mapping(f"{DEFAULT_MAPPINGS}/{system}.yaml", TRANSFORMS)
         with bulk_gc():
             for record in (parse_cimor if system == "cimor" else parse_cyberaccess)(path):
                 mapping.apply(record.data)

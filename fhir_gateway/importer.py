@@ -33,8 +33,9 @@ from fhir_gateway.adapters import slices
 from fhir_gateway.adapters.common import ExtractFormat, MalformedExtract, SourceRecord, parse_record
 from fhir_gateway.bulk import bulk_gc
 from fhir_gateway.config import DEFAULT_MAPPINGS
-from fhir_gateway.mapping.engine import (MappedResource, load_mapping, to_transaction,
-                                          transaction_json)
+from fhir_gateway.healthhome.transforms import TRANSFORMS
+from fhir_gateway.mapping import (MappedResource, load_mapping, to_transaction,
+                                  transaction_json)
 from fhir_gateway.mapping.paths import MappingError
 from fhir_gateway.outcome import FhirError
 from fhir_gateway.store.base import FhirStore
@@ -127,8 +128,8 @@ def _format(system: str) -> ExtractFormat:
 
 @lru_cache(maxsize=2 * len(SYSTEMS))
 def _mapping(system: str, mappings: str):
-    """`<mappings>/<system>.yaml`, loaded once per process."""
-    return load_mapping(Path(mappings) / f"{system}.yaml")
+    """`<mappings>/<system>.yaml`, loaded once per process, with the Health Home transforms."""
+    return load_mapping(Path(mappings) / f"{system}.yaml", TRANSFORMS)
 
 
 def _load(system: str, validator: Validator | None, mappings: str):

@@ -16,8 +16,9 @@ from fhir_gateway.adapters.cyberaccess.parser import parse as parse_cyberaccess
 from fhir_gateway.adapters.synth import inject_bad_records, write_extracts
 from conftest import ROOT, patient
 from fhir_gateway.config import DEFAULT_MAPPINGS
+from fhir_gateway.healthhome.transforms import TRANSFORMS
 from fhir_gateway.importer import import_extract
-from fhir_gateway.mapping.engine import load_mapping
+from fhir_gateway.mapping import load_mapping
 from fhir_gateway.store import open_store
 from fhir_gateway.validation.rules import errors
 
@@ -35,7 +36,7 @@ def expected_counts(*files) -> Counter:
     """What the mappings say the extracts hold: one resource per (type, identifier)."""
     seen = set()
     for system, path, parse in files:
-        mapping = load_mapping(f"{DEFAULT_MAPPINGS}/{system}.yaml")
+        mapping = load_mapping(f"{DEFAULT_MAPPINGS}/{system}.yaml", TRANSFORMS)
         for record in parse(path):
             seen |= {(m.type, m.identifier) for m in mapping.apply(record.data)}
     return Counter(t for t, _ in seen)

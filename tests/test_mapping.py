@@ -21,7 +21,9 @@ import yaml
 from fhir_gateway.config import DEFAULT_PROFILES
 from fhir_gateway.identifiers import (CANONICAL_BASE, DMH_CONSUMER_ID, HH_PROGRAM, ICD10CM,
                                       MO_HEALTHNET_DCN, NPI, SOURCE_OF_PAYMENT)
-from fhir_gateway.mapping import MappingError, load_mapping, to_transaction
+from fhir_gateway.healthhome.transforms import TRANSFORMS
+from fhir_gateway.mapping import Mapping, MappingError, load_mapping, to_transaction
+from fhir_gateway.mapping.generate import condition_function, reach_function
 from fhir_gateway.mapping.paths import Condition, Context, getter, items, resolve
 from fhir_gateway.store.sqlite import SQLiteStore
 from fhir_gateway.validation.guard import ValidatingStore
@@ -92,6 +94,16 @@ PARTICIPANT = {
 }
 
 
+def load_hh(path: Path):
+    """A mapping file with the Health Home transforms, as the importer loads it."""
+    return load_mapping(path, TRANSFORMS)
+
+
+def closures(path: Path):
+    """The same, run by the closures alone: the meaning the generated code must keep."""
+    return Mapping.load(path, TRANSFORMS)
+
+
 def consumer(**changes) -> dict:
     data = copy.deepcopy(CONSUMER)
     data.update(changes)
@@ -106,12 +118,12 @@ def participant(**changes) -> dict:
 
 @pytest.fixture(scope="module")
 def cimor():
-    return load_mapping(MAPPINGS / "cimor.yaml")
+    return load_hh(MAPPINGS / "cimor.yaml")
 
 
 @pytest.fixture(scope="module")
 def cyberaccess():
-    return load_mapping(MAPPINGS / "cyberaccess.yaml")
+    return load_hh(MAPPINGS / "cyberaccess.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -457,8 +469,8 @@ def test_adding_a_field_is_a_mapping_edit(tmp_path):
                                                                   "date": True}}}]
     (folder / "cimor.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
-    before = by_key(load_mapping(MAPPINGS / "cimor.yaml").apply(consumer()))
-    after = by_key(load_mapping(folder / "cimor.yaml").apply(consumer()))
+    before = by_key(load_hh(MAPPINGS / "cimor.yaml").apply(consumer()))
+    after = by_key(load_hh(folder / "cimor.yaml").apply(consumer()))
     text = {c["code"]["coding"][0]["code"]: c["code"].get("text") for c in after["condition"]}
     assert text == {"G80.9": "Cerebral palsy, unspecified", "F84.0": None, "F32.9": None}
     assert all("text" not in c["code"] for c in before["condition"])
@@ -472,10 +484,10 @@ def test_a_code_translation_is_a_conceptmap_edit(tmp_path):
     data = consumer()
     data["HealthHome"]["Program"] = "BHH"
     with pytest.raises(MappingError, match="'BHH' has no translation in ConceptMap hh-program"):
-        load_mapping(folder / "cimor.yaml").apply(data)
+        load_hh(folder / "cimor.yaml").apply(data)
     cm_file = folder / "conceptmaps" / "hh-program.json"
     cm_file.write_text(cm_file.read_text().replace('"code": "CMHC"', '"code": "BHH"'))
-    enrollment = one(load_mapping(folder / "cimor.yaml").apply(data), "enrollment")
+    enrollment = one(load_hh(folder / "cimor.yaml").apply(data), "enrollment")
     assert codes(enrollment["type"][0]) == [(HH_PROGRAM, "mo-cmhc")]
 
 
@@ -517,7 +529,7 @@ def test_paths_and_conditions():
     for path in ("Claims.Claim[].ServiceLines[]", "Claims.Claim[].ServiceLines.Line.X"):
         for generate in (True, False):  # the error names the item, whichever way it is read
             with pytest.raises(MappingError, match=r"^Claims\.Claim\[0\]\.ServiceLines"):
-                resolve(Context(data), path) if generate else getter(path, False)(Context(data))
+                getter(path, reach_function if generate else None)(Context(data))
     fns = {"upper": lambda v, p: v.upper()}
     root = Context(data)
     assert Condition("Claims.Claim[].ServiceLines.Line[].ProviderType in ['85', '15']", fns)(root)
@@ -541,8 +553,9 @@ def test_generated_conditions_agree_with_the_closures(expr, data):
             return condition(Context(data))
         except MappingError as err:
             return str(err)
-    generated = Condition(expr, fns)
-    assert outcome(generated) == outcome(Condition(expr, fns, generate=False))
+    closure = Condition(expr, fns, reach_function)
+    generated = condition_function(closure.tree, fns, closure.test)
+    assert outcome(generated) == outcome(Condition(expr, fns).test)
 
 
 def test_identifier_values_are_escaped_for_the_match(cimor, store):
@@ -567,7 +580,7 @@ def test_a_broken_mapping_fails_at_load(tmp_path):
                                        "when: HealthHome.Indicator = 'Y'", 1), "cannot read")):
         (folder / "cimor.yaml").write_text(bad)
         with pytest.raises(MappingError, match=message):
-            load_mapping(folder / "cimor.yaml")
+            load_hh(folder / "cimor.yaml")
 
 
 # -- the adapters' sample extracts --------------------------------------------------------
@@ -666,15 +679,15 @@ def test_generated_code_maps_exactly_as_the_closures(system, tmp_path):
 
     write_extracts(150, tmp_path)
     records = [r.data for r in parse_file(_format(system), tmp_path / f"{system}.xml")]
-    generated = load_mapping(MAPPINGS / f"{system}.yaml")
-    closures = load_mapping(MAPPINGS / f"{system}.yaml", generate=False)
+    generated = load_hh(MAPPINGS / f"{system}.yaml")
+    reference = closures(MAPPINGS / f"{system}.yaml")
     assert any(hasattr(s.build, "source") for s in generated.specs)  # code was generated
-    assert not any(hasattr(s.build, "source") for s in closures.specs)
+    assert not any(hasattr(s.build, "source") for s in reference.specs)
     rng = random.Random(1945)
     damaged = [_damaged(data, rng) for data in records for _ in range(4)]
     outcomes = Counter()
     for data in records + damaged:
-        expected = _outcome(closures, data)
+        expected = _outcome(reference, data)
         assert _outcome(generated, data) == expected, data
         outcomes["error" if expected[0] == "error" else "mapped"] += 1
     assert outcomes["error"] > 20 and outcomes["mapped"] > len(records)  # both ways were taken
@@ -689,9 +702,9 @@ def test_generated_code_takes_odd_mapping_files_as_the_closures(tmp_path):
     day = datetime.date(2024, 1, 1)
     patient["resource"][day] = {"x": float("inf"), "y": "$DCN"}  # YAML keys need not be text
     (folder / "cimor.yaml").write_text(yaml.dump(doc, sort_keys=False))
-    generated = load_mapping(folder / "cimor.yaml").apply(consumer())
-    assert _outcome(load_mapping(folder / "cimor.yaml"), consumer()) == _outcome(
-        load_mapping(folder / "cimor.yaml", generate=False), consumer())
+    generated = load_hh(folder / "cimor.yaml").apply(consumer())
+    assert _outcome(load_hh(folder / "cimor.yaml"), consumer()) == _outcome(
+        closures(folder / "cimor.yaml"), consumer())
     mapped = one(generated, "patient")
     assert mapped["identifier"][0]["value"] == "" and mapped[day]["x"] == float("inf")
 
@@ -708,10 +721,10 @@ def test_generated_code_takes_transform_results_and_errors_as_the_closures(tmp_p
     (folder / "cimor.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     data = consumer()
     data["Extra"] = extra
-    generated = _outcome(load_mapping(folder / "cimor.yaml"), data)
-    assert generated == _outcome(load_mapping(folder / "cimor.yaml", generate=False), data)
+    generated = _outcome(load_hh(folder / "cimor.yaml"), data)
+    assert generated == _outcome(closures(folder / "cimor.yaml"), data)
     if expected is None:  # no category: an empty list, so no member
-        assert "categories" not in one(load_mapping(folder / "cimor.yaml").apply(data), "patient")
+        assert "categories" not in one(load_hh(folder / "cimor.yaml").apply(data), "patient")
     else:
         assert expected in orjson.dumps(generated).decode()
 
@@ -752,13 +765,67 @@ def test_generated_path_loops_reach_what_the_reference_reaches(system, tmp_path)
     errors, reached = 0, 0
     for data in records + [_damaged(d, rng) for d in records for _ in range(6)]:
         for path in PATHS:
-            generated, reference = finder(path), finder(path, generate=False)
+            generated, reference = finder(path, reach_function), finder(path)
             assert generated is not reference and hasattr(generated, "source")
             expected = _reached(reference, Context(data))
             assert _reached(generated, Context(data)) == expected, (path, data)
-            assert _values(getter(path), Context(data)) == _values(
-                getter(path, generate=False), Context(data))
+            assert _values(getter(path, reach_function), Context(data)) == _values(
+                getter(path), Context(data))
             failed = isinstance(expected, tuple)
             errors += failed
             reached += 0 if failed else len(expected)
     assert errors > 10 and reached > 100  # both ways were taken
+
+
+# -- the package: no import cycle, no Health Home knowledge ------------------------------
+def _imports(module: Path) -> tuple[set[str], list[str]]:
+    """(the fhir_gateway.mapping modules a module imports at its top level, the lines of
+    any import inside a function or class: such an import can hide a cycle)."""
+    import ast
+
+    tree = ast.parse(module.read_text())
+    top = {id(node) for node in tree.body}
+    found, nested = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
+                [a.name for a in node.names]
+            if id(node) not in top:
+                nested.append(f"{module.name}:{node.lineno}")
+            if isinstance(node, ast.ImportFrom) and node.module == "fhir_gateway.mapping":
+                names = [f"fhir_gateway.mapping.{a.name}" for a in node.names]
+            found |= {n.rsplit(".", 1)[-1] for n in names if n.startswith("fhir_gateway.mapping.")}
+    return found, nested
+
+
+def test_the_mapping_package_imports_without_a_cycle_or_a_hidden_import():
+    from graphlib import CycleError, TopologicalSorter
+
+    package = ROOT / "fhir_gateway" / "mapping"
+    graph, nested = {}, []
+    for module in package.glob("*.py"):
+        graph[module.stem], hidden = _imports(module)
+        nested += hidden
+    assert not nested, f"imports inside functions: {nested}"
+    try:
+        order = list(TopologicalSorter(graph).static_order())
+    except CycleError as err:
+        pytest.fail(f"import cycle: {err.args[1]}")
+    assert order.index("engine") < order.index("generate") < order.index("__init__")
+
+
+def test_the_engine_knows_no_health_home_transform_unless_given_it(tmp_path):
+    import subprocess
+    import sys
+
+    imported = subprocess.run(
+        [sys.executable, "-c", "import sys, fhir_gateway.mapping; "
+         "print(sorted(m for m in sys.modules if m.startswith('fhir_gateway.healthhome')))"],
+        capture_output=True, text=True, check=True).stdout.strip()
+    assert imported == "[]"
+    with pytest.raises(MappingError, match=r"icd10cm: unknown transform"):
+        load_mapping(MAPPINGS / "cimor.yaml")  # no transforms given: `icd10cm` is not generic
+    mapped = load_mapping(MAPPINGS / "cimor.yaml", TRANSFORMS).apply(consumer())
+    assert any(m.type == "Condition" for m in mapped)
+    with pytest.raises(MappingError, match=r"transforms \['date'\] are generic ones"):
+        load_mapping(MAPPINGS / "cimor.yaml", {**TRANSFORMS, "date": lambda v, _a: v})

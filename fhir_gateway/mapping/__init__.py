@@ -1,13 +1,18 @@
-"""Source records (CIMOR, CyberAccess) -> FHIR resources, by declarative mappings in `mappings/`."""
+"""Source records (CIMOR, CyberAccess) -> FHIR resources, by declarative mappings in `mappings/`.
+
+Modules, each importing only those before it: paths (source paths, `when:` conditions),
+transforms (the generic ones, ConceptMaps), engine (templates compiled to closures: what a
+mapping means), generate (the same as generated code for the usual record: what runs).
+"""
 
 from fhir_gateway.mapping.engine import (
                                          MappedResource,
                                          Mapping,
-                                         load_mapping,
                                          merge_mapped,
                                          to_transaction,
                                          transaction_json,
 )
+from fhir_gateway.mapping.generate import load_mapping
 from fhir_gateway.mapping.paths import MappingError
 
 __all__ = ["MappedResource", "Mapping", "MappingError", "load_mapping", "merge_mapped",

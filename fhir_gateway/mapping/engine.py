@@ -25,13 +25,19 @@ place), `write: update|create` (which system owns a resource that two systems pr
 An object whose source-derived values are all absent is dropped with its literals (no
 `{"system": ...}` identifier without a value), so optional source elements need no `when:`.
 
-`load_mapping` checks a file and compiles it, once, into nested Python functions: paths
+`Mapping.load` checks a file and compiles it, once, into nested Python functions: paths
 pre-split, transforms pre-bound, conditions compiled, literal parts built once (and copied
-per use). Those closures are what a template means. `generate.py` then writes the same
-decisions out as Python code (one function per template, per identifier, per condition, per
-path with `[]`, and the loop over the resources) for the usual case of each value, and
-hands anything else to the closures. Applying a mapping to a record then only runs that
-code, so the cost of a record is its data, not the reading of the template.
+per use). Those closures are what a template means. generate.py, the module above this one,
+writes the same decisions out as Python code for the usual case of each value and hands
+anything else to these closures (`fhir_gateway.mapping.load_mapping` is its loader). This
+module does not know it exists: it only offers the `_running*` methods and `reach` to
+override. The engine knows no domain either: transforms beyond the generic ones
+(`icd10cm`, `categories`) come from the caller (fhir_gateway.healthhome.transforms).
+
+Why both, measured (bench/adapter_bench.py and an interleaved A/B, 2 shared cores): with
+the closures alone, mapping took 1.7x the CPU, and importing 5,000 CyberAccess records into
+the embedded store ran at 0.76x (CIMOR 0.92x): preparing records in the workers competes
+with storing them for the same cores, so mapping is not a small share here.
 """
 
 from __future__ import annotations
@@ -51,19 +57,18 @@ import orjson
 import yaml
 
 from fhir_gateway import identifiers
-from fhir_gateway.mapping.generate import (plan_function, resource_function, template_function,
-                                           value_function)
 from fhir_gateway.mapping.paths import (
     Condition,
     Context,
     Finder,
     MappingError,
+    Reach,
     finder,
     getter,
     text,
     text_getter,
 )
-from fhir_gateway.mapping.transforms import ConceptMaps, TransformError, registry
+from fhir_gateway.mapping.transforms import ConceptMaps, TransformError, TransformTable, registry
 
 MISSING = object()
 EXPRESSIONS = ("path", "const", "concat", "first", "ref")
@@ -194,16 +199,39 @@ class _Spec:
 
 
 class Mapping:
-    """A loaded mapping file: `apply(record_data)` -> the record's resources."""
+    """A loaded mapping file: `apply(record_data)` -> the record's resources.
 
-    def __init__(self, doc: dict, source: Path, generate: bool = True):
+    Here everything runs as the closures; generate.GeneratedMapping overrides the `_running*`
+    methods and `reach` to run generated code for the usual case instead.
+    """
+
+    #: what paths with `[]` run as beyond their closures (paths.finder's `code`)
+    reach: Reach | None = None
+
+    @classmethod
+    def load(cls, path: str | Path, transforms: TransformTable | None = None) -> Mapping:
+        """Load, check and compile a mapping file (unknown keys, transforms, ConceptMaps,
+        refs fail here). `transforms`: name -> fn(value, argument) beyond the generic ones,
+        which a domain brings (fhir_gateway.healthhome.transforms.TRANSFORMS)."""
+        source = Path(path)
+        try:
+            doc = yaml.safe_load(source.read_text())
+        except yaml.YAMLError as err:
+            raise MappingError(str(source), f"not YAML: {err}") from None
+        if not isinstance(doc, dict):
+            raise MappingError(str(source), "a mapping file is a YAML mapping")
+        try:
+            return cls(doc, source, transforms)
+        except MappingError as err:
+            raise err.in_record(f"mapping {source}") from None
+
+    def __init__(self, doc: dict, source: Path, transforms: TransformTable | None = None):
         self.source = source
-        self.generate = generate  # False: the closures alone (what tests compare the code with)
         self.system = doc.get("system", source.stem)
         self.record_id = doc.get("record_id")
         folder = source.parent / doc.get("conceptmaps", "conceptmaps")
         self.concept_maps = ConceptMaps(folder)
-        self.transforms = registry(self.concept_maps)
+        self.transforms = registry(self.concept_maps, transforms or {})
         self._functions = {name: _for_conditions(fn) for name, fn in self.transforms.items()
                            if name != "translate"}  # what `when:` may call
         shared = {}
@@ -225,16 +253,28 @@ class Mapping:
         for spec in self.specs:
             if spec.when and (spec.foreach is None or shared[spec.when] > 1):
                 spec.test = _remembered(spec.when.test, spec.when)  # asked again, same answer
-            spec.build = self._generated(spec.template, spec.where + ".resource")
+            spec.build = self._running(spec.template, spec.where + ".resource")
             spec.more_identifiers = "identifier" in spec.template or any(
                 k in spec.template for k in EXPRESSIONS)  # an expression makes anything
             spec.distinct = spec.foreach is not None and not self._climbs(
                 [spec.when.expr if spec.when else None, spec.identifier["value"], spec.template])
         for spec in self.specs:
-            spec.make = resource_function(self, spec) if generate else partial(self._resource,
-                                                                                  spec)
-        self._plan = plan_function(self) if generate else self._planned
-        self._record_id = getter(self.record_id, generate) if self.record_id else None
+            spec.make = self._running_resource(spec)
+        self._plan = self._running_plan()
+        self._record_id = getter(self.record_id, self.reach) if self.record_id else None
+
+    # -- what runs: the closures (generate.GeneratedMapping: generated code) --------------
+    def _running(self, node: Any, where: str) -> Build:
+        return self._template(node, where)
+
+    def _running_value(self, node: Any, where: str, value: Value) -> Value:
+        return value
+
+    def _running_resource(self, spec: _Spec) -> Callable[[Context, str], MappedResource]:
+        return partial(self._resource, spec)
+
+    def _running_plan(self) -> Callable[[_Record], list]:
+        return self._planned
 
     # -- loading: checks, then compiles ------------------------------------------------
     def _spec(self, raw: dict, where: str) -> _Spec:
@@ -260,9 +300,8 @@ class Mapping:
         if not isinstance(template, dict) or {"resourceType", "id", "meta"} & set(template):
             raise MappingError(f"{where}.resource", "a template without resourceType/id/meta "
                                                     "(the engine sets them)")
-        value = self._expression(ident["value"], f"{where}.identifier.value")
-        if self.generate:
-            value = value_function(self, ident["value"], f"{where}.identifier.value", value)
+        value = self._running_value(ident["value"], f"{where}.identifier.value",
+                                    self._expression(ident["value"], f"{where}.identifier.value"))
         foreach = raw.get("foreach")
         contexts = None if foreach is None else self._contexts(foreach, f"{where}.foreach")
         when = self._condition(raw["when"]) if "when" in raw else None
@@ -271,7 +310,7 @@ class Mapping:
 
     def _condition(self, expr: str) -> Condition:
         if expr not in self._conditions:
-            self._conditions[expr] = Condition(str(expr), self._functions, self.generate)
+            self._conditions[expr] = Condition(str(expr), self._functions, self.reach)
         return self._conditions[expr]
 
     def _check_value(self, node: dict, where: str) -> None:
@@ -324,7 +363,7 @@ class Mapping:
     def _closure(self, node: Any, where: str) -> Build:
         if isinstance(node, str):
             if _is_path(node):
-                read = _reader(node[1:], _source(node), self.generate)
+                read = _reader(node[1:], _source(node), self.reach)
                 return lambda ctx: (read(ctx), True)
             return self._literal(node.removeprefix("$"))
         if isinstance(node, list):
@@ -337,13 +376,6 @@ class Mapping:
         elif any(k in node for k in EXPRESSIONS):
             return self._template_expression(node, when, where)
         return self._object(node, when, where)
-
-    def _generated(self, node: Any, where: str) -> Build:
-        """`_template(node)` as straight-line code (generate.py), unless it is a literal."""
-        build = self._template(node, where)
-        if build in self._literals or not self.generate:
-            return build
-        return self._once("code", node, where, lambda: template_function(self, node, where))
 
     def _literal(self, value: Any) -> Build:
         """A node without source paths: its value, a fresh copy per use if it is mutable."""
@@ -415,7 +447,7 @@ class Mapping:
         anything else is a template (_BUILD, called for value and dyn).
         """
         if _is_path(node):
-            return _SOURCE, text_getter(node[1:], MISSING, self.generate), True
+            return _SOURCE, text_getter(node[1:], MISSING, self.reach), True
         if isinstance(node, dict) and "when" not in node and "foreach" not in node \
                 and any(k in node for k in EXPRESSIONS):
             return _VALUE, self._unguarded(node, where), "const" not in node
@@ -484,7 +516,7 @@ class Mapping:
         when = self._condition(node["when"]).test if "when" in node else None
         self._check_foreach(node, where)
         contexts = self._contexts(node["foreach"], f"{where}.foreach")
-        item = self._generated(node["item"], f"{where}.item")
+        item = self._running(node["item"], f"{where}.item")
         return contexts, when, item, not self._climbs(node)
 
     def _contexts(self, foreach: Any, where: str) -> Finder:
@@ -492,7 +524,7 @@ class Mapping:
         if foreach is None:
             return lambda ctx: [ctx]
         if isinstance(foreach, str):  # several resources and lists go over the same items
-            return _remembered(finder(foreach, self.generate), ("items", foreach))
+            return _remembered(finder(foreach, self.reach), ("items", foreach))
         values = self._expression(foreach, where)
 
         def each(ctx: Context) -> list[Context]:
@@ -519,7 +551,7 @@ class Mapping:
         """A value that is not an expression object: `$path`, a literal, a template."""
         source = _source(node) or str(node)
         if _is_path(node):
-            return _reader(node[1:], source, self.generate)
+            return _reader(node[1:], source, self.reach)
         build = self._template(node, where)
         literal = self._literals.get(build, MISSING)
         if literal is not MISSING and not isinstance(literal, (dict, list)):
@@ -543,7 +575,7 @@ class Mapping:
         settle = self._settler(node)
         source = _source(node)
         if "path" in node:
-            read = text_getter(node["path"], None, self.generate)
+            read = text_getter(node["path"], None, self.reach)
 
             plain = not self._steps(node)
 
@@ -739,9 +771,9 @@ def _is_scalar(value: Any) -> bool:
     return not isinstance(value, (dict, list)) and value is not _NOT_LITERAL
 
 
-def _reader(path: str, source: str, generate: bool = True) -> Value:
+def _reader(path: str, source: str, reach: Reach | None = None) -> Value:
     """A `$path` as a value: the text of the value(s) there, or MISSING."""
-    read = text_getter(path, MISSING, generate)
+    read = text_getter(path, MISSING, reach)
 
     def value(ctx: Context, required: bool = False) -> Any:
         got = read(ctx)
@@ -969,19 +1001,3 @@ def _full_url(reference: str) -> str:
 
 
 _URL_NAMESPACE = uuid.NAMESPACE_URL.bytes
-
-
-def load_mapping(path: str | Path, generate: bool = True) -> Mapping:
-    """Load, check and compile a mapping file (unknown keys, transforms, ConceptMaps, refs
-    fail here). `generate=False` keeps the closures alone, without generated code."""
-    source = Path(path)
-    try:
-        doc = yaml.safe_load(source.read_text())
-    except yaml.YAMLError as err:
-        raise MappingError(str(source), f"not YAML: {err}") from None
-    if not isinstance(doc, dict):
-        raise MappingError(str(source), "a mapping file is a YAML mapping")
-    try:
-        return Mapping(doc, source, generate)
-    except MappingError as err:
-        raise err.in_record(f"mapping {source}") from None

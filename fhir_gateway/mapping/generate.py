@@ -21,7 +21,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fhir_gateway.mapping.paths import Context, _start
+from fhir_gateway.mapping import engine, paths
+from fhir_gateway.mapping.engine import Build, Mapping, Value
+from fhir_gateway.mapping.paths import Condition, Context, _start
 from fhir_gateway.mapping.transforms import TransformError
 
 _ODD = object()  # a step that is not a dict: the engine's closure says what it means
@@ -78,8 +80,6 @@ class _Writer:
     """Lines of one generated function, and the objects its code names."""
 
     def __init__(self, mapping: Any):
-        from fhir_gateway.mapping import engine
-
         self.engine, self.mapping = engine, mapping
         self.lines: list[str] = []
         self.namespace: dict[str, Any] = {"MISSING": engine.MISSING, "_ODD": _ODD,
@@ -400,8 +400,6 @@ def condition_function(tree: tuple, functions: dict, test: Callable[[Context], A
     hands the whole condition to `test`. Other operands (`fn(path)`, paths with `[]`) are
     the closures of paths.py, called where they stand, so `and`/`or` still short-circuit.
     """
-    from fhir_gateway.mapping import paths
-
     writer = _Writer(None)
     writer.namespace["fallback"] = test
     reads: dict[str, str] = {}
@@ -428,13 +426,13 @@ def condition_function(tree: tuple, functions: dict, test: Callable[[Context], A
         if kind == "truthy":
             operand = node[1]
             got = read(operand[1]) if operand[0] == "path" else None
-            return got or closure(paths._operand(operand, functions))
+            return got or closure(paths._operand(operand, functions, reach_function))
         left, right = node[1], node[2]
         if left[0] == "path" and right[0] == "lit" and read(left[1]):
             pool = right[1] if kind != "in" or isinstance(right[1], list) else [right[1]]
             operator = {"==": "==", "!=": "!=", "in": "in"}[kind]
             return f"({reads[left[1]]} {operator} {writer.bind(pool, 'literal')})"
-        return closure(paths._compile(node, functions))
+        return closure(paths._compile(node, functions, False, reach_function))
 
     body = expression(tree)
     if not reads:  # nothing read inline: the closures are the condition
@@ -447,8 +445,6 @@ def condition_function(tree: tuple, functions: dict, test: Callable[[Context], A
 def plan_function(mapping: Any) -> Callable:
     """engine.Mapping._planned, the loop over the resources of a mapping, written out: one
     block per resource, its contexts, `when` and identifier named directly."""
-    from fhir_gateway.mapping import engine
-
     writer = _Writer(mapping)
     writer.namespace["identifier"] = engine._identifier
     for spec in mapping.specs:
@@ -479,8 +475,6 @@ def plan_function(mapping: Any) -> Callable:
 
 def resource_function(mapping: Any, spec: Any) -> Callable:
     """engine.Mapping._resource for one resource, its constants written in."""
-    from fhir_gateway.mapping import engine
-
     writer = _Writer(mapping)
     writer.namespace["MappedResource"] = engine.MappedResource
     key, rtype, system, profile, write = (writer.bind(v, "const") for v in (
@@ -499,3 +493,36 @@ def resource_function(mapping: Any, spec: Any) -> Callable:
               f"{writer.bind(spec.merge, 'merge')})"]
     source = "def make(ctx, value):\n" + "".join(f"    {line}\n" for line in lines)
     return _function(source, "make", writer.namespace, f"{spec.where} resource")
+
+
+class GeneratedMapping(Mapping):
+    """engine.Mapping with its templates, identifiers, conditions, paths with `[]`, the loop
+    over its resources and the wrapping of each resource run as the code written here (the
+    closures answering whatever that code hands them)."""
+
+    reach = staticmethod(reach_function)
+
+    def _running(self, node: Any, where: str) -> Build:
+        build = self._template(node, where)
+        if build in self._literals:
+            return build
+        return self._once("code", node, where, lambda: template_function(self, node, where))
+
+    def _running_value(self, node: Any, where: str, value: Value) -> Value:
+        return value_function(self, node, where, value)
+
+    def _running_resource(self, spec: Any) -> Callable:
+        return resource_function(self, spec)
+
+    def _running_plan(self) -> Callable:
+        return plan_function(self)
+
+    def _condition(self, expr: str) -> Condition:
+        if expr not in self._conditions:
+            condition = super()._condition(expr)
+            condition.test = condition_function(condition.tree, self._functions, condition.test)
+        return self._conditions[expr]
+
+
+#: load, check and compile a mapping file to generated code (see engine.Mapping.load)
+load_mapping = GeneratedMapping.load

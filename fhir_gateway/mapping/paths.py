@@ -83,6 +83,9 @@ def _written(at: str | tuple) -> str:
 
 Getter = Callable[[Context], Any]
 Finder = Callable[[Context], list[Context]]
+#: (path, its steps, whether contexts are wanted, the closure) -> faster code for the closure,
+#: or None: how a layer above (generate.reach_function) lends its code to paths with `[]`
+Reach = Callable[[str, list, bool, Callable[[Context], list]], Callable[[Context], list] | None]
 
 
 def _start(path: str) -> tuple[Callable[[Context], Context] | None, str]:
@@ -192,9 +195,8 @@ def _steps(rest: str) -> list[tuple[str, bool]]:
 
 
 @cache
-def finder(path: str, generate: bool = True) -> Finder:
-    """`items` for one path, worked out once (as generated loops, unless `generate` is
-    False: generate.reach_function)."""
+def finder(path: str, code: Reach | None = None) -> Finder:
+    """`items` for one path, worked out once (with `code`, as what it makes of the closure)."""
     start, rest = _start(path)
     if rest in ("", "."):
         return (lambda ctx: [start(ctx)]) if start else (lambda ctx: [ctx])
@@ -206,7 +208,7 @@ def finder(path: str, generate: bool = True) -> Finder:
         if item_last:
             return [c for c, _, _ in found]
         return [Context(v, c, where, False) for c, v, where in found]
-    return _generated(path, steps, True, find) if generate else find
+    return _coded(path, steps, True, find, code)
 
 
 def items(ctx: Context, path: str) -> list[Context]:
@@ -215,8 +217,8 @@ def items(ctx: Context, path: str) -> list[Context]:
 
 
 @cache
-def getter(path: str, generate: bool = True) -> Getter:
-    """`resolve` for one path, worked out once (see `finder` for `generate`)."""
+def getter(path: str, code: Reach | None = None) -> Getter:
+    """`resolve` for one path, worked out once (see `finder` for `code`)."""
     if "[]" not in path:
         return _walker(path, False)
     start, rest = _start(path)
@@ -225,14 +227,12 @@ def getter(path: str, generate: bool = True) -> Getter:
     def values(ctx: Context) -> list:
         found = _reach(start(ctx) if start else ctx, steps, False)
         return [v for _, v, _ in found if v != ""]
-    return _generated(path, steps, False, values) if generate else values
+    return _coded(path, steps, False, values, code)
 
 
-def _generated(path: str, steps: list[tuple[str, bool]], contexts: bool,
-               reach: Callable[[Context], list]) -> Callable[[Context], list]:
-    from fhir_gateway.mapping.generate import reach_function  # it builds on this module
-
-    return reach_function(path, steps, contexts, reach) or reach
+def _coded(path: str, steps: list[tuple[str, bool]], contexts: bool,
+           reach: Callable[[Context], list], code: Reach | None) -> Callable[[Context], list]:
+    return (code(path, steps, contexts, reach) if code else None) or reach
 
 
 def resolve(ctx: Context, path: str) -> Any:
@@ -251,15 +251,15 @@ def text(value: Any) -> Any:
 
 
 @cache
-def text_getter(path: str, absent: Any = None, generate: bool = True) -> Getter:
+def text_getter(path: str, absent: Any = None, code: Reach | None = None) -> Getter:
     """`resolve` then `text` (of each value of a list): how mappings read the source.
 
     `absent` is what no value reads as; with None, as `resolve` gives it (None, or [] for
-    a path with `[]`). `generate`: see `finder`.
+    a path with `[]`). `code`: see `finder`.
     """
     if "[]" not in path:
         return _walker(path, True, absent)
-    get = getter(path, generate)
+    get = getter(path, code)
 
     def texts(ctx: Context) -> Any:
         values = [text(v) for v in get(ctx)]
@@ -304,17 +304,13 @@ class Condition:
     bare operand is true when present and non-empty.
     """
 
-    def __init__(self, expr: str, functions: dict, generate: bool = True):
+    def __init__(self, expr: str, functions: dict, code: Reach | None = None):
         self.expr, self.functions = expr, functions
         self._toks, self._i = _tokens(expr), 0
-        tree = self._or()
+        self.tree = self._or()  # what a layer above may write out as code (generate.py)
         if self._i != len(self._toks):
             raise MappingError(expr, f"unexpected '{self._toks[self._i][1]}' in the condition")
-        self.test = _compile(tree, functions, True, generate)  # ctx -> truthy (callers loop)
-        if generate:  # the same, as one generated expression
-            from fhir_gateway.mapping.generate import condition_function  # it builds on this
-
-            self.test = condition_function(tree, functions, self.test)
+        self.test = _compile(self.tree, functions, True, code)  # ctx -> truthy (callers loop)
 
     def __call__(self, ctx: Context) -> bool:
         return bool(self.test(ctx))
@@ -396,34 +392,34 @@ class Condition:
 
 # compilation: a parsed condition -> nested closures ------------------------------------
 def _compile(node: tuple, functions: dict, truth_only: bool = False,
-             generate: bool = True) -> Test:
+             code: Reach | None = None) -> Test:
     """A boolean node as a function of the context (operands evaluated left to right).
 
     With `truth_only` (the whole condition, what `not` negates) only the truth of the
     result matters, so a bare operand is its own test, without a bool() around it.
-    `generate`: paths with `[]` as generated loops (see `finder`).
+    `code`: for paths with `[]` (see `finder`).
     """
     kind = node[0]
     if kind in ("or", "and"):
-        left = _compile(node[1], functions, truth_only, generate)
-        right = _compile(node[2], functions, truth_only, generate)
+        left = _compile(node[1], functions, truth_only, code)
+        right = _compile(node[2], functions, truth_only, code)
         if kind == "or":
             return lambda ctx: left(ctx) or right(ctx)
         return lambda ctx: left(ctx) and right(ctx)
     if kind == "not":
-        inner = _compile(node[1], functions, True, generate)
+        inner = _compile(node[1], functions, True, code)
         return lambda ctx: not inner(ctx)
     if kind == "truthy":
-        operand = _operand(node[1], functions, generate)
+        operand = _operand(node[1], functions, code)
         return operand if truth_only else lambda ctx: bool(operand(ctx))
-    return _comparison(kind, node[1], node[2], functions, generate)
+    return _comparison(kind, node[1], node[2], functions, code)
 
 
 def _comparison(kind: str, left_node: tuple, right_node: tuple, functions: dict,
-                generate: bool = True) -> Test:
+                code: Reach | None = None) -> Test:
     """`==`, `!=`, `in`: a left operand reaching several values compares each of them."""
-    left = _operand(left_node, functions, generate)
-    right = _operand(right_node, functions, generate)
+    left = _operand(left_node, functions, code)
+    right = _operand(right_node, functions, code)
     spread = left_node[0] != "lit"  # a literal list is one value, a `[]` path several
 
     if kind == "==":
@@ -450,22 +446,22 @@ def _comparison(kind: str, left_node: tuple, right_node: tuple, functions: dict,
     return within
 
 
-def _operand(node: tuple, functions: dict, generate: bool = True) -> Callable[[Context], Any]:
+def _operand(node: tuple, functions: dict, code: Reach | None = None) -> Callable[[Context], Any]:
     kind = node[0]
     if kind == "lit":
         literal = node[1]
         return lambda ctx: literal
     if kind == "path":
-        return text_getter(node[1], None, generate)
+        return text_getter(node[1], None, code)
     if kind == "call":
-        return _call(functions[node[1]], node[2], generate)
-    return _compile(node, functions, False, generate)
+        return _call(functions[node[1]], node[2], code)
+    return _compile(node, functions, False, code)
 
 
 def _call(fn: Callable[[Any, str], Any], path: str,
-          generate: bool = True) -> Callable[[Context], Any]:
+          code: Reach | None = None) -> Callable[[Context], Any]:
     """`fn(path)`: the function of each value (results flattened), None if there is none."""
-    get = getter(path, generate)
+    get = getter(path, code)
 
     def call(ctx: Context) -> Any:
         value = get(ctx)

@@ -1,9 +1,10 @@
-"""The fixed set of value transforms a mapping may name, and the ConceptMaps it translates with.
+"""The generic value transforms a mapping may name, and the ConceptMaps it translates with.
 
 Transforms are few on purpose: everything that is a *table* (program codes, sex, waiver
 names, statuses) is a FHIR ConceptMap in `mappings/conceptmaps/`, so changing a translation
-is a data edit. Code is only for what a table cannot say (date formats, ICD-10-CM's dot, the
-prefix rule of the Health Home category map).
+is a data edit. Code is only for what a table cannot say (date formats here; ICD-10-CM's dot
+and the prefix rule of the Health Home category map in fhir_gateway.healthhome.transforms,
+which the importer hands to `load_mapping`: the engine knows no source system or domain).
 
 A transform says what is wrong with a value (`TransformError`); its caller, which knows where
 the value came from, turns that into a `MappingError` naming the source path, only when it
@@ -21,19 +22,20 @@ from typing import Any
 
 import orjson
 
-from fhir_gateway.healthhome.categories import categories
 from fhir_gateway.mapping.paths import MappingError
 
 _DATE_FORMATS = ("%Y-%m-%d", "%Y%m%d", "%m/%d/%Y")
 _DATETIME = re.compile(r"\d{4}-\d{2}-\d{2}T")
 _ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _ZONE = re.compile(r"(Z|[+-]\d{2}:\d{2})$")
-_SPACE = re.compile(r"\s")
-_ICD10CM = re.compile(r"[A-Z][0-9][0-9A-Z]{1,5}")
 
 
 class TransformError(ValueError):
     """A value a transform cannot take (the message says why, not where)."""
+
+
+#: name -> fn(value, argument), raising TransformError
+TransformTable = dict[str, Callable[[Any, Any], Any]]
 
 
 def to_date(value: Any, _arg: Any = None) -> str:
@@ -62,39 +64,6 @@ def _iso_date(raw: str) -> str | None:
         except ValueError:
             continue
     return None
-
-
-def icd10cm(value: Any, _arg: Any = None) -> str:
-    """ICD-10-CM as FHIR spells it: upper case, dot after the category (F209 -> F20.9).
-
-    Claims carry codes without the dot, CIMOR with it; one spelling keeps one Condition
-    per diagnosis and lets the category map (which is by prefix, with dots) match.
-    """
-    code = _icd10cm(str(value))
-    if code is None:
-        raise TransformError(f"'{value}' is not an ICD-10-CM code")
-    return code
-
-
-@lru_cache(maxsize=1 << 14)
-def _icd10cm(raw: str) -> str | None:
-    """`icd10cm` of a value, None if it is no code; cached: a record asks for each of its
-    codes several times (identifier, code, categories, conditions)."""
-    code = _SPACE.sub("", raw).upper().replace(".", "")
-    if not _ICD10CM.fullmatch(code):
-        return None
-    return code if len(code) == 3 else f"{code[:3]}.{code[3:]}"
-
-
-def hh_categories(value: Any, _arg: Any = None) -> list[dict]:
-    """The Health Home category Codings of an ICD-10-CM code (the IG's ConceptMap)."""
-    return [dict(c) for c in _categories(icd10cm(value))]
-
-
-@lru_cache(maxsize=1 << 14)
-def _categories(code: str) -> tuple[dict, ...]:
-    """The Codings of a normalised code, cached (callers get copies: they end up in resources)."""
-    return tuple({k: v for k, v in c.items() if v is not None} for c in categories(code))
 
 
 class ConceptMaps:
@@ -158,14 +127,17 @@ class _Table:
         raise TransformError(f"'{source}' has no translation in ConceptMap {self.id}")
 
 
-def registry(concept_maps: ConceptMaps) -> dict[str, Callable[[Any, Any], Any]]:
-    """name -> fn(value, argument), raising TransformError. `concat` and `const` are
+def registry(concept_maps: ConceptMaps, extra: TransformTable) -> TransformTable:
+    """The generic transforms and `extra` (a domain's: they may not redefine a generic one,
+    which would change what every mapping file means). `concat` and `const` are
     expressions, not transforms (they make values rather than change one): see engine.py."""
-    return {
+    generic: TransformTable = {
         "date": to_date,
         "upper": lambda v, _a: str(v).upper(),
         "lower": lambda v, _a: str(v).lower(),
         "translate": lambda v, map_id: concept_maps.translate(map_id, v),
-        "icd10cm": icd10cm,
-        "categories": hh_categories,
     }
+    clash = sorted(set(generic) & set(extra))
+    if clash:
+        raise MappingError(str(concept_maps.folder), f"transforms {clash} are generic ones")
+    return {**generic, **extra}
