@@ -11,9 +11,11 @@ from functools import cache
 from http import HTTPStatus
 from urllib.parse import urlencode
 
+import orjson
+
 from fhir_gateway.outcome import FhirError
 from fhir_gateway.search.dates import now_instant
-from fhir_gateway.store.base import HistoryResult, SearchResult
+from fhir_gateway.store.base import HistoryResult, SearchResult, StoredSearchset
 
 SUBSETTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
              "code": "SUBSETTED", "display": "Resource encoded in summary mode"}
@@ -40,6 +42,24 @@ def searchset(result: SearchResult, base: str, resource_type: str,
         if entries:
             bundle["entry"] = entries
     return bundle
+
+
+def stored_searchset(stored: StoredSearchset, base: str, resource_type: str,
+                     params: list[tuple[str, str]]) -> bytes:
+    """The gateway's searchset around a store's entries, which stay the bytes it wrote.
+
+    The head (id, total, links) is built as for any search, so the links are the gateway's
+    stateless ones; the entries' fullUrls get the gateway's base by a bytes replace, which
+    `StoredSearchset` guarantees touches nothing else.
+    """
+    head = orjson.dumps(searchset(SearchResult([], stored.total, stored.count, stored.offset),
+                                  base, resource_type, params))
+    if not stored.entries:
+        return head
+    prefix = f"{base}/" if base else ""
+    entries = stored.entries.replace(f'"fullUrl":"{stored.store_base}/'.encode(),
+                                     f'"fullUrl":"{prefix}'.encode())
+    return head[:-1] + entries
 
 
 def history(result: HistoryResult, base: str, path: str,

@@ -16,9 +16,10 @@ _ACCEPTED = ("application/fhir+json", "application/json", "application/json+fhir
              "application/*", "")
 
 
-def fhir_response(body: dict | None, status: int = 200, headers: dict | None = None,
+def fhir_response(body: dict | bytes | None, status: int = 200, headers: dict | None = None,
                   pretty: bool = False) -> Response:
-    content = b"" if body is None else orjson.dumps(
+    """A FHIR JSON response; `bytes` are a body already serialised (passed through)."""
+    content = body if isinstance(body, bytes) else b"" if body is None else orjson.dumps(
         body, option=orjson.OPT_INDENT_2 if pretty else 0)
     return Response(content, status_code=status, headers=headers, media_type=FHIR_JSON)
 

@@ -26,12 +26,11 @@ from fhir_gateway.api.http import (
 from fhir_gateway.outcome import FhirError, Issue, invalid, operation_outcome
 from fhir_gateway.search.query import DEFAULT_COUNT, MAX_COUNT, RESULT_PARAMS
 from fhir_gateway.search.registry import resource_types
-from fhir_gateway.store.base import FhirStore
+from fhir_gateway.store.base import FhirStore, StoredSearchset
 from fhir_gateway.validation.rules import assess
 from fhir_gateway.validation.structure import check_shape, check_update_id
 
 router = APIRouter(prefix="/fhir")
-_PROJECTION = ("_summary", "_elements", "_format", "_pretty")
 
 
 def _store(request: Request) -> FhirStore:
@@ -101,10 +100,16 @@ async def search_post(request: Request, resource_type: str) -> Response:
 
 async def _search(request: Request, resource_type: str, params: list[tuple[str, str]]
                   ) -> Response:
+    """A search; a store that offers its searchset as bytes gets them passed through
+    (re-based, with the gateway's links) unless the gateway must indent them."""
     check_accept(request)
-    result = await run_in_threadpool(_store(request).search, resource_type, params,
-                                     _strict(request))
-    body = bundles.searchset(result, base_url(request), resource_type, params)
+    store = _store(request)
+    search = store.search if is_pretty(request) else getattr(store, "search_raw", store.search)
+    result = await run_in_threadpool(search, resource_type, params, _strict(request))
+    if isinstance(result, StoredSearchset):
+        body = bundles.stored_searchset(result, base_url(request), resource_type, params)
+    else:
+        body = bundles.searchset(result, base_url(request), resource_type, params)
     return fhir_response(body, pretty=is_pretty(request))
 
 
@@ -167,29 +172,47 @@ async def type_history(request: Request, resource_type: str) -> Response:
 
 @router.get("/{resource_type}/{resource_id}")
 async def read(request: Request, resource_type: str, resource_id: str) -> Response:
-    check_accept(request)
-    resource = await run_in_threadpool(_store(request).read, _type(resource_type), resource_id)
-    return _resource_response(request, resource)
+    return await _read(request, "read", _type(resource_type), resource_id)
 
 
 @router.get("/{resource_type}/{resource_id}/_history/{version}")
 async def vread(request: Request, resource_type: str, resource_id: str, version: str
                 ) -> Response:
+    return await _read(request, "vread", _type(resource_type), resource_id, version)
+
+
+async def _read(request: Request, interaction: str, *key: str) -> Response:
+    """A read or vread: the store's own bytes and version headers when it offers them
+    (`read_raw`, `vread_raw`) and the gateway has nothing to apply to the resource."""
     check_accept(request)
-    resource = await run_in_threadpool(_store(request).vread, _type(resource_type), resource_id,
-                                       version)
-    return _resource_response(request, resource)
+    store = _store(request)
+    stored = getattr(store, f"{interaction}_raw", None)
+    if stored is not None and not _reshaped(request):
+        raw = await run_in_threadpool(stored, *key)
+        headers = {"ETag": raw.etag, "Last-Modified": raw.last_modified}
+        return _resource_response(request, raw.content, {k: v for k, v in headers.items() if v})
+    resource = await run_in_threadpool(getattr(store, interaction), *key)
+    return _resource_response(request, resource, version_headers(resource))
 
 
-def _resource_response(request: Request, resource: dict) -> Response:
-    headers = version_headers(resource)
-    if request.headers.get("if-none-match") == headers["ETag"]:
+def _reshaped(request: Request) -> bool:
+    """Whether a read's answer is not the stored resource as is: `_summary`, `_elements`
+    or `_pretty` ask the gateway to change it."""
+    return is_pretty(request) or any(
+        k == "_elements" or (k == "_summary" and v != "false")
+        for k, v in request.query_params.multi_items())
+
+
+def _resource_response(request: Request, resource: dict | bytes, headers: dict) -> Response:
+    etag = headers.get("ETag")
+    if etag and request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
-    params = request.query_params
-    summary = params.get("_summary")
-    elements = [e for e in params.get("_elements", "").split(",") if e]
-    body = bundles.project(resource, None if summary == "false" else summary, elements)
-    return fhir_response(body, headers=headers, pretty=is_pretty(request))
+    if isinstance(resource, dict):
+        params = request.query_params
+        summary = params.get("_summary")
+        elements = [e for e in params.get("_elements", "").split(",") if e]
+        resource = bundles.project(resource, None if summary == "false" else summary, elements)
+    return fhir_response(resource, headers=headers, pretty=is_pretty(request))
 
 
 @router.put("/{resource_type}/{resource_id}")

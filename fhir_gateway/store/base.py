@@ -38,6 +38,30 @@ class SearchResult:
 
 
 @dataclass
+class StoredResource:
+    """A resource exactly as the store sent it, with its version headers (pass-through)."""
+
+    content: bytes
+    etag: str | None
+    last_modified: str | None
+
+
+@dataclass
+class StoredSearchset:
+    """A store's own searchset, for the gateway to pass through unparsed.
+
+    `entries` is the Bundle's tail from `,"entry":[` as the store wrote it ("" for no
+    entries); their fullUrls start with `store_base`. The head (links, id) is the gateway's.
+    """
+
+    entries: bytes
+    store_base: str
+    total: int | None
+    count: int
+    offset: int
+
+
+@dataclass
 class HistoryEntry:
     resource_type: str
     id: str
@@ -85,6 +109,19 @@ class FhirStore(Protocol):
     def is_empty(self) -> bool: ...
 
     def close(self) -> None: ...
+
+
+class PassThroughStore(FhirStore, Protocol):
+    """A store that can hand over its answers as bytes (HAPI over HTTP): reading and
+    re-serialising them costs time in front of a server that already wrote them."""
+
+    def read_raw(self, resource_type: str, resource_id: str) -> StoredResource: ...
+
+    def vread_raw(self, resource_type: str, resource_id: str, version: str
+                  ) -> StoredResource: ...
+
+    def search_raw(self, resource_type: str, params: list[tuple[str, str]],
+                   strict: bool = False) -> StoredSearchset | SearchResult: ...
 
 
 def one_match(ids: list[str], resource_type: str, what: str) -> str | None:

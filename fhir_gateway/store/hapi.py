@@ -15,9 +15,16 @@ import httpx
 import orjson
 
 from fhir_gateway.outcome import FhirError, invalid
-from fhir_gateway.search.query import parse_query
+from fhir_gateway.search.query import SearchQuery, parse_query
 from fhir_gateway.search.registry import resource_types
-from fhir_gateway.store.base import HistoryEntry, HistoryResult, SearchResult, Written
+from fhir_gateway.store.base import (
+    HistoryEntry,
+    HistoryResult,
+    SearchResult,
+    StoredResource,
+    StoredSearchset,
+    Written,
+)
 
 FHIR_JSON = "application/fhir+json"
 _SAFE = {"GET", "HEAD", "PUT", "DELETE"}
@@ -96,6 +103,20 @@ class HapiStore:
     def vread(self, resource_type: str, resource_id: str, version: str) -> dict:
         return self._json(self._request("GET", f"{resource_type}/{resource_id}/_history/{version}"))
 
+    def read_raw(self, resource_type: str, resource_id: str) -> StoredResource:
+        return self._stored(self._request("GET", f"{resource_type}/{resource_id}"))
+
+    def vread_raw(self, resource_type: str, resource_id: str, version: str) -> StoredResource:
+        return self._stored(self._request("GET",
+                                          f"{resource_type}/{resource_id}/_history/{version}"))
+
+    def _stored(self, response: httpx.Response) -> StoredResource:
+        """The resource HAPI sent, unparsed, with HAPI's ETag and Last-Modified."""
+        if response.status_code != 200:
+            self._json(response, ok=())  # raises HAPI's OperationOutcome
+        return StoredResource(response.content, response.headers.get("etag"),
+                              response.headers.get("last-modified"))
+
     def update(self, resource_type: str, resource_id: str, resource: dict,
                if_match: str | None = None) -> Written:
         headers = {"Prefer": "return=representation"}
@@ -126,6 +147,23 @@ class HapiStore:
 
     def search(self, resource_type: str, params: list[tuple[str, str]],
                strict: bool = False) -> SearchResult:
+        query, response = self._search(resource_type, params, strict)
+        return _search_result(query, self._json(response))
+
+    def search_raw(self, resource_type: str, params: list[tuple[str, str]],
+                   strict: bool = False) -> StoredSearchset | SearchResult:
+        """HAPI's searchset left as bytes when the gateway changes nothing in it but the
+        base URL and the links; else the parsed result, for the gateway to build it (warnings
+        to add, a `_summary` to apply, entries a bytes replace cannot re-base)."""
+        query, response = self._search(resource_type, params, strict)
+        if response.status_code == 200 and not query.warnings and not query.summary:
+            stored = _stored_searchset(response.content, resource_type, query)
+            if stored is not None:
+                return stored
+        return _search_result(query, self._json(response))
+
+    def _search(self, resource_type: str, params: list[tuple[str, str]], strict: bool
+                ) -> tuple[SearchQuery, httpx.Response]:
         if resource_type not in resource_types():
             raise FhirError(404, f"Unknown resource type '{resource_type}'", "not-supported")
         query = parse_query(resource_type, params, strict)  # same meaning, same errors
@@ -135,16 +173,7 @@ class HapiStore:
         forwarded.append(("_count", str(query.count)))
         if query.offset:  # page 1 without it: HAPI's normal search, not its offset mode
             forwarded.append(("_offset", str(query.offset)))
-        bundle = self._json(self._request("GET", resource_type, params=forwarded))
-        result = SearchResult([], bundle.get("total"), query.count, query.offset,
-                              warnings=query.warnings, summary=query.summary)
-        for entry in bundle.get("entry", []):
-            mode = entry.get("search", {}).get("mode", "match")
-            if mode == "match":
-                result.matches.append(entry["resource"])
-            elif mode == "include":
-                result.included.append(entry["resource"])
-        return result
+        return query, self._request("GET", resource_type, params=forwarded)
 
     def _total(self, resource_type: str, criteria: list[tuple[str, str]]) -> int:
         params = [*criteria, ("_summary", "count")]
@@ -189,6 +218,42 @@ class HapiStore:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _search_result(query: SearchQuery, bundle: dict) -> SearchResult:
+    result = SearchResult([], bundle.get("total"), query.count, query.offset,
+                          warnings=query.warnings, summary=query.summary)
+    for entry in bundle.get("entry", []):
+        mode = entry.get("search", {}).get("mode", "match")
+        if mode == "match":
+            result.matches.append(entry["resource"])
+        elif mode == "include":
+            result.included.append(entry["resource"])
+    return result
+
+
+def _stored_searchset(content: bytes, resource_type: str, query: SearchQuery
+                      ) -> StoredSearchset | None:
+    """HAPI's compact searchset split where its entries start: the head (a few hundred
+    bytes: total, links) is parsed, the entries are not.
+
+    `,"entry":[` cannot occur inside a JSON string (its quotes would be escaped) and HAPI
+    writes Bundle elements in the order of the spec (total, link, entry), so its first
+    occurrence is the top-level one. None when a bytes replace of HAPI's base could change
+    more than the entries' own fullUrls (a stored Bundle among them), or the entries hold
+    something the gateway leaves out (an outcome), or any fullUrl is not under HAPI's base.
+    """
+    cut = content.find(b',"entry":[')
+    head = orjson.loads(content[:cut] + b"}" if cut >= 0 else content)
+    entries = content[cut:] if cut >= 0 else b""
+    self_url = next((link.get("url", "") for link in head.get("link", [])
+                     if link.get("relation") == "self"), "")
+    base = self_url.partition(f"/{resource_type}?")[0]
+    if "entry" in head or b'"resourceType":"Bundle"' in entries or \
+            b'"mode":"outcome"' in entries or \
+            entries.count(b'"fullUrl":"') != entries.count(f'"fullUrl":"{base}/'.encode()):
+        return None
+    return StoredSearchset(entries, base, head.get("total"), query.count, query.offset)
 
 
 def _type_and_id(entry: dict, resource: dict | None) -> tuple[str, str]:
