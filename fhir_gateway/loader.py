@@ -145,7 +145,7 @@ class _Load:
             else:
                 self.offer(record)
 
-    def offer(self, record: _Record) -> bool:
+    def offer(self, record: _Record) -> None:
         """Queue the record, or spool it while a record it refers to is still to come."""
         targets = _targets(record.resource)
         if any(t in self.known and t not in self.sent and t not in self.pending_ids
@@ -153,7 +153,7 @@ class _Load:
             self.spool.write(orjson.dumps([record.file, record.where,
                                            record.raw.decode("utf-8", "replace")]) + b"\n")
             self.waiting += 1
-            return False
+            return
         if self.pending_ids & targets:  # stored in an earlier chunk, not in the same one
             self.flush()
         self.pending.append(record)
@@ -161,7 +161,6 @@ class _Load:
             self.pending_ids.add(ident)
         if len(self.pending) >= CHUNK:
             self.flush()
-        return True
 
     def drain(self) -> None:
         """Offer the spooled records again while that stores any; what is left then waits
@@ -170,12 +169,12 @@ class _Load:
         while self.waiting:
             spool, self.spool, self.waiting = self.spool, tempfile.TemporaryFile(), 0
             with spool:
-                waited = list(self._spooled(spool))
-            if any(self._ready(r) for r in waited):
-                for record in waited:
-                    self.offer(record)
-                self.flush()
-                continue
+                if any(self._ready(r) for r in self._spooled(spool)):
+                    for record in self._spooled(spool):  # streamed: the spool stays on disk
+                        self.offer(record)
+                    self.flush()
+                    continue
+                waited = list(self._spooled(spool))  # only records in a cycle are held
             for start in range(0, len(waited), CYCLE_GROUP):
                 self.store_together(waited[start:start + CYCLE_GROUP])
 
