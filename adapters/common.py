@@ -347,6 +347,7 @@ class LookupSimulator:
                     self.index.setdefault(value, []).append(record.raw)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.requests = 0  # received, for tests of the clients' retries
 
     def answer(self, key: str) -> tuple[int, bytes]:
         """(status, body) for a lookup key: 200 with the records, 404 unknown, 400 malformed."""
@@ -366,6 +367,7 @@ class LookupSimulator:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
+                simulator.requests += 1
                 path = self.path.split("?", 1)[0].rstrip("/")
                 prefix = f"/{simulator.route}/"
                 if simulator.delay:
