@@ -34,6 +34,9 @@ class FhirError(Exception):
             expression = [expression]
         self.issues = issues or [Issue(diagnostics, code, "error", expression or [])]
         self.raw_outcome: dict | None = None
+        #: (type, id) of the resource the error is about, when only the commit found it
+        #: (a reference check): a transaction then names that resource's entry
+        self.source: tuple[str, str] | None = None
 
     @classmethod
     def passthrough(cls, status: int, outcome: dict) -> FhirError:

@@ -47,9 +47,9 @@ class BundleProcessor:
                     except FhirError as err:
                         raise bundles.at_entry(err, index) from None
         except FhirError as err:  # refused at commit: name the entry whose resource it was
-            source = getattr(err, "source", None)
-            index = next((i for i, e in entries if source and "resource" in e
-                          and (e["resource"].get("resourceType"), e.get("_id")) == source), None)
+            index = next((i for i, e in entries if err.source and "resource" in e
+                          and (e["resource"].get("resourceType"), e.get("_id")) == err.source),
+                         None)
             raise err if index is None else bundles.at_entry(err, index) from None
         return bundles.response_bundle("transaction-response",
                                        [responses[i] for i in sorted(responses)])
