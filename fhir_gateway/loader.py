@@ -25,6 +25,7 @@ import re
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import orjson
@@ -76,6 +77,12 @@ class _Record:
     where: str
     resource: dict
     raw: bytes
+
+    @cached_property
+    def targets(self) -> set[str]:
+        """The `Type/id` of every relative reference in the resource (its own excepted):
+        walked once, read at every step of the load."""
+        return _targets(self.resource)
 
 
 def scan_size(paths: list[Path]) -> int:
@@ -129,7 +136,7 @@ class _Load:
                     if isinstance(rid := record.resource.get("id"), str):
                         self.known.add(f"{rtype}/{rid}")
                     self.refers.setdefault(rtype, set()).update(
-                        t.partition("/")[0] for t in _targets(record.resource))
+                        t.partition("/")[0] for t in record.targets)
         rank = {rtype: i for i, rtype in enumerate(_dependency_order(self.refers))}
         return sorted(paths, key=lambda p: rank.get(first_type.get(p, ""), -1))
 
@@ -147,7 +154,7 @@ class _Load:
 
     def offer(self, record: _Record) -> None:
         """Queue the record, or spool it while a record it refers to is still to come."""
-        targets = _targets(record.resource)
+        targets = record.targets
         if any(t in self.known and t not in self.sent and t not in self.pending_ids
                for t in targets):
             self.spool.write(orjson.dumps([record.file, record.where,
@@ -167,19 +174,18 @@ class _Load:
         for each other (a cycle) and is stored together (`store_together`)."""
         self.flush()
         while self.waiting:
+            before = self.waiting
             spool, self.spool, self.waiting = self.spool, tempfile.TemporaryFile(), 0
             with spool:
-                if any(self._ready(r) for r in self._spooled(spool)):
-                    for record in self._spooled(spool):  # streamed: the spool stays on disk
-                        self.offer(record)
-                    self.flush()
-                    continue
-                waited = list(self._spooled(spool))  # only records in a cycle are held
-            for start in range(0, len(waited), CYCLE_GROUP):
-                self.store_together(waited[start:start + CYCLE_GROUP])
-
-    def _ready(self, record: _Record) -> bool:
-        return not any(t in self.known and t not in self.sent for t in _targets(record.resource))
+                for record in self._spooled(spool):  # streamed: the spool stays on disk
+                    self.offer(record)
+            self.flush()
+            if self.waiting == before:  # none could go: they wait for each other
+                waited = list(self._spooled(self.spool))  # only a cycle's records are held
+                self.spool.close()
+                self.spool, self.waiting = tempfile.TemporaryFile(), 0
+                for start in range(0, len(waited), CYCLE_GROUP):
+                    self.store_together(waited[start:start + CYCLE_GROUP])
 
     def _spooled(self, spool) -> Iterator[_Record]:
         spool.seek(0)
@@ -203,7 +209,7 @@ class _Load:
         refuses, a batch says which record is bad; those whose only fault was a partner of
         the group not yet stored go again, together."""
         inside = set(filter(None, map(_ident, group)))
-        outside = {t for r in group for t in _targets(r.resource)} - inside - self.sent
+        outside = {t for r in group for t in r.targets} - inside - self.sent
         self.absent.update(t for t in sorted(outside) if not self._stored(t))
         self.sent |= inside
         while group := self._without_absent_targets(group):
@@ -225,9 +231,9 @@ class _Load:
     def _without_absent_targets(self, group: list[_Record]) -> list[_Record]:
         """The group less the records that refer to what the store does not hold (named as
         the store would name it), and so on, for as long as that refuses more."""
-        while doomed := [r for r in group if _targets(r.resource) & self.absent]:
+        while doomed := [r for r in group if r.targets & self.absent]:
             for record in doomed:
-                missing = sorted(_targets(record.resource) & self.absent)[0]
+                missing = sorted(record.targets & self.absent)[0]
                 path = values.reference_path(record.resource, *missing.split("/"))
                 self.refuse(record, f"Resource {missing} not found, specified in path: {path}")
             group = [r for r in group if all(r is not d for d in doomed)]
@@ -274,10 +280,7 @@ class _Load:
                 self.fail(Problem(record.file, f"entry {i}", err.issues[0].diagnostics))
             return
         for i, answer in enumerate(answers):
-            if _ok(answer):
-                self.summary.count(answer["response"]["status"])
-            else:
-                self.fail(Problem(record.file, f"entry {i}", _reason(answer)))
+            self.answer(_Record(record.file, f"entry {i}", {}, b""), answer)
 
     def fail(self, problem: Problem) -> None:
         self.summary.failed += 1
@@ -317,10 +320,11 @@ def _records(path: Path, progress: Callable[[int], None], quiet: bool = False
         for i, entry in enumerate(parsed.resource.get("entry") or []):
             resource = entry.get("resource") if isinstance(entry, dict) else None
             if resource is not None:
-                yield _checked(name, f"entry {i}", resource, orjson.dumps(resource), quiet)
+                yield _checked(name, f"entry {i}", resource,
+                               b"" if quiet else orjson.dumps(resource), quiet)
 
 
-def _parse(file: str, where: str, raw: bytes, quiet: bool) -> _Record | Problem:
+def _parse(file: str, where: str, raw: bytes, quiet: bool) -> _Record | Problem | None:
     try:
         resource = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -329,10 +333,10 @@ def _parse(file: str, where: str, raw: bytes, quiet: bool) -> _Record | Problem:
 
 
 def _checked(file: str, where: str, resource: object, raw: bytes, quiet: bool
-             ) -> _Record | Problem:
+             ) -> _Record | Problem | None:
     if quiet:  # the scan only needs ids and references; the load pass reports problems
         return _Record(file, where, resource, raw) if isinstance(resource, dict) and \
-            isinstance(resource.get("resourceType"), str) else Problem(file, where, "", raw)
+            isinstance(resource.get("resourceType"), str) else None
     try:
         return _Record(file, where, check_shape(resource), raw)
     except FhirError as err:
@@ -340,20 +344,17 @@ def _checked(file: str, where: str, resource: object, raw: bytes, quiet: bool
 
 
 def _targets(resource: dict) -> set[str]:
-    """The `Type/id` of every relative reference in the resource (its own id excepted)."""
     found = set()
     stack: list = [resource]
     while stack:
         node = stack.pop()
         if node.__class__ is dict:
-            ref = node.get("reference")
-            if ref.__class__ is str and ref.count("/") == 1 and ":" not in ref \
-                    and ref[:1].isupper():
-                found.add(ref)
+            if node.get("reference").__class__ is str:
+                found.update(f"{t}/{i}" for _, t, i in values.references([node]) if t)
             stack.extend(v for v in node.values() if v.__class__ in (dict, list))
         elif node.__class__ is list:
             stack.extend(v for v in node if v.__class__ in (dict, list))
-    found.discard(f"{resource['resourceType']}/{resource.get('id')}")
+    found.discard(f"{resource.get('resourceType')}/{resource.get('id')}")
     return found
 
 

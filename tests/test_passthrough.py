@@ -107,7 +107,6 @@ REQUESTS = [
 
 @pytest.mark.parametrize(("method", "path"), REQUESTS, ids=[p for _, p in REQUESTS])
 def test_passing_hapis_bytes_through_answers_as_parsing_them(gateways, method, path):
-    passing, parsing = gateways
     form = {"family": "Passthrough", "_count": "4"} if method == "POST" else None
     ours, before = (g.request(method, f"/fhir/{path}", data=form) for g in gateways)
     assert comparable(ours) == comparable(before)
