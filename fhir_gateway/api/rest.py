@@ -160,9 +160,8 @@ async def conditional_update(request: Request, resource_type: str) -> Response:
 @router.delete("/{resource_type}")
 async def conditional_delete(request: Request, resource_type: str) -> Response:
     criteria = [(k, v) for k, v in _params(request) if k not in RESULT_PARAMS]
-    deleted = await run_in_threadpool(_store(request).conditional_delete, _type(resource_type),
-                                      criteria)
-    return _deleted_response(request, f"{deleted} resource(s) matching the criteria")
+    await run_in_threadpool(_store(request).conditional_delete, _type(resource_type), criteria)
+    return _deleted_response(request, "what matched the criteria")
 
 
 @router.get("/{resource_type}/_history")

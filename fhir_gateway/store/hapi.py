@@ -14,7 +14,7 @@ import time
 import httpx
 import orjson
 
-from fhir_gateway.outcome import FhirError, invalid
+from fhir_gateway.outcome import FhirError
 from fhir_gateway.search.query import SearchQuery, parse_query
 from fhir_gateway.search.registry import resource_types
 from fhir_gateway.store.base import (
@@ -25,6 +25,7 @@ from fhir_gateway.store.base import (
     StoredSearchset,
     Written,
 )
+from fhir_gateway.store.bundles import BundleOperations, Entries
 
 FHIR_JSON = "application/fhir+json"
 _SAFE = {"GET", "HEAD", "PUT", "DELETE"}
@@ -35,7 +36,7 @@ _VERSION_CONFLICT = "HAPI-0989"
 _CONDITIONAL_RACE = "HAPI-2745"
 
 
-class HapiStore:
+class HapiStore(BundleOperations):
     """FhirStore backed by a FHIR server's REST API (HAPI FHIR JPA in production)."""
 
     def __init__(self, base_url: str, timeout: float = 30.0, retries: int = 2,
@@ -86,15 +87,10 @@ class HapiStore:
 
     # -- contract -----------------------------------------------------------------------
     def create(self, resource: dict, if_none_exist: str | None = None) -> Written:
-        headers = {"Prefer": "return=representation"}
         if if_none_exist:
-            headers["If-None-Exist"] = if_none_exist
-        for _ in range(3):
-            response = self._request("POST", resource["resourceType"], json=resource,
-                                     headers=headers, retry=bool(if_none_exist))
-            if not (if_none_exist and response.status_code == 409
-                    and _CONDITIONAL_RACE in response.text):
-                break
+            return self.conditional_create(resource, if_none_exist)
+        response = self._request("POST", resource["resourceType"], json=resource,
+                                 headers={"Prefer": "return=representation"}, retry=False)
         return Written(self._json(response), response.status_code)
 
     def read(self, resource_type: str, resource_id: str) -> dict:
@@ -131,19 +127,8 @@ class HapiStore:
                 err.status = 412
             raise
 
-    def conditional_update(self, resource_type: str, criteria: list[tuple[str, str]],
-                           resource: dict) -> Written:
-        response = self._request("PUT", resource_type, params=criteria, json=resource,
-                                 headers={"Prefer": "return=representation"})
-        return Written(self._json(response), response.status_code)
-
     def delete(self, resource_type: str, resource_id: str) -> None:
         self._json(self._request("DELETE", f"{resource_type}/{resource_id}"), ok=(200, 204))
-
-    def conditional_delete(self, resource_type: str, criteria: list[tuple[str, str]]) -> int:
-        before = self._total(resource_type, criteria)
-        self._json(self._request("DELETE", resource_type, params=criteria), ok=(200, 204))
-        return before
 
     def search(self, resource_type: str, params: list[tuple[str, str]],
                strict: bool = False) -> SearchResult:
@@ -201,23 +186,29 @@ class HapiStore:
                                         request.get("method", "PUT"), resource))
         return HistoryResult(entries, bundle.get("total", len(entries)), count, offset)
 
-    def transaction(self, bundle: dict) -> dict:
-        return self._bundle(bundle, "transaction")
-
-    def batch(self, bundle: dict) -> dict:
-        return self._bundle(bundle, "batch")
-
-    def _bundle(self, bundle: dict, kind: str) -> dict:
-        if bundle.get("type") != kind:
-            raise invalid(f"Expected a Bundle of type '{kind}', got '{bundle.get('type')}'",
-                          "Bundle.type")
-        return self._json(self._request("POST", "", json=bundle, retry=False))
+    def commit(self, entries: Entries, representation: bool = False) -> list[dict]:
+        """The entries as one HAPI transaction Bundle: HAPI resolves and applies them in one
+        database transaction. Repeated when the connection failed only if every entry is safe
+        to repeat, and when HAPI says a concurrent conditional create won (it now finds it)."""
+        bundle = {"resourceType": "Bundle", "type": "transaction",
+                  "entry": [entry for _, entry in entries]}
+        headers = {"Prefer": "return=representation"} if representation else None
+        repeatable = all(_repeatable(entry.get("request", {})) for _, entry in entries)
+        for _ in range(3):
+            response = self._request("POST", "", json=bundle, headers=headers, retry=repeatable)
+            if not (response.status_code == 409 and _CONDITIONAL_RACE in response.text):
+                break
+        return self._json(response).get("entry", [])
 
     def is_empty(self) -> bool:
         return self._total("Patient", []) == 0
 
     def close(self) -> None:
         self.client.close()
+
+
+def _repeatable(request: dict) -> bool:
+    return request.get("method") in _SAFE or bool(request.get("ifNoneExist"))
 
 
 def _search_result(query: SearchQuery, bundle: dict) -> SearchResult:

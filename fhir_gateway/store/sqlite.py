@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from urllib.parse import parse_qsl
 
 import orjson
 
@@ -27,10 +26,11 @@ from fhir_gateway.search.dates import now_instant, parse_range
 from fhir_gateway.search.fhirpath import element_names
 from fhir_gateway.search.query import SearchQuery, parse_query
 from fhir_gateway.search.registry import SearchParam, indexed_params, resource_types
-from fhir_gateway.store import sqlsearch
+from fhir_gateway.store.resolve import commit
+from fhir_gateway.store.sqlsearch import matching_ids, run_query
 from fhir_gateway.store.base import (HistoryEntry, HistoryResult, SearchResult, Written,
                                       one_match)
-from fhir_gateway.store.transaction import BundleProcessor
+from fhir_gateway.store.bundles import BundleOperations, Entries
 from fhir_gateway.validation.structure import check_update_id
 
 SCHEMA = """
@@ -171,7 +171,7 @@ def parse_etag(value: str) -> int:
     return int(tag)
 
 
-class SQLiteStore:
+class SQLiteStore(BundleOperations):
     """FhirStore over one SQLite file."""
 
     def __init__(self, path: str | Path):
@@ -368,14 +368,11 @@ class SQLiteStore:
 
     def create(self, resource: dict, if_none_exist: str | None = None,
                new_id: str | None = None) -> Written:
-        resource_type = resource["resourceType"]
+        if if_none_exist:
+            return self.conditional_create(resource, if_none_exist)
         with self.atomic():
-            if if_none_exist:
-                found = self.match(resource_type, parse_qsl(if_none_exist.split("?", 1)[-1]),
-                                   "If-None-Exist")
-                if found:
-                    return Written(self.read(resource_type, found), 200)
-            return self._write(resource_type, new_id or self.assign_id(), resource, None, "POST")
+            return self._write(resource["resourceType"], new_id or self.assign_id(), resource,
+                               None, "POST")
 
     def update(self, resource_type: str, resource_id: str, resource: dict,
                if_match: str | None = None) -> Written:
@@ -396,20 +393,6 @@ class SQLiteStore:
                     return Written(current, 200)
             return self._write(resource_type, resource_id, resource, row, "PUT")
 
-    def conditional_update(self, resource_type: str, criteria: list[tuple[str, str]],
-                           resource: dict) -> Written:
-        with self.atomic():
-            found = self.match(resource_type, criteria, "conditional update")
-            if found is None:
-                rid = resource.get("id")
-                if rid:
-                    return self.update(resource_type, rid, resource)
-                return self._write(resource_type, self.assign_id(), resource, None, "PUT")
-            if resource.get("id") not in (None, found):
-                raise invalid(f"The resource id '{resource['id']}' does not match the resource "
-                              f"found by the conditional update ({found})", f"{resource_type}.id")
-            return self.update(resource_type, found, {**resource, "id": found})
-
     def delete(self, resource_type: str, resource_id: str) -> None:
         with self.atomic() as conn:
             row = conn.execute("SELECT rid, version, deleted FROM resource WHERE type=? AND id=?",
@@ -425,13 +408,6 @@ class SQLiteStore:
                          "WHERE rid=?", (version, epoch, rid))
             conn.execute("INSERT INTO version VALUES (?, ?, ?, ?, 'DELETE', NULL)",
                          (rid, version, epoch, instant))
-
-    def conditional_delete(self, resource_type: str, criteria: list[tuple[str, str]]) -> int:
-        with self.atomic():
-            found = self.match(resource_type, criteria, "conditional delete")
-            if found:
-                self.delete(resource_type, found)
-            return int(found is not None)
 
     def _write(self, resource_type: str, resource_id: str, resource: dict, row, method: str
                ) -> Written:
@@ -488,7 +464,7 @@ class SQLiteStore:
             raise invalid(f"The {what} has no search criteria", what)
         query = parse_query(resource_type, criteria, strict=True)
         self._flush_index()
-        return one_match(sqlsearch.matching_ids(self, query, limit=2), resource_type, what)
+        return one_match(matching_ids(self, query, limit=2), resource_type, what)
 
     def match_identifiers(self, resource_type: str, pairs: set[tuple[str, str]]
                           ) -> dict[tuple[str, str], list[str]]:
@@ -523,7 +499,7 @@ class SQLiteStore:
 
     def run(self, query: SearchQuery) -> SearchResult:
         self._flush_index()
-        return sqlsearch.run(self, query)
+        return run_query(self, query)
 
     # -- history ------------------------------------------------------------------------
     def history(self, resource_type: str | None = None, resource_id: str | None = None,
@@ -556,9 +532,5 @@ class SQLiteStore:
                    for t, i, v, lu, m, b in rows]
         return HistoryResult(entries, total, count, offset)
 
-    # -- bundles ------------------------------------------------------------------------
-    def transaction(self, bundle: dict) -> dict:
-        return BundleProcessor(self).transaction(bundle)
-
-    def batch(self, bundle: dict) -> dict:
-        return BundleProcessor(self).batch(bundle)
+    def commit(self, entries: Entries, representation: bool = False) -> list[dict]:
+        return commit(self, entries, representation)

@@ -31,7 +31,7 @@ MAX_INCLUDES = 1000
 ITERATE_ROUNDS = 4
 
 
-def run(store: SQLiteStore, query: SearchQuery) -> SearchResult:
+def run_query(store: SQLiteStore, query: SearchQuery) -> SearchResult:
     where, args = _where(store, query, "r")
     conn = store._conn()
     total = conn.execute(f"SELECT COUNT(*) FROM resource r WHERE {where}", args).fetchone()[0]
