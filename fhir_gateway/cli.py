@@ -14,7 +14,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 
 from fhir_gateway.config import Settings
 from fhir_gateway.outcome import FhirError
-from fhir_gateway.store import StoreURLError, open_store
+from fhir_gateway.store import StoreURLError, open_store, sqlite_path
 
 app = typer.Typer(help="Health Home FHIR Gateway", no_args_is_help=True)
 console = Console(stderr=True)
@@ -291,6 +291,25 @@ def synth(
 
     cimor, cyberaccess = write_extracts(members, out, seed)
     console.print(f"Wrote {escape(str(cimor))} and {escape(str(cyberaccess))} ({members} people)")
+
+
+@app.command()
+def reindex(store: StoreOption = "") -> None:
+    """Rebuild the embedded store's search index from its resources (after the index rules
+    or the schema version change); HAPI keeps its own index."""
+    from fhir_gateway.store.sqlite import SQLiteStore
+
+    url = Settings(store=store).store_url()
+    try:
+        db = SQLiteStore(sqlite_path(url), reindexing=True)
+    except StoreURLError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    with Progress(*Progress.get_default_columns(), console=console) as progress:
+        task = progress.add_task("Reindexing", total=None)
+        count = db.reindex(lambda done, total: progress.update(task, completed=done, total=total))
+    db.close()
+    console.print(f"Reindexed {count} resources in {escape(url)}")
 
 
 @app.command()

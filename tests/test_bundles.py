@@ -281,3 +281,22 @@ def test_transaction_conditional_entries_by_identifier_find_what_a_search_finds(
         {"resource": patient("555002"),
          "request": {"method": "PUT", "url": f"Patient?identifier={DCN}|555002"}}))
     assert r.status_code == 412, r.text
+
+
+def test_malformed_entries_are_refused_alike_on_both_stores(client):
+    """The gateway checks every entry before either store writes anything: the same 400,
+    naming the entry and the element, in a transaction and in a batch."""
+    created = client.post("/fhir/Patient", json=patient()).json()
+    cases = [({"resource": created, "request": {"method": "PUT", "url": "Patient/other-id"}},
+              "resource.id"),
+             ({"request": {"method": "DELETE", "url": "Patient"}}, "request.url"),
+             ({"request": {"method": "PUT", "url": f"Patient/{created['id']}"}}, "resource")]
+    for entry, element in cases:
+        r = client.post("/fhir", json=tx(entry))
+        assert r.status_code == 400, r.text
+        assert r.json()["issue"][0]["expression"] == [f"Bundle.entry[0].{element}"]
+        r = client.post("/fhir", json=tx(post(patient("2")), entry, kind="batch"))
+        answers = [e["response"] for e in r.json()["entry"]]
+        assert [a["status"][:3] for a in answers] == ["201", "400"], r.text
+        assert answers[1]["outcome"]["issue"][0]["expression"] == [f"Bundle.entry[1].{element}"]
+    assert client.get("/fhir/Patient").json()["total"] == 1 + len(cases)

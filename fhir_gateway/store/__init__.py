@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 from fhir_gateway.config import Settings
-from fhir_gateway.store.base import FhirStore
+from fhir_gateway.store.base import FhirStore, StoreURLError
 
-
-class StoreURLError(ValueError):
-    pass
+__all__ = ["StoreURLError", "open_store", "sqlite_path"]
 
 
 def open_store(url: str, settings: Settings | None = None) -> FhirStore:
@@ -23,13 +21,18 @@ def _open(url: str) -> FhirStore:
     if url.startswith("sqlite://"):
         from fhir_gateway.store.sqlite import SQLiteStore
 
-        path = url.removeprefix("sqlite://")  # sqlite:///abs/file.db or sqlite://rel/file.db
-        if path in ("", "/"):
-            raise StoreURLError(f"Store URL '{url}' names no file: use sqlite:///path/to/file.db")
-        return SQLiteStore(path)
+        return SQLiteStore(sqlite_path(url))
     if url.startswith(("http://", "https://")):
         from fhir_gateway.store.hapi import HapiStore
 
         return HapiStore(url)
     raise StoreURLError(f"Unknown store URL '{url}': expected sqlite:///path/to/file.db or "
                         "http(s)://host/fhir")
+
+
+def sqlite_path(url: str) -> str:
+    """The file of `sqlite:///abs/file.db` (or `sqlite://rel/file.db`)."""
+    path = url.removeprefix("sqlite://")
+    if not url.startswith("sqlite://") or path in ("", "/"):
+        raise StoreURLError(f"Store URL '{url}' names no file: use sqlite:///path/to/file.db")
+    return path

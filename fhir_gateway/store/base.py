@@ -13,6 +13,10 @@ from typing import Protocol
 from fhir_gateway.outcome import FhirError, Issue
 
 
+class StoreURLError(ValueError):
+    """The store a URL names cannot be opened as it is (the message says what to do)."""
+
+
 @dataclass
 class Written:
     """Result of a create/update: the stored resource and 201 (created) or 200."""

@@ -26,13 +26,18 @@ from fhir_gateway.search.dates import now_instant, parse_range
 from fhir_gateway.search.fhirpath import element_names
 from fhir_gateway.search.query import SearchQuery, parse_query
 from fhir_gateway.search.registry import SearchParam, indexed_params, resource_types
-from fhir_gateway.store.resolve import commit
-from fhir_gateway.store.sqlsearch import matching_ids, run_query
-from fhir_gateway.store.base import (HistoryEntry, HistoryResult, SearchResult, Written,
-                                      one_match)
+from fhir_gateway.store.base import (HistoryEntry, HistoryResult, SearchResult, StoreURLError,
+                                      Written, one_match)
 from fhir_gateway.store.bundles import BundleOperations, Entries
+from fhir_gateway.store.resolve import commit
+from fhir_gateway.store.sqlsearch import INDEX, INDEX_TABLES, matching_ids, run_query
 from fhir_gateway.validation.structure import check_update_id
 
+#: `PRAGMA user_version` of a store file whose tables and index match this code. Raise it
+#: when the tables or the index rules (what `_index` writes) change: older files are then
+#: refused until `fhir-gateway reindex` rebuilds their index. Files made before versioning
+#: read 0.
+SCHEMA_VERSION = 1
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resource(
   rid INTEGER PRIMARY KEY, type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,
@@ -68,19 +73,8 @@ CREATE INDEX IF NOT EXISTS idx_number_value ON idx_number(pid, value);
 CREATE INDEX IF NOT EXISTS idx_number_rid ON idx_number(rid, pid);
 """
 
-#: search-parameter type -> (index table, value columns, function producing the rows)
-INDEX = {
-    "token": ("idx_token", ("system", "code", "text"), values.tokens),
-    "uri": ("idx_token", ("system", "code", "text"), values.tokens),
-    "string": ("idx_string", ("norm", "exact"), values.strings),
-    "reference": ("idx_ref", ("ref", "ttype", "tid"), values.references),
-    "date": ("idx_date", ("low", "high"), values.dates),
-    "quantity": ("idx_quantity", ("value", "system", "code", "unit"), values.quantities),
-    "number": ("idx_number", ("value",), lambda nodes: [(v,) for v in values.numbers(nodes)]),
-}
-INDEX_TABLES = sorted({table for table, _, _ in INDEX.values()})
 _INSERT = {t: f"INSERT INTO {table}(pid, {', '.join(cols)}, rid) VALUES (?{', ?' * len(cols)}, ?)"
-           for t, (table, cols, _) in INDEX.items()}
+           for t, (table, cols, _, _) in INDEX.items()}
 
 
 @lru_cache(maxsize=1024)
@@ -94,7 +88,7 @@ def _index_plan(resource_type: str, keys: tuple[str, ...]
     choice is made once per shape rather than once per resource and parameter.
     """
     names = element_names(keys)
-    return tuple((p, _INSERT[p.type], INDEX[p.type][2]) for p in indexed_params(resource_type)
+    return tuple((p, _INSERT[p.type], INDEX[p.type].rows) for p in indexed_params(resource_type)
                  if p.type in INDEX and (p.roots is None or not p.roots.isdisjoint(names)))
 
 
@@ -174,7 +168,8 @@ def parse_etag(value: str) -> int:
 class SQLiteStore(BundleOperations):
     """FhirStore over one SQLite file."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, reindexing: bool = False):
+        """Open (or create) the store file; an older schema only when `reindexing` it."""
         self.path = str(path)
         if self.path == ":memory:":
             raise ValueError("The embedded store needs a file: its connections are per thread")
@@ -183,12 +178,28 @@ class SQLiteStore(BundleOperations):
         self._lock = threading.Lock()
         self._pids: dict[tuple[str, str], int] = {}
         self._connections: list[sqlite3.Connection] = []
-        conn = self._conn()
+        conn = self.connection()
+        self._check_version(conn, reindexing)
         conn.executescript(SCHEMA)
         self._load_pids(conn)
 
+    def _check_version(self, conn: sqlite3.Connection, reindexing: bool) -> None:
+        """Mark a new file with the schema version; refuse a file of another version."""
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        file = "/" + str(Path(self.path).resolve()).lstrip("/")
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'resource'").fetchone() is None:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        elif version > SCHEMA_VERSION:
+            raise StoreURLError(f"The store {file} has schema version {version}, written by a "
+                                f"newer fhir-gateway; this one reads version {SCHEMA_VERSION}")
+        elif version < SCHEMA_VERSION and not reindexing:
+            raise StoreURLError(
+                f"The store {file} has schema version {version}; this fhir-gateway needs "
+                f"version {SCHEMA_VERSION}. Rebuild its search index with: "
+                f"fhir-gateway reindex --store sqlite://{file}")
+
     # -- connections and transactions -------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
+    def connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
@@ -216,7 +227,7 @@ class SQLiteStore(BundleOperations):
         `all_or_nothing` (a transaction Bundle): any error inside ends the whole
         transaction, so nested use needs no savepoints (two statements per entry saved).
         """
-        conn = self._conn()
+        conn = self.connection()
         depth = self._local.depth
         if depth and self._local.all_or_nothing:
             yield conn
@@ -308,13 +319,13 @@ class SQLiteStore(BundleOperations):
         if pid is None:
             if not create:
                 return -1
-            cur = self._conn().execute("INSERT INTO param(type, code) VALUES (?, ?)", key)
+            cur = self.connection().execute("INSERT INTO param(type, code) VALUES (?, ?)", key)
             pid = self._pids[key] = cur.lastrowid
         return pid
 
     # -- reads --------------------------------------------------------------------------
     def read(self, resource_type: str, resource_id: str) -> dict:
-        row = self._conn().execute(
+        row = self.connection().execute(
             "SELECT body, deleted, version FROM resource WHERE type=? AND id=?",
             (resource_type, resource_id)).fetchone()
         if row is None:
@@ -326,7 +337,7 @@ class SQLiteStore(BundleOperations):
     def head(self, resource_type: str, resource_id: str) -> dict:
         """A live resource's type, id and version meta, without reading its body (nor the
         database, when this transaction's identifier matching found it)."""
-        conn = self._conn()
+        conn = self.connection()
         row = self._local.heads.get((resource_type, resource_id)) or conn.execute(
             "SELECT v.version, v.last_updated FROM resource r JOIN version v ON v.rid = r.rid "
             "AND v.version = r.version WHERE r.type=? AND r.id=? AND r.deleted = 0",
@@ -337,7 +348,7 @@ class SQLiteStore(BundleOperations):
                 "meta": {"versionId": str(row[0]), "lastUpdated": row[1]}}
 
     def vread(self, resource_type: str, resource_id: str, version: str) -> dict:
-        row = self._conn().execute(
+        row = self.connection().execute(
             "SELECT v.body, v.method FROM version v JOIN resource r ON r.rid = v.rid "
             "WHERE r.type=? AND r.id=? AND v.version=?",
             (resource_type, resource_id, int(version) if version.isdigit() else -1)).fetchone()
@@ -349,7 +360,7 @@ class SQLiteStore(BundleOperations):
         return orjson.loads(row[0])
 
     def is_empty(self) -> bool:
-        return self._conn().execute("SELECT 1 FROM resource LIMIT 1").fetchone() is None
+        return self.connection().execute("SELECT 1 FROM resource LIMIT 1").fetchone() is None
 
     # -- writes -------------------------------------------------------------------------
     @staticmethod
@@ -411,7 +422,7 @@ class SQLiteStore(BundleOperations):
 
     def _write(self, resource_type: str, resource_id: str, resource: dict, row, method: str
                ) -> Written:
-        conn = self._conn()
+        conn = self.connection()
         self._local.heads.pop((resource_type, resource_id), None)
         instant, epoch = now_instant()
         version = 1 if row is None else row[1] + 1
@@ -450,8 +461,34 @@ class SQLiteStore(BundleOperations):
                         if ttype and (ttype, tid) != (resource_type, resource["id"]):
                             self._local.references.setdefault((ttype, tid), resource)
 
+    def reindex(self, progress: Callable[[int, int], None] | None = None,
+                chunk: int = 1000) -> int:
+        """Rebuild every index table from the stored resources, for when the index rules
+        change, and mark the file with this schema version; the number of resources indexed.
+
+        One write transaction (readers see the old index until it commits); `progress` is
+        told (done, total) after each chunk of resources.
+        """
+        with self.atomic(all_or_nothing=True) as conn:
+            for table in INDEX_TABLES:
+                conn.execute(f"DELETE FROM {table}")
+            total = conn.execute("SELECT COUNT(*) FROM resource WHERE deleted = 0").fetchone()[0]
+            done, last = 0, 0
+            while rows := conn.execute("SELECT rid, body FROM resource WHERE deleted = 0 AND "
+                                       "rid > ? ORDER BY rid LIMIT ?", (last, chunk)).fetchall():
+                for rid, body in rows:
+                    self._index(rid, orjson.loads(body))
+                self._flush_index()
+                self._local.pending = _PendingIndex()  # flushed: nothing to keep
+                self._local.references.clear()  # checked when they were written
+                done, last = done + len(rows), rows[-1][0]
+                if progress:
+                    progress(done, total)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        return done
+
     def _clear_index(self, rid: int) -> None:
-        conn = self._conn()
+        conn = self.connection()
         if rid in self._local.pending.rids:
             self._flush_index()  # rows queued for it earlier in this transaction go too
         for table in INDEX_TABLES:
@@ -474,7 +511,7 @@ class SQLiteStore(BundleOperations):
         Their version meta is kept for `head` until they are written or the transaction
         ends: a conditional create that finds its resource answers with it.
         """
-        conn = self._conn()
+        conn = self.connection()
         self._flush_index()
         pid = self.pid(resource_type, "identifier")
         found: dict[tuple[str, str], list[str]] = {pair: [] for pair in pairs}
@@ -520,7 +557,7 @@ class SQLiteStore(BundleOperations):
             where.append("v.updated >= ?")
             args.append(rng[0])
         clause = ("WHERE " + " AND ".join(where)) if where else ""
-        conn = self._conn()
+        conn = self.connection()
         sql = f"FROM version v JOIN resource r ON r.rid = v.rid {clause}"
         total = conn.execute(f"SELECT COUNT(*) {sql}", args).fetchone()[0]
         if resource_id and total == 0:

@@ -8,32 +8,63 @@ parameter nests the target's condition inside a join. Date semantics follow HAPI
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING
+from typing import NamedTuple, Protocol
 
 import orjson
 
 from fhir_gateway.outcome import invalid
+from fhir_gateway.search import values
 from fhir_gateway.search.dates import parse_range
 from fhir_gateway.search.query import Criterion, Include, SearchQuery, split_prefix
 from fhir_gateway.search.registry import params_for
 from fhir_gateway.search.values import normalize
 from fhir_gateway.store.base import SearchResult
 
-if TYPE_CHECKING:
-    from fhir_gateway.store.sqlite import SQLiteStore
 
-TABLE = {"token": "idx_token", "uri": "idx_token", "string": "idx_string", "reference": "idx_ref",
-         "date": "idx_date", "quantity": "idx_quantity", "number": "idx_number"}
+class Indexed(Protocol):
+    """What a search reads from the embedded store: its connection and parameter ids."""
+
+    def connection(self) -> sqlite3.Connection: ...
+
+    def pid(self, resource_type: str, code: str) -> int: ...
+
+
+class IndexTable(NamedTuple):
+    """Where a search-parameter type's values are indexed (the tables are in `SCHEMA`)."""
+
+    table: str
+    columns: tuple[str, ...]
+    rows: Callable[[list], list[tuple]]  # the extracted values -> rows of `columns`
+    sort: tuple[str, str]  # the column a sort reads: ascending, descending
+
+
+_TOKEN = IndexTable("idx_token", ("system", "code", "text"), values.tokens, ("code", "code"))
+#: search-parameter type -> its index table: the one map the writes and the searches share
+INDEX = {
+    "token": _TOKEN,
+    "uri": _TOKEN,
+    "string": IndexTable("idx_string", ("norm", "exact"), values.strings, ("norm", "norm")),
+    "reference": IndexTable("idx_ref", ("ref", "ttype", "tid"), values.references,
+                            ("ref", "ref")),
+    "date": IndexTable("idx_date", ("low", "high"), values.dates, ("low", "high")),
+    "quantity": IndexTable("idx_quantity", ("value", "system", "code", "unit"),
+                           values.quantities, ("value", "value")),
+    "number": IndexTable("idx_number", ("value",), lambda nodes: [(v,) for v in values.numbers(nodes)],
+                         ("value", "value")),
+}
+INDEX_TABLES = sorted({index.table for index in INDEX.values()})
 MAX_INCLUDES = 1000
 ITERATE_ROUNDS = 4
 
 
-def run_query(store: SQLiteStore, query: SearchQuery) -> SearchResult:
+def run_query(store: Indexed, query: SearchQuery) -> SearchResult:
     where, args = _where(store, query, "r")
-    conn = store._conn()
+    conn = store.connection()
     total = conn.execute(f"SELECT COUNT(*) FROM resource r WHERE {where}", args).fetchone()[0]
     result = SearchResult([], total, query.count, query.offset, warnings=query.warnings,
                           summary=query.summary, elements=query.elements)
@@ -49,9 +80,9 @@ def run_query(store: SQLiteStore, query: SearchQuery) -> SearchResult:
     return result
 
 
-def matching_ids(store: SQLiteStore, query: SearchQuery, limit: int) -> list[str]:
+def matching_ids(store: Indexed, query: SearchQuery, limit: int) -> list[str]:
     where, args = _where(store, query, "r")
-    rows = store._conn().execute(f"SELECT r.id FROM resource r WHERE {where} LIMIT ?",
+    rows = store.connection().execute(f"SELECT r.id FROM resource r WHERE {where} LIMIT ?",
                                  [*args, limit])
     return [row[0] for row in rows]
 
@@ -73,7 +104,7 @@ class _Rows:
     rank: int = 0
 
 
-def _where(store: SQLiteStore, query: SearchQuery, alias: str) -> tuple[str, list]:
+def _where(store: Indexed, query: SearchQuery, alias: str) -> tuple[str, list]:
     """AND the criteria: the most selective drives (`rid IN`), the rest are `EXISTS` probes.
 
     The type test is written `+type` when criteria exist so SQLite does not scan every row
@@ -96,7 +127,7 @@ def _where(store: SQLiteStore, query: SearchQuery, alias: str) -> tuple[str, lis
     return " AND ".join(clauses), args
 
 
-def _criterion(store: SQLiteStore, resource_type: str, c: Criterion, alias: str) -> _Rows:
+def _criterion(store: Indexed, resource_type: str, c: Criterion, alias: str) -> _Rows:
     param = c.param
     if param.code == "_id":
         marks = ", ".join("?" * len(c.values))
@@ -110,7 +141,7 @@ def _criterion(store: SQLiteStore, resource_type: str, c: Criterion, alias: str)
             args.extend(a)
         return _Rows("(" + " OR ".join(ors) + ")", args, row_condition=True, rank=9)
     pid = store.pid(resource_type, param.code)
-    table = TABLE[param.type]
+    table = INDEX[param.type].table
     rank = _SELECTIVITY[param.type]
     if c.chained is not None:
         inner = f"t{id(c) % 100000}"
@@ -238,7 +269,7 @@ def _number_condition(sp_type: str, value: str) -> tuple[str, list]:
     return f"({sql})", args
 
 
-def _order(store: SQLiteStore, query: SearchQuery) -> tuple[str, list]:
+def _order(store: Indexed, query: SearchQuery) -> tuple[str, list]:
     terms, args = [], []
     for param, desc in query.sort:
         direction = "DESC" if desc else "ASC"
@@ -248,9 +279,8 @@ def _order(store: SQLiteStore, query: SearchQuery) -> tuple[str, list]:
         if param.code == "_lastUpdated":
             terms.append(f"r.updated {direction}")
             continue
-        table = TABLE[param.type]
-        column = {"idx_token": "code", "idx_string": "norm", "idx_ref": "ref", "idx_date":
-                  "high" if desc else "low", "idx_quantity": "value", "idx_number": "value"}[table]
+        table, _, _, sort = INDEX[param.type]
+        column = sort[desc]
         agg = "MAX" if desc else "MIN"
         terms.append(f"(SELECT {agg}({column}) FROM {table} s WHERE s.rid = r.rid AND s.pid = ?) "
                      f"{direction} NULLS LAST")
@@ -259,10 +289,10 @@ def _order(store: SQLiteStore, query: SearchQuery) -> tuple[str, list]:
     return ", ".join(terms), args
 
 
-def _includes(store: SQLiteStore, query: SearchQuery, page: list[tuple[int, str, str]]
+def _includes(store: Indexed, query: SearchQuery, page: list[tuple[int, str, str]]
               ) -> list[dict]:
     """Resources named by `_include` / `_revinclude`, following `:iterate` a few rounds."""
-    conn = store._conn()
+    conn = store.connection()
     seen = {rid for rid, _, _ in page}
     found: list[dict] = []
     frontier = page
@@ -285,14 +315,14 @@ def _includes(store: SQLiteStore, query: SearchQuery, page: list[tuple[int, str,
     return found
 
 
-def _include_pids(store: SQLiteStore, inc: Include, source_type: str) -> list[int]:
+def _include_pids(store: Indexed, inc: Include, source_type: str) -> list[int]:
     if inc.param is not None:
         return [store.pid(source_type, inc.param.code)]
     return [store.pid(source_type, p.code) for p in params_for(source_type).values()
             if p.type == "reference"]
 
 
-def _forward(store, conn, inc: Include, frontier) -> list:
+def _forward(store: Indexed, conn: sqlite3.Connection, inc: Include, frontier) -> list:
     out = []
     by_type: dict[str, list[int]] = {}
     for rid, rtype, _ in frontier:
@@ -312,7 +342,7 @@ def _forward(store, conn, inc: Include, frontier) -> list:
     return out
 
 
-def _reverse(store, conn, inc: Include, frontier) -> list:
+def _reverse(store: Indexed, conn: sqlite3.Connection, inc: Include, frontier) -> list:
     if inc.source_type == "*":
         return []
     pids = _include_pids(store, inc, inc.source_type)
