@@ -54,7 +54,7 @@ class Resolvable(Protocol):
 
 
 #: what a single REST request's parts are called (no entry to name)
-_REST = {"request.ifNoneExist": "If-None-Exist", "request.url": "conditional request url"}
+_REST = {"request.ifNoneExist": "If-None-Exist", "request.url": "conditional update"}
 
 
 def _at(index: int | None, part: str) -> str:

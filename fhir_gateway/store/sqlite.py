@@ -29,7 +29,7 @@ from fhir_gateway.search.registry import SearchParam, indexed_params, resource_t
 from fhir_gateway.store.base import (HistoryEntry, HistoryResult, SearchResult, StoreURLError,
                                       Written, one_match)
 from fhir_gateway.store.bundles import BundleOperations, Entries
-from fhir_gateway.store.resolve import commit
+from fhir_gateway.store.resolve import commit as resolve_and_commit
 from fhir_gateway.store.sqlsearch import INDEX, INDEX_TABLES, matching_ids, run_query
 from fhir_gateway.validation.structure import check_update_id
 
@@ -570,4 +570,4 @@ class SQLiteStore(BundleOperations):
         return HistoryResult(entries, total, count, offset)
 
     def commit(self, entries: Entries, representation: bool = False) -> list[dict]:
-        return commit(self, entries, representation)
+        return resolve_and_commit(self, entries, representation)
