@@ -25,7 +25,7 @@ from fhir_gateway.store.base import (
     StoredSearchset,
     Written,
 )
-from fhir_gateway.store.bundles import BundleOperations, Entries
+from fhir_gateway.store.units import BundleOperations, Entries
 
 FHIR_JSON = "application/fhir+json"
 _SAFE = {"GET", "HEAD", "PUT", "DELETE"}

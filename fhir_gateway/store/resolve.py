@@ -18,14 +18,15 @@ from urllib.parse import parse_qsl
 from fhir_gateway import bundle as bundles
 from fhir_gateway.outcome import FhirError, invalid
 from fhir_gateway.search.registry import params_for, resource_types
-from fhir_gateway.store.base import SearchResult, Written, one_match
-from fhir_gateway.store.bundles import ORDER, Entries
+from fhir_gateway.store.base import FhirStore, Written, one_match
+from fhir_gateway.store.units import ORDER, Entries
 
 
-class Resolvable(Protocol):
-    """What resolving needs: a unit the gateway can read inside, ids, match by criteria."""
+class Resolvable(FhirStore, Protocol):
+    """What resolving needs beyond the contract: a unit the gateway reads inside, new ids,
+    match by criteria, and a create that takes the id resolving assigned."""
 
-    def atomic(self, all_or_nothing: bool = False) -> AbstractContextManager: ...
+    def atomic(self) -> AbstractContextManager: ...
 
     def assign_id(self) -> str: ...
 
@@ -37,20 +38,8 @@ class Resolvable(Protocol):
 
     def head(self, resource_type: str, resource_id: str) -> dict: ...
 
-    def read(self, resource_type: str, resource_id: str) -> dict: ...
-
-    def vread(self, resource_type: str, resource_id: str, version: str) -> dict: ...
-
-    def search(self, resource_type: str, params: list[tuple[str, str]],
-               strict: bool = False) -> SearchResult: ...
-
     def create(self, resource: dict, if_none_exist: str | None = None,
                new_id: str | None = None) -> Written: ...
-
-    def update(self, resource_type: str, resource_id: str, resource: dict,
-               if_match: str | None = None) -> Written: ...
-
-    def delete(self, resource_type: str, resource_id: str) -> None: ...
 
 
 #: what a single REST request's parts are called (no entry to name)
@@ -65,7 +54,7 @@ def commit(store: Resolvable, entries: Entries, representation: bool = False) ->
     """Resolve and apply the (checked) entries in one write transaction; their answers."""
     answers: dict[int, dict] = {}
     try:
-        with store.atomic(all_or_nothing=True):
+        with store.atomic():
             ids = _assign_ids(store, entries)
             for index, entry in entries:
                 if "resource" in entry:

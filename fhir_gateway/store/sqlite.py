@@ -28,9 +28,9 @@ from fhir_gateway.search.query import SearchQuery, parse_query
 from fhir_gateway.search.registry import SearchParam, indexed_params, resource_types
 from fhir_gateway.store.base import (HistoryEntry, HistoryResult, SearchResult, StoreURLError,
                                       Written, one_match)
-from fhir_gateway.store.bundles import BundleOperations, Entries
 from fhir_gateway.store.resolve import commit as resolve_and_commit
 from fhir_gateway.store.sqlsearch import INDEX, INDEX_TABLES, matching_ids, run_query
+from fhir_gateway.store.units import BundleOperations, Entries
 from fhir_gateway.validation.structure import check_update_id
 
 #: `PRAGMA user_version` of a store file whose tables and index match this code. Raise it
@@ -100,14 +100,10 @@ class _PendingIndex:
     transaction. A flush comes before anything reads the index tables (a search or
     conditional match, clearing a resource queued here, the integrity check at commit), so
     every read still sees every write before it.
-
-    Rows stay listed until the transaction ends: a savepoint rolled back after a flush
-    undoes rows queued before it, and `restore` queues those again.
     """
 
     def __init__(self) -> None:
         self.rows: dict[str, list[tuple]] = {sql: [] for sql in set(_INSERT.values())}
-        self.flushed = dict.fromkeys(self.rows, 0)
         self.rids: set[int] = set()  # resources with rows not yet flushed
 
     def add(self, insert: str, rows: list[tuple], rid: int) -> None:
@@ -116,21 +112,10 @@ class _PendingIndex:
 
     def flush(self, conn: sqlite3.Connection) -> None:
         for insert, rows in self.rows.items():
-            done = self.flushed[insert]
-            if done < len(rows):
-                conn.executemany(insert, rows[done:])
-                self.flushed[insert] = len(rows)
+            if rows:
+                conn.executemany(insert, rows)
+                rows.clear()
         self.rids.clear()
-
-    def mark(self) -> tuple[dict[str, int], dict[str, int]]:
-        """The state to return to when a savepoint opened now is rolled back."""
-        return {insert: len(rows) for insert, rows in self.rows.items()}, dict(self.flushed)
-
-    def restore(self, mark: tuple[dict[str, int], dict[str, int]]) -> None:
-        queued, flushed = mark
-        for insert, rows in self.rows.items():
-            del rows[queued[insert]:]
-        self.flushed = flushed
 
 
 def _rows_in(conn: sqlite3.Connection, sql: str, args: list, values: list) -> Iterator[tuple]:
@@ -213,46 +198,21 @@ class SQLiteStore(BundleOperations):
             # the file (an import's commits took about half as long).
             conn.execute("PRAGMA wal_autocheckpoint=10000")
             self._local.conn = conn
-            self._local.depth = 0
-            self._local.all_or_nothing = False
-            self._local.pending = None
+            self._local.pending = None  # a _PendingIndex while a write transaction is open
             self._local.heads = {}
             self._connections.append(conn)
         return conn
 
     @contextmanager
-    def atomic(self, all_or_nothing: bool = False) -> Iterator[sqlite3.Connection]:
-        """One write transaction; nested use becomes a savepoint (a batch entry).
-
-        `all_or_nothing` (a transaction Bundle): any error inside ends the whole
-        transaction, so nested use needs no savepoints (two statements per entry saved).
-        """
+    def atomic(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, all or nothing; nested use joins the open one (a Bundle's
+        entries, a conditional match and its write), so no error inside is half-undone."""
         conn = self.connection()
-        depth = self._local.depth
-        if depth and self._local.all_or_nothing:
+        if self._local.pending is not None:
             yield conn
-            return
-        if depth:
-            name = f"sp{depth}"
-            mark = self._local.pending.mark()
-            conn.execute(f"SAVEPOINT {name}")
-            self._local.depth += 1
-            try:
-                yield conn
-                conn.execute(f"RELEASE {name}")
-            except BaseException:
-                conn.execute(f"ROLLBACK TO {name}")
-                conn.execute(f"RELEASE {name}")
-                self._local.pending.restore(mark)
-                self._local.heads.clear()
-                raise
-            finally:
-                self._local.depth -= 1
             return
         with self._lock:
             conn.execute("BEGIN IMMEDIATE")
-            self._local.depth = 1
-            self._local.all_or_nothing = all_or_nothing
             self._local.references, self._local.deleted = {}, set()
             self._local.pending = _PendingIndex()
             try:
@@ -265,8 +225,6 @@ class SQLiteStore(BundleOperations):
                 self._load_pids(conn)  # parameters registered in the rolled-back work are gone
                 raise
             finally:
-                self._local.depth = 0
-                self._local.all_or_nothing = False
                 self._local.pending = None
                 self._local.heads.clear()
 
@@ -469,7 +427,7 @@ class SQLiteStore(BundleOperations):
         One write transaction (readers see the old index until it commits); `progress` is
         told (done, total) after each chunk of resources.
         """
-        with self.atomic(all_or_nothing=True) as conn:
+        with self.atomic() as conn:
             for table in INDEX_TABLES:
                 conn.execute(f"DELETE FROM {table}")
             total = conn.execute("SELECT COUNT(*) FROM resource WHERE deleted = 0").fetchone()[0]
@@ -479,7 +437,6 @@ class SQLiteStore(BundleOperations):
                 for rid, body in rows:
                     self._index(rid, orjson.loads(body))
                 self._flush_index()
-                self._local.pending = _PendingIndex()  # flushed: nothing to keep
                 self._local.references.clear()  # checked when they were written
                 done, last = done + len(rows), rows[-1][0]
                 if progress:

@@ -1,17 +1,12 @@
 """Transaction and batch Bundles and the conditional operations, written once for any store.
 
-Each store offers one primitive, `commit`: apply a list of Bundle entries as one atomic unit
-and answer each (the embedded store: one SQLite transaction, see `resolve.py`; HAPI: one
-transaction Bundle, so HAPI's own ifNoneExist, If-Match and conditional-reference handling
-runs inside its transaction and no race opens between a gateway-side match and the write).
-On top of it, as Medplum's fhir-router writes them over its abstract repository:
-
-- a transaction is the checked entries committed as one unit;
-- a batch commits each entry as a unit of its own and answers every entry, failed or not;
-- a conditional create, update or delete is a one-entry unit.
-
-The entries are checked here (method, url, type, shape) so both stores refuse a malformed
-entry with the same 400 before anything is written.
+Each store offers one primitive, `commit`: apply Bundle entries as one atomic unit and answer
+each (embedded: one SQLite transaction, `resolve.py`; HAPI: one transaction Bundle, so HAPI's
+own ifNoneExist, If-Match and conditional references run inside its transaction and no race
+opens between a match and the write). Over it, as Medplum's fhir-router over its repository:
+a transaction is the checked entries as one unit; a batch, each entry as a unit of its own,
+every entry answered; a conditional create, update or delete, a one-entry unit. Entries are
+checked here, so both stores refuse a malformed one with the same 400.
 """
 
 from __future__ import annotations
