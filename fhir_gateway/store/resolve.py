@@ -63,8 +63,9 @@ def commit(store: Resolvable, entries: Entries, representation: bool = False) ->
                     _rewrite_references(entry["resource"], ids,
                                         lambda ref, at: _resolve_conditional(store, ref, at),
                                         where)
-            for position, (index, entry) in sorted(
-                    enumerate(entries), key=lambda e: ORDER[e[1][1]["request"]["method"]]):
+            for position in sorted(range(len(entries)),
+                                   key=lambda p: ORDER[entries[p][1]["request"]["method"]]):
+                index, entry = entries[position]
                 try:
                     answers[position] = _process(store, entry, representation)
                 except FhirError as err:
