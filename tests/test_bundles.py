@@ -290,7 +290,8 @@ def test_malformed_entries_are_refused_alike_on_both_stores(client):
     cases = [({"resource": created, "request": {"method": "PUT", "url": "Patient/other-id"}},
               "resource.id"),
              ({"request": {"method": "DELETE", "url": "Patient"}}, "request.url"),
-             ({"request": {"method": "PUT", "url": f"Patient/{created['id']}"}}, "resource")]
+             ({"request": {"method": "PUT", "url": f"Patient/{created['id']}"}}, "resource"),
+             ({"request": {"method": ["GET"], "url": 7}}, "request")]
     for entry, element in cases:
         r = client.post("/fhir", json=tx(entry))
         assert r.status_code == 400, r.text

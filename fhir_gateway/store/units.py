@@ -39,14 +39,14 @@ class BundleOperations:
     def transaction(self, bundle: dict) -> dict:
         entries = _entries(bundle, "transaction")
         for index, entry in entries:
-            check_entry(index, entry)
+            _check_entry(index, entry)
         return bundles.response_bundle("transaction-response", self.commit(entries))
 
     def batch(self, bundle: dict) -> dict:
         answers = []
         for index, entry in _entries(bundle, "batch"):
             try:
-                check_entry(index, entry)
+                _check_entry(index, entry)
                 answers.extend(self.commit([(index, entry)]))  # its own unit: may refuse alone
             except FhirError as err:
                 answers.append({"response": {"status": bundles.status_line(err.status),
@@ -84,22 +84,24 @@ def _entries(bundle: dict, kind: str) -> Entries:
     return [(i, dict(e) if isinstance(e, dict) else e) for i, e in enumerate(entries)]
 
 
-def check_entry(index: int, entry: dict) -> None:
+def _check_entry(index: int, entry: dict) -> None:
     """A 400 naming the entry for what no store could process."""
     where = f"Bundle.entry[{index}]"
     request = entry.get("request") if isinstance(entry, dict) else None
-    if not isinstance(request, dict) or not request.get("method") or not request.get("url"):
+    if not isinstance(request, dict) or not all(isinstance(request.get(k), str) and request[k]
+                                                for k in ("method", "url")):
         raise invalid("Each entry needs request.method and request.url", f"{where}.request")
     method, url = request["method"], request["url"]
     if method not in ORDER:
         raise invalid(f"Unknown request.method '{method}'", f"{where}.request.method")
-    rtype = urlsplit(url).path.strip("/").split("/")[0]
+    parts = urlsplit(url).path.strip("/").split("/")
+    rtype = parts[0]
     if rtype not in resource_types():
         raise FhirError(404 if method != "POST" else 400,
                         f"Unknown resource type in request.url '{url}'", "not-supported",
                         f"{where}.request.url")
-    if method == "DELETE" and "?" not in url and len(url.strip("/").split("/")) != 2:
-        raise invalid(f"A DELETE entry's url must be Type/id or Type?criteria, not '{url}'",
+    if method in ("PUT", "DELETE") and "?" not in url and len(parts) != 2:
+        raise invalid(f"A {method} entry's url must be Type/id or Type?criteria, not '{url}'",
                       f"{where}.request.url")
     if method not in ("POST", "PUT"):
         return
@@ -109,11 +111,6 @@ def check_entry(index: int, entry: dict) -> None:
         check_shape(entry["resource"], rtype)
     except FhirError as err:
         raise bundles.at_entry(err, index) from None
-    if method == "PUT" and "?" not in url:
-        parts = url.strip("/").split("/")
-        if len(parts) != 2:
-            raise invalid(f"A PUT entry's url must be Type/id or Type?criteria, not '{url}'",
-                          f"{where}.request.url")
-        if entry["resource"].get("id") not in (None, parts[1]):
-            raise invalid(f"Resource id '{entry['resource'].get('id')}' does not match the "
-                          f"request url '{url}'", f"{where}.resource.id")
+    if method == "PUT" and "?" not in url and entry["resource"].get("id") not in (None, parts[1]):
+        raise invalid(f"Resource id '{entry['resource'].get('id')}' does not match the request "
+                      f"url '{url}'", f"{where}.resource.id")
