@@ -301,6 +301,9 @@ def reindex(store: StoreOption = "") -> None:
 
     url = Settings(store=store).store_url()
     try:
+        if not url.startswith("sqlite://"):
+            raise StoreURLError(f"reindex rebuilds the embedded store's index (sqlite:///path.db), "
+                                f"not {url}'s: HAPI keeps its own ($reindex)")
         db = SQLiteStore(sqlite_path(url), reindexing=True)
     except StoreURLError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")

@@ -83,3 +83,9 @@ def test_a_store_of_a_newer_gateway_is_refused_even_by_reindex(tmp_path):
         result = cli(*command, "--store", store_url(db), cwd=tmp_path)
         assert result.returncode == 2, output(result)
         assert "written by a newer fhir-gateway" in output(result)
+
+
+def test_reindex_of_a_hapi_store_says_hapi_keeps_its_own(tmp_path):
+    result = cli("reindex", "--store", "http://127.0.0.1:9/fhir", cwd=tmp_path)
+    assert result.returncode == 2, output(result)
+    assert "HAPI keeps its own ($reindex)" in output(result)

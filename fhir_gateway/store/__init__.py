@@ -5,8 +5,6 @@ from __future__ import annotations
 from fhir_gateway.config import Settings
 from fhir_gateway.store.base import FhirStore, StoreURLError
 
-__all__ = ["StoreURLError", "open_store", "sqlite_path"]
-
 
 def open_store(url: str, settings: Settings | None = None) -> FhirStore:
     """The store behind `url`, wrapped so that every write is validated first."""
