@@ -170,7 +170,8 @@ def import_(
         help="write rejected records here (NDJSON); default: <file>.quarantine.ndjson")] = None,
 ) -> None:
     """Import CIMOR or CyberAccess extracts; re-importing the same file changes nothing."""
-    from fhir_gateway.importer import SYSTEMS, import_extract, write_quarantine
+    from fhir_gateway.importer import SYSTEMS, import_extract
+    from fhir_gateway.quarantine import write_quarantine
 
     if system not in SYSTEMS:
         console.print(f"[red]error:[/red] unknown system '{escape(system)}': expected "
@@ -324,10 +325,11 @@ def validate(
     """Validate resources against R4 and the Health Home profiles; exit 1 on any error."""
     import orjson
 
-    from fhir_gateway.validation.rules import assess, errors, load_rules
+    from fhir_gateway.healthhome.checks import health_home_validator
+    from fhir_gateway.validation.service import errors
 
     settings = Settings()
-    rules = load_rules(settings.profiles, settings.validate_all)
+    validator = health_home_validator(settings.profiles, settings.validate_all)
     failed = 0
     for path in paths:
         try:
@@ -336,7 +338,7 @@ def validate(
             console.print(f"[red]✗ {escape(str(path))}[/red]: malformed JSON: {exc}", soft_wrap=True)
             failed += 1
             continue
-        issues = assess(resource, rules, profile) if isinstance(resource, dict) else []
+        issues = validator.validate(resource, profile) if isinstance(resource, dict) else []
         bad = errors(issues) if isinstance(resource, dict) else ["not a JSON object"]
         failed += bool(bad)
         mark = "[red]✗[/red]" if bad else "[green]✓[/green]"

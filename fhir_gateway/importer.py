@@ -40,7 +40,7 @@ from fhir_gateway.mapping.paths import MappingError
 from fhir_gateway.outcome import FhirError
 from fhir_gateway.store.base import FhirStore
 from fhir_gateway.validation.guard import ValidatingStore
-from fhir_gateway.validation.rules import load_rules
+from fhir_gateway.validation.service import Validator
 
 #: records per transaction: each commit writes every index page it touched, so bigger groups
 #: share pages (100: commits took about half the time of 25); small enough to retry one by one
@@ -86,36 +86,6 @@ class Group:
     malformed: str | None = None  # set on the last group when the file broke off
 
 
-@dataclass(frozen=True)
-class Validator:
-    """The store guard's checks, by value, so that a worker process can rebuild them."""
-
-    package_dir: str | None = None  # the IG package whose profiles apply, if any
-    all_of_profiled_types: bool = False
-
-    @classmethod
-    def of(cls, store: FhirStore) -> Validator | None:
-        if not isinstance(store, ValidatingStore):
-            return None
-        rules = store.rules
-        return cls(rules.package_dir, rules.all_of_profiled_types) if rules else cls()
-
-    def check(self, resource: dict) -> None:
-        """Raise the FhirError the guard would (400 structure, 422 profiles)."""
-        _guard(self.package_dir, self.all_of_profiled_types).check(resource)
-
-    def load(self) -> None:
-        """Build the checks now (they are long-lived data: see `bulk_gc`)."""
-        _guard(self.package_dir, self.all_of_profiled_types)
-
-
-@lru_cache(maxsize=4)
-def _guard(package_dir: str | None, all_of_profiled_types: bool) -> ValidatingStore:
-    """The guard's checks alone (no store behind them), built once per process."""
-    rules = load_rules(package_dir, all_of_profiled_types) if package_dir else None
-    return ValidatingStore(None, rules)
-
-
 def _format(system: str) -> ExtractFormat:
     if system == "cimor":
         from fhir_gateway.adapters.cimor.parser import FORMAT
@@ -130,14 +100,6 @@ def _format(system: str) -> ExtractFormat:
 def _mapping(system: str, mappings: str):
     """`<mappings>/<system>.yaml`, loaded once per process, with the Health Home transforms."""
     return load_mapping(Path(mappings) / f"{system}.yaml", TRANSFORMS)
-
-
-def _load(system: str, validator: Validator | None, mappings: str):
-    """The mapping, with the checks built too: long-lived data, to load before `bulk_gc`
-    freezes the heap."""
-    if validator:
-        validator.load()
-    return _mapping(system, mappings)
 
 
 # ------------------------------------------------------------------ preparing
@@ -159,7 +121,7 @@ def prepare(system: str, path: Path, validator: Validator | None, workers: int =
 
 def _prepare_records(system: str, records: Iterable[SourceRecord], validator: Validator | None,
                      mappings: str) -> Iterator[Group]:
-    mapping = _load(system, validator, mappings)
+    mapping = _mapping(system, mappings)  # loaded (as the validator) before `bulk_gc`
     prepared: list[tuple[Prepared, list[MappedResource]]] = []
     with bulk_gc():
         try:
@@ -253,12 +215,12 @@ def import_extract(store: FhirStore, system: str, path: Path,
     to MAX_WORKERS, for files from WORKER_FROM_BYTES on). `mappings`: the folder of the
     mapping files (the `mappings` setting; by default the ones the gateway ships)."""
     _format(system)  # an unknown system fails here, before any work
-    validator = Validator.of(store)
-    writer = store.inner if isinstance(store, ValidatingStore) else store  # checked already
+    # the store's own validator checks each resource as it is prepared (in the workers too)
+    validator = store.validator if isinstance(store, ValidatingStore) else None
     if workers is None:
         workers = default_workers(path)
     if not workers:  # preparing here: its data is loaded before `bulk_gc` below
-        _load(system, validator, mappings)
+        _mapping(system, mappings)
     groups = prepare(system, path, validator, workers, mappings)
     summary = ImportSummary()
     with bulk_gc():
@@ -268,7 +230,7 @@ def import_extract(store: FhirStore, system: str, path: Path,
                 if record.reason:
                     _quarantine(summary, path, record, record.reason)
             if group.transaction_json:
-                _store_group(writer, system, group, summary, path, mappings)
+                _store_group(store, validator, system, group, summary, path, mappings)
             summary.malformed = group.malformed
             progress(len(group.records))
     return summary
@@ -280,11 +242,11 @@ def default_workers(path: Path) -> int:
     return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
 
-def _store_group(store: FhirStore, system: str, group: Group, summary: ImportSummary,
-                 path: Path, mappings: str) -> None:
+def _store_group(store: FhirStore, validator: Validator | None, system: str, group: Group,
+                 summary: ImportSummary, path: Path, mappings: str) -> None:
     good = [p for p in group.records if not p.reason]
     try:
-        _transact(store, orjson.loads(group.transaction_json), summary)
+        _transact(store, validator, orjson.loads(group.transaction_json), summary)
         return
     except FhirError as err:
         if len(good) == 1:
@@ -294,17 +256,21 @@ def _store_group(store: FhirStore, system: str, group: Group, summary: ImportSum
         try:
             mapped = _mapping(system, mappings).apply(
                 parse_record(_format(system), record.raw).data)
-            _transact(store, to_transaction(mapped), summary)
+            _transact(store, validator, to_transaction(mapped), summary)
         except FhirError as err:
             _quarantine(summary, path, record, err.issues[0].diagnostics)
 
 
-def _transact(store: FhirStore, bundle: dict, summary: ImportSummary) -> None:
-    """One transaction; 201 is created, a 200 that changed nothing is unchanged: HAPI says so
-    in the entry's outcome (`..._NO_CHANGE`), the embedded store by a lastModified from
-    before the transaction was sent."""
+def _transact(store: FhirStore, validator: Validator | None, bundle: dict,
+              summary: ImportSummary) -> None:
+    """One transaction of resources `validator` has passed (so the store's guard, whose
+    validator it is, does not check them again); 201 is created, a 200 that changed nothing
+    is unchanged: HAPI says so in the entry's outcome (`..._NO_CHANGE`), the embedded store
+    by a lastModified from before the transaction was sent."""
     sent = datetime.now(timezone.utc).timestamp()
-    for entry in store.transaction(bundle).get("entry", []):
+    answer = store.transaction(bundle, checked_by=validator) if validator else \
+        store.transaction(bundle)
+    for entry in answer.get("entry", []):
         response = entry["response"]
         modified = response.get("lastModified")
         codes = [c.get("code", "") for i in response.get("outcome", {}).get("issue", [])
@@ -323,9 +289,3 @@ def _quarantine(summary: ImportSummary, path: Path, record: Prepared, reason: st
     summary.quarantine.append({"file": str(path), "line": record.line,
                                "record_id": record.record_id, "reason": reason,
                                "raw": record.raw.decode("utf-8", "replace")})
-
-
-def write_quarantine(path: Path, rows: list[dict]) -> None:
-    with path.open("ab") as fh:
-        for row in rows:
-            fh.write(orjson.dumps(row) + b"\n")

@@ -30,10 +30,11 @@ from pathlib import Path
 
 import orjson
 
+from fhir_gateway.quarantine import append_row
 from fhir_gateway.outcome import FhirError
 from fhir_gateway.search import values
 from fhir_gateway.store.base import FhirStore
-from fhir_gateway.validation.structure import check_shape
+from fhir_gateway.validation.service import check_shape
 
 CHUNK = 100
 #: records that wait for each other are stored together, up to this many at once
@@ -287,9 +288,9 @@ class _Load:
         if len(self.summary.problems) < SHOWN:
             self.summary.problems.append(problem)
         if self.quarantine:
-            self.quarantine.write(orjson.dumps({
+            append_row(self.quarantine, {
                 "file": problem.file, "record": problem.record, "reason": problem.reason,
-                "raw": problem.raw.decode("utf-8", "replace").rstrip("\n")}) + b"\n")
+                "raw": problem.raw.decode("utf-8", "replace").rstrip("\n")})
 
 
 @dataclass

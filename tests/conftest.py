@@ -17,8 +17,8 @@ from fhir_gateway.api.app import create_app
 from fhir_gateway.store.hapi import HapiStore
 from fhir_gateway.store.sqlite import SQLiteStore
 from fhir_gateway.config import DEFAULT_PROFILES
+from fhir_gateway.healthhome.checks import health_home_validator
 from fhir_gateway.validation.guard import ValidatingStore
-from fhir_gateway.validation.rules import load_rules
 
 ROOT = Path(__file__).resolve().parents[1]
 HAPI_RUN = ROOT / "docker" / "hapi-local" / "run"
@@ -63,7 +63,7 @@ def store(request, tmp_path):
         url = request.getfixturevalue("hapi_url")
         expunge(url)
         inner = HapiStore(url)
-    s = ValidatingStore(inner, load_rules(DEFAULT_PROFILES, False))
+    s = ValidatingStore(inner, health_home_validator(DEFAULT_PROFILES))
     yield s
     s.close()
 

@@ -21,7 +21,7 @@ from fhir_gateway.api.app import create_app
 from fhir_gateway.store.sqlite import SQLiteStore
 from fhir_gateway.config import DEFAULT_PROFILES
 from fhir_gateway.validation.guard import ValidatingStore
-from fhir_gateway.validation.rules import load_rules
+from fhir_gateway.healthhome.checks import health_home_validator
 
 DCN = "http://fhir.health-home-gateway.org/sid/mo-healthnet-dcn"
 ICD = "http://hl7.org/fhir/sid/icd-10-cm"
@@ -159,7 +159,7 @@ class Side:
 @pytest.fixture
 def sides(tmp_path, hapi_url):
     expunge(hapi_url)
-    store = ValidatingStore(SQLiteStore(tmp_path / "diff.db"), load_rules(DEFAULT_PROFILES, False))
+    store = ValidatingStore(SQLiteStore(tmp_path / "diff.db"), health_home_validator(DEFAULT_PROFILES))
     gateway = TestClient(create_app(store), base_url="http://gateway.test")
     hapi = httpx.Client(base_url=hapi_url + "/", timeout=60)
     yield (Side(lambda m, p, b, h: gateway.request(m, f"/fhir/{p}", json=b, headers=h)),

@@ -20,7 +20,7 @@ from fhir_gateway.healthhome.transforms import TRANSFORMS
 from fhir_gateway.importer import import_extract
 from fhir_gateway.mapping import load_mapping
 from fhir_gateway.store import open_store
-from fhir_gateway.validation.rules import errors
+from fhir_gateway.validation.service import errors
 
 MEMBERS = 60
 TYPES = ("Patient", "Condition", "EpisodeOfCare", "Organization", "Coverage", "Practitioner",
@@ -70,16 +70,16 @@ def test_import_both_extracts_counts_every_resource_and_reimport_changes_nothing
 
 def test_imported_resources_meet_their_profiles(store, extracts):
     from fhir_gateway.config import DEFAULT_PROFILES
-    from fhir_gateway.validation.rules import load_rules
+    from fhir_gateway.healthhome.checks import health_home_validator
 
     import_extract(store, "cimor", extracts[0])
-    rules = load_rules(DEFAULT_PROFILES, False)
+    validator = health_home_validator(DEFAULT_PROFILES)
     for rtype in ("Patient", "Condition", "EpisodeOfCare", "CareTeam"):
         found = store.search(rtype, [("_count", "1000")]).matches
         assert found
         claimed = [r for r in found if r.get("meta", {}).get("profile")]
         assert len(claimed) == len(found)
-        assert [r["id"] for r in claimed if errors(rules.issues(r))] == []
+        assert [r["id"] for r in claimed if errors(validator.validate(r))] == []
 
 
 def test_bad_records_are_quarantined_and_the_rest_imported(store, extracts, tmp_path):

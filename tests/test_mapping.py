@@ -27,7 +27,8 @@ from fhir_gateway.mapping.generate import condition_function, reach_function
 from fhir_gateway.mapping.paths import Condition, Context, getter, items, resolve
 from fhir_gateway.store.sqlite import SQLiteStore
 from fhir_gateway.validation.guard import ValidatingStore
-from fhir_gateway.validation.rules import assess, errors, load_rules
+from fhir_gateway.healthhome.checks import health_home_validator
+from fhir_gateway.validation.service import errors
 
 ROOT = Path(__file__).resolve().parents[1]
 MAPPINGS = ROOT / "mappings"
@@ -128,7 +129,7 @@ def cyberaccess():
 
 @pytest.fixture(scope="module")
 def rules():
-    return load_rules(DEFAULT_PROFILES, False)
+    return health_home_validator(DEFAULT_PROFILES)
 
 
 @pytest.fixture
@@ -336,7 +337,7 @@ def test_cyberaccess_health_home_status(cyberaccess, rules, status, expected):
     found = by_key(cyberaccess.apply(data)).get("enrollment", [])
     assert [e["status"] for e in found] == ([expected] if expected else [])
     for e in found:
-        assert not errors(assess(e, rules))
+        assert not errors(rules.validate(e))
 
 
 # -- profiles ---------------------------------------------------------------------------
@@ -351,7 +352,7 @@ def test_every_mapped_resource_claims_its_profile_and_validates(system, data, ci
         assert "id" not in m.resource
         assert m.resource["identifier"][0] == {"system": m.identifier[0],
                                                "value": m.identifier[1]}
-        problems = errors(assess(m.resource, rules))
+        problems = errors(rules.validate(m.resource))
         assert not problems, (m.key, [p.diagnostics for p in problems])
 
 
@@ -359,7 +360,7 @@ def test_conceptmaps_are_fhir_conceptmaps(rules):
     for file in (MAPPINGS / "conceptmaps").glob("*.json"):
         cm = orjson.loads(file.read_bytes())
         assert cm["resourceType"] == "ConceptMap" and file.stem == cm["id"]
-        assert not errors(assess(cm, rules)), file.name
+        assert not errors(rules.validate(cm)), file.name
 
 
 # -- the transaction --------------------------------------------------------------------
@@ -453,7 +454,7 @@ def test_one_bundle_for_both_records(cimor, cyberaccess, store, rules):
     assert store.search("Patient", []).total == 1
     for rtype in ("Patient", "Condition", "EpisodeOfCare", "CareTeam", "Coverage"):
         for resource in store.search(rtype, [("_count", "100")]).matches:
-            assert not errors(assess(resource, rules)), resource["id"]
+            assert not errors(rules.validate(resource)), resource["id"]
 
 
 # -- mappings are data ------------------------------------------------------------------
@@ -602,7 +603,7 @@ def test_sample_extracts_map_validate_and_import_idempotently(cimor, cyberaccess
         for m in mapped:
             if m.type in PROFILED:
                 assert m.resource["meta"]["profile"] == [PROFILED[m.type]]
-            problems = errors(assess(m.resource, rules))
+            problems = errors(rules.validate(m.resource))
             assert not problems, (record.record_id, m.key, [p.diagnostics for p in problems])
         store.transaction(to_transaction(mapped))
     assert counts["cimor:Patient"] + counts["cyberaccess:Patient"] == len(records)
@@ -617,7 +618,7 @@ def test_sample_extracts_map_validate_and_import_idempotently(cimor, cyberaccess
     assert store.search("Patient", [("_count", "100")]).total == len(dcns)  # one per DCN
     for rtype in ("Patient", "Condition", "EpisodeOfCare", "CareTeam"):
         for resource in store.search(rtype, [("_count", "500")]).matches:
-            assert not errors(assess(resource, rules)), (rtype, resource["id"])
+            assert not errors(rules.validate(resource)), (rtype, resource["id"])
 
 
 @pytest.mark.parametrize("raw, date", [

@@ -13,11 +13,12 @@ import pytest
 
 from conftest import FHIR_JSON
 from fhir_gateway.config import DEFAULT_PROFILES
-from fhir_gateway.validation.rules import errors, load_rules
+from fhir_gateway.healthhome.checks import health_home_validator
+from fhir_gateway.validation.service import errors
 
 EXAMPLES = Path(DEFAULT_PROFILES).parent / "examples"
 MANIFEST = json.loads((EXAMPLES / "manifest.json").read_text())
-RULES = load_rules(DEFAULT_PROFILES, False)
+VALIDATOR = health_home_validator(DEFAULT_PROFILES)
 
 
 def example(entry: dict) -> dict:
@@ -126,7 +127,7 @@ def test_validate_takes_parameters_with_a_profile(client):
 
 def _required_paths(profile_url: str) -> list[str]:
     """Elements the differential makes required (min >= 1), outside slices and choices."""
-    sd = RULES.conformance.structure_definition(profile_url)
+    sd = VALIDATOR.conformance.structure_definition(profile_url)
     return [e["path"] for e in sd["differential"]["element"]
             if e.get("min", 0) >= 1 and ":" not in e["id"] and "[x]" not in e["path"]
             and e["path"].count(".") in (1, 2)]
@@ -155,7 +156,7 @@ def test_removing_any_required_element_makes_a_valid_example_invalid(entry):
         if broken is None:
             continue
         checked += 1
-        issues = errors(RULES.issues(broken, entry["profile"]))
+        issues = errors(VALIDATOR.validate(broken, entry["profile"]))
         assert any(path in e for i in issues for e in i.expression) \
             or any(path in i.diagnostics for i in issues), f"removing {path}: {issues}"
     assert checked, "the valid example has none of its profile's required elements?"
@@ -164,7 +165,7 @@ def test_removing_any_required_element_makes_a_valid_example_invalid(entry):
 def test_capability_statement_lists_profiles_and_validate(client):
     statement = client.get("/fhir/metadata").json()
     patient = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Patient")
-    assert RULES.conformance.canonical + "/StructureDefinition/hh-patient" in \
+    assert VALIDATOR.conformance.canonical + "/StructureDefinition/hh-patient" in \
         patient["supportedProfile"]
     assert {"name": "validate", "definition":
             "http://hl7.org/fhir/OperationDefinition/Resource-validate"} in patient["operation"]
@@ -190,7 +191,7 @@ def test_hapi_validator_agrees_with_ours(hapi_url):
         install_package(hapi)
         for entry in MANIFEST:
             resource = example(entry)
-            ours = bool(errors(RULES.issues(resource, entry["profile"])))
+            ours = bool(errors(VALIDATOR.validate(resource, entry["profile"])))
             r = hapi.post(f"{resource['resourceType']}/$validate", params={"profile": entry["profile"]},
                           json=resource, headers={"Content-Type": FHIR_JSON})
             theirs = any(i["severity"] in ("error", "fatal") for i in r.json()["issue"])
@@ -213,7 +214,7 @@ def test_validate_all_holds_unclaimed_resources_to_their_type_profiles(tmp_path)
     plain = {"resourceType": "Patient", "name": [{"family": "Unclaimed"}]}
     for validate_all, expected in ((False, 201), (True, 422)):
         store = ValidatingStore(SQLiteStore(tmp_path / f"{validate_all}.db"),
-                                load_rules(DEFAULT_PROFILES, validate_all))
+                                health_home_validator(DEFAULT_PROFILES, validate_all))
         with TestClient(create_app(store)) as client:
             r = client.post("/fhir/Patient", json=plain)
         assert r.status_code == expected, r.text
@@ -225,23 +226,23 @@ def test_validate_all_holds_unclaimed_resources_to_their_type_profiles(tmp_path)
 def test_demo_population_conforms_to_the_ig_it_claims():
     from fhir_gateway.demo import demo_population
 
-    rules = load_rules(DEFAULT_PROFILES, True)
+    validator = health_home_validator(DEFAULT_PROFILES, True)
     claimed = [e["resource"] for b in demo_population() for e in b["entry"]
                if e["resource"].get("meta", {}).get("profile")]
     assert len(claimed) > 150
-    assert [r for r in claimed if errors(rules.issues(r))] == []
+    assert [r for r in claimed if errors(validator.validate(r))] == []
 
 
 def test_categories_must_follow_from_the_icd10_code_by_the_concept_map(client):
     condition = example(next(e for e in VALID if "qualifying-condition-smi" in e["file"]))
-    assert not [i for i in RULES.issues(condition) if i.code == "business-rule"]  # consistent
-    hh_system = RULES.conformance.canonical + "/CodeSystem/hh-condition-category"
+    assert not [i for i in VALIDATOR.validate(condition) if i.code == "business-rule"]  # consistent
+    hh_system = VALIDATOR.conformance.canonical + "/CodeSystem/hh-condition-category"
     wrong = copy.deepcopy(condition)
     for cc in wrong["category"]:
         for coding in cc.get("coding", []):
             if coding.get("system") == hh_system:
                 coding["code"] = "asthma"
-    warnings = [i for i in RULES.issues(wrong) if i.severity == "warning"
+    warnings = [i for i in VALIDATOR.validate(wrong) if i.severity == "warning"
                 and i.expression == ["Condition.category"]]
     assert warnings and "asthma" in warnings[0].diagnostics
     r = client.post("/fhir/Condition/$validate", json=wrong)

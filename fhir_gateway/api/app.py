@@ -13,9 +13,9 @@ from fhir_gateway import __version__
 from fhir_gateway.api import operations, rest
 from fhir_gateway.api.http import outcome_response
 from fhir_gateway.config import Settings
+from fhir_gateway.healthhome.checks import health_home_validator
 from fhir_gateway.outcome import FhirError
 from fhir_gateway.store.base import FhirStore
-from fhir_gateway.validation.rules import load_rules
 
 log = logging.getLogger("fhir_gateway.http")
 _HTTP_CODES = {404: "not-found", 405: "not-supported", 406: "not-supported", 413: "too-costly",
@@ -27,7 +27,7 @@ def create_app(store: FhirStore, settings: Settings | None = None) -> FastAPI:
                   description="FHIR R4 gateway for Medicaid Health Homes (MO HealthNet, KanCare)")
     app.state.store = store
     app.state.settings = settings = settings or Settings()
-    app.state.rules = load_rules(settings.profiles, settings.validate_all)
+    app.state.validator = health_home_validator(settings.profiles, settings.validate_all)
     app.state.lookups = lookup_clients(settings)
     app.include_router(operations.router)  # before rest: `Patient/$hh-status` is no id
     app.include_router(rest.router)

@@ -19,8 +19,8 @@ RESULT_PARAMS = [("_count", "number"), ("_offset", "number"), ("_sort", "string"
 
 
 @cache
-def capability_statement(base: str, rules=None) -> dict:
-    """`rules` (the loaded IG's ProfileRules, if any) adds each type's supportedProfile."""
+def capability_statement(base: str, validator=None) -> dict:
+    """`validator` (the validation service, if any) adds each type's supportedProfile."""
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -34,17 +34,17 @@ def capability_statement(base: str, rules=None) -> dict:
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
-            "resource": [_resource(t, rules) for t in sorted(resource_types())],
+            "resource": [_resource(t, validator) for t in sorted(resource_types())],
             "interaction": [{"code": "transaction"}, {"code": "batch"},
                             {"code": "history-system"}],
         }],
     }
 
 
-def _resource(resource_type: str, rules) -> dict:
+def _resource(resource_type: str, validator) -> dict:
     params = params_for(resource_type)
     references = sorted(p.code for p in params.values() if p.type == "reference")
-    profiles = rules.conformance.profiles_for_type(resource_type) if rules else []
+    profiles = validator.profiles_for_type(resource_type) if validator else []
     return {
         **({"supportedProfile": profiles} if profiles else {}),
         "type": resource_type,

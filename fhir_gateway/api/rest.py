@@ -27,8 +27,7 @@ from fhir_gateway.outcome import FhirError, Issue, invalid, operation_outcome
 from fhir_gateway.search.query import DEFAULT_COUNT, MAX_COUNT, RESULT_PARAMS
 from fhir_gateway.search.registry import resource_types
 from fhir_gateway.store.base import FhirStore, StoredSearchset
-from fhir_gateway.validation.rules import assess
-from fhir_gateway.validation.structure import check_shape, check_update_id
+from fhir_gateway.validation.service import check_shape, check_update_id
 
 router = APIRouter(prefix="/fhir")
 
@@ -59,7 +58,7 @@ def _params(request: Request) -> list[tuple[str, str]]:
 @router.get("/metadata")
 async def metadata(request: Request) -> Response:
     check_accept(request)
-    statement = capability_statement(base_url(request), request.app.state.rules)
+    statement = capability_statement(base_url(request), request.app.state.validator)
     return fhir_response(statement, pretty=is_pretty(request))
 
 
@@ -131,7 +130,7 @@ async def validate_operation(request: Request, resource_type: str) -> Response:
         profile = (params.get("profile") or {}).get("valueUri") or \
             (params.get("profile") or {}).get("valueCanonical") or profile
     resource = check_shape(body, _type(resource_type))
-    issues = await run_in_threadpool(assess, resource, request.app.state.rules, profile)
+    issues = await run_in_threadpool(request.app.state.validator.validate, resource, profile)
     if not issues:
         issues = [Issue("No issues detected during validation", "informational", "information")]
     return fhir_response(operation_outcome(issues), pretty=is_pretty(request))

@@ -8,11 +8,12 @@ from fhir_gateway.store.base import FhirStore, StoreURLError
 
 def open_store(url: str, settings: Settings | None = None) -> FhirStore:
     """The store behind `url`, wrapped so that every write is validated first."""
+    from fhir_gateway.healthhome.checks import health_home_validator
     from fhir_gateway.validation.guard import ValidatingStore
-    from fhir_gateway.validation.rules import load_rules
 
     settings = settings or Settings()
-    return ValidatingStore(_open(url), load_rules(settings.profiles, settings.validate_all))
+    return ValidatingStore(_open(url), health_home_validator(settings.profiles,
+                                                             settings.validate_all))
 
 
 def _open(url: str) -> FhirStore:

@@ -1,0 +1,20 @@
+"""The Health Home checks the profiles cannot say, registered with the validation service.
+
+A profile can make a Condition's category required but not say *which* category its
+diagnosis allows; the IG's ConceptMap can (`categories.category_issues`; the seeds behind
+each mapping are cited in the ConceptMap's comments, as data).
+"""
+
+from __future__ import annotations
+
+from fhir_gateway.healthhome.categories import category_issues
+from fhir_gateway.validation.reads import FULL, Reads
+from fhir_gateway.validation.service import ResourceCheck, Validator, load_validator
+
+CHECKS = (ResourceCheck("Condition", Reads({"code": FULL, "category": FULL}), category_issues),)
+
+
+def health_home_validator(package_dir: str | None, all_of_profiled_types: bool = False
+                          ) -> Validator:
+    """The gateway's validator: the IG package's profiles and the Health Home checks."""
+    return load_validator(package_dir, all_of_profiled_types, CHECKS)
