@@ -248,3 +248,16 @@ def test_categories_must_follow_from_the_icd10_code_by_the_concept_map(client):
     r = client.post("/fhir/Condition/$validate", json=wrong)
     assert any(i["severity"] == "warning" and "asthma" in i["diagnostics"]
                for i in r.json()["issue"])
+
+
+@pytest.mark.parametrize("nulled", [{"category": None}, {"code": {"coding": None}}])
+def test_a_json_null_in_a_condition_is_judged_not_a_crash(client, nulled):
+    """The models read a JSON null as absent; so does the Health Home category check."""
+    condition = {**example(next(e for e in VALID if "qualifying-condition-smi" in e["file"])),
+                 **nulled}
+    condition.pop("id", None)
+    r = client.post("/fhir/Condition", json=condition)
+    assert r.status_code == 422, r.text
+    assert r.json()["issue"][0]["expression"][0].startswith("Condition")
+    r = client.post("/fhir/Condition/$validate", json=condition)
+    assert r.status_code == 200 and any(i["severity"] == "error" for i in r.json()["issue"])

@@ -82,10 +82,8 @@ def category_issues(condition: dict, package_dir: str | None = None) -> list[Iss
     """
     package_dir = package_dir or _default_package()
     system, _ = _prefixes(package_dir)
-    icd = [c["code"] for c in (condition.get("code") or {}).get("coding", [])
-           if c.get("system") == ICD10CM and c.get("code")]
-    given = {c["code"] for cc in condition.get("category", []) for c in cc.get("coding", [])
-             if c.get("system") == system and isinstance(c.get("code"), str)}
+    icd = sorted(_codes([condition.get("code")], ICD10CM))
+    given = _codes(condition.get("category"), system)
     if not icd or not given:
         return []
     mapped = {c["code"] for code in icd for c in categories(code, package_dir)}
@@ -99,3 +97,11 @@ def category_issues(condition: dict, package_dir: str | None = None) -> list[Iss
                       f"{', '.join(icd)}, which maps to {', '.join(sorted(mapped))}",
                       "business-rule", "warning", ["Condition.category"])]
     return []
+
+
+def _codes(concepts: list | None, system: str) -> set[str]:
+    """The codes of `system` in CodeableConcepts. A JSON null (which the structure checks
+    let through: the models read it as absent) is absent here too."""
+    return {c["code"] for cc in concepts or [] if isinstance(cc, dict)
+            for c in cc.get("coding") or [] if isinstance(c, dict)
+            and c.get("system") == system and isinstance(c.get("code"), str) and c["code"]}
