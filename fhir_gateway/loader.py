@@ -30,8 +30,8 @@ from pathlib import Path
 
 import orjson
 
-from fhir_gateway.quarantine import append_row
 from fhir_gateway.outcome import FhirError
+from fhir_gateway.quarantine import append_row
 from fhir_gateway.search import values
 from fhir_gateway.store.base import FhirStore
 from fhir_gateway.validation.service import check_shape

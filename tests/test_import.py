@@ -170,3 +170,15 @@ def test_cli_synth_then_import_twice_changes_nothing_the_second_time(tmp_path):
     second = run("import", "cimor", str(tmp_path / "cimor.xml"), "--store", store)
     assert "15 records" in first and " 0 created" not in first
     assert "0 created, 0 updated" in second and "0 quarantined" in second
+
+
+def test_the_workers_validator_is_built_once_per_process(tmp_path):
+    """Each slice sent to a worker carries the store's validator by value; rebuilding it
+    there must find the one already built (loading the IG package per slice cost memory
+    and time), whatever checks are registered with it."""
+    import pickle
+
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    assert store.validator.checks  # the Health Home checks travel too
+    assert pickle.loads(pickle.dumps(store.validator)) is store.validator
+    store.close()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
 
@@ -44,10 +44,13 @@ _CLAIMS = Reads({"meta": Reads({"profile": FULL})})  # what `claimed` reads
 class ResourceCheck:
     """A rule beyond the profiles, run on resources of one type that claim a profile of the
     package. `issues(resource, package_dir)` gives its issues; `reads` says what it reads of
-    the resource, so that the verdict cache keeps those values (see `reads.py`)."""
+    the resource, so that the verdict cache keeps those values (see `reads.py`).
+
+    Two checks with the same type and function are the same check (`reads` follows from
+    them): so a copy sent to another process finds the validator already built there."""
 
     resource_type: str
-    reads: Reads | Mark
+    reads: Reads | Mark = field(compare=False)
     issues: Callable[[dict, str | None], list[Issue]]
 
 
@@ -99,7 +102,7 @@ class Validator:
     def profiles_for_type(self, resource_type: str) -> list[str]:
         return self.conformance.profiles_for_type(resource_type) if self.conformance else []
 
-    def claimed(self, resource: dict) -> list[str]:
+    def _claimed(self, resource: dict) -> list[str]:
         """The package's profiles among those the resource claims."""
         urls = [p.split("|")[0] for p in (resource.get("meta") or {}).get("profile", [])]
         return [u for u in urls if self.conformance.structure_definition(u) is not None]
@@ -114,7 +117,7 @@ class Validator:
         profiles = meta.get("profile", []) if isinstance(meta, dict) else None
         if not isinstance(profiles, list) or not all(isinstance(p, str) for p in profiles):
             return FULL
-        key = (resource["resourceType"], tuple(self.claimed(resource)))
+        key = (resource["resourceType"], tuple(self._claimed(resource)))
         if key not in self._reads:
             self._reads[key] = self._reads_of(*key)
         return self._reads[key]
@@ -151,7 +154,7 @@ class Validator:
             return self._against(resource, profile)
         if self.conformance is None:
             return []
-        claimed = self.claimed(resource)
+        claimed = self._claimed(resource)
         if claimed:
             found = [i for url in claimed for i in validate(resource, url, self.conformance)]
             return found + [i for check in self._checks_for(resource["resourceType"])
