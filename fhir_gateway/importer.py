@@ -2,13 +2,14 @@
 quarantine.
 
 Records stream from the parser and are prepared in groups: mapped, each resource validated
-exactly as the store's guard would, and the good ones turned into one transaction of
-identifier-based conditional updates, so re-importing a file changes nothing. A record that
-fails the XSD, the mapping or validation is quarantined (file, line, record id, reason, raw
-XML) and the rest of its group goes on. If a transaction still fails in the store (a
-reference it cannot resolve, say), its records are retried one by one so that only the bad
-one is quarantined. A file that is not well-formed stops at the break: the complete records
-before it are stored, and the error names the line and column.
+by the store's own validator (its guard then does not check them again), and the good ones
+turned into one transaction of identifier-based conditional updates, so re-importing a file
+changes nothing. A record that fails the XSD, the mapping or validation is quarantined
+(file, line, record id, reason, raw XML) and the rest of its group goes on. If a
+transaction still fails in the store (a reference it cannot resolve, say), its records are
+retried one by one so that only the bad one is quarantined. A file that is not well-formed
+stops at the break: the complete records before it are stored, and the error names the
+line and column.
 
 Preparing is the CPU-heavy half and storing the other, so a big file is cut into slices
 (`adapters/slices.py`) that worker processes prepare at the same time, while the main

@@ -167,11 +167,9 @@ class Validator:
 
     def _against(self, resource: dict, profile: str) -> list[Issue]:
         """Issues against the one profile `$validate` names."""
-        if self.conformance is None:
-            return [Issue(f"Profile {profile} is not known to this server (no IG package "
-                          "loaded)", "not-found", "error", ["Parameters.profile"])]
-        if self.conformance.structure_definition(profile) is None:
-            return [Issue(f"Profile {profile} is not known to this server", "not-found",
+        if self.conformance is None or not self.conformance.structure_definition(profile):
+            why = "" if self.conformance else " (no IG package loaded)"
+            return [Issue(f"Profile {profile} is not known to this server{why}", "not-found",
                           "error", ["Parameters.profile"])]
         return validate(resource, profile, self.conformance)
 
