@@ -182,3 +182,20 @@ def test_the_workers_validator_is_built_once_per_process(tmp_path):
     assert store.validator.checks  # the Health Home checks travel too
     assert pickle.loads(pickle.dumps(store.validator)) is store.validator
     store.close()
+
+
+def test_the_guard_trusts_only_its_own_validator(tmp_path):
+    """The importer's transactions skip the guard's checks because the guard's own
+    validator passed them; any other validator's word does not count."""
+    from fhir_gateway.outcome import FhirError
+    from fhir_gateway.validation.service import load_validator
+
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": {"resourceType": "Patient", "birthDate": "not a date"},
+         "request": {"method": "POST", "url": "Patient"}}]}
+    for other in (None, load_validator()):
+        with pytest.raises(FhirError) as refused:
+            store.transaction(bundle, checked_by=other)
+        assert refused.value.status == 400 and "birthDate" in refused.value.issues[0].diagnostics
+    store.close()
