@@ -2,6 +2,10 @@
 
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
+from fhir_gateway.outcome import FhirError
+
 from conftest import patient
 
 DCN = "http://fhir.health-home-gateway.org/sid/mo-healthnet-dcn"
@@ -301,3 +305,27 @@ def test_malformed_entries_are_refused_alike_on_both_stores(client):
         assert [a["status"][:3] for a in answers] == ["201", "400"], r.text
         assert answers[1]["outcome"]["issue"][0]["expression"] == [f"Bundle.entry[1].{element}"]
     assert client.get("/fhir/Patient").json()["total"] == 1 + len(cases)
+
+
+def test_no_write_of_the_store_contract_passes_the_validation_guard(store):
+    """Conditional operations and the `commit` primitive reach the store through the guard
+    too: an invalid resource is refused by each of them, naming the element, and nothing of
+    it is stored."""
+    bad = {"resourceType": "Patient", "identifier": [{"system": "urn:t", "value": "g1"}],
+           "birthDate": "not a date"}
+    writes = [
+        lambda: store.create(dict(bad), "identifier=urn:t|g1"),
+        lambda: store.conditional_create(dict(bad), "identifier=urn:t|g1"),
+        lambda: store.conditional_update("Patient", [("identifier", "urn:t|g1")], dict(bad)),
+        lambda: store.commit([(None, {"resource": dict(bad),
+                                      "request": {"method": "POST", "url": "Patient"}})]),
+    ]
+    for write in writes:
+        with pytest.raises(FhirError) as refused:
+            write()
+        assert refused.value.status == 400
+        assert "birthDate" in refused.value.issues[0].diagnostics
+    with pytest.raises(FhirError) as refused:
+        store.commit([(3, {"resource": dict(bad), "request": {"method": "POST", "url": "Patient"}})])
+    assert refused.value.issues[0].expression[0].startswith("Bundle.entry[3]")
+    assert store.search("Patient", [("identifier", "urn:t|g1")]).matches == []
