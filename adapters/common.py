@@ -92,8 +92,8 @@ _SCHEMAS = threading.local()
 
 def parse_file(fmt: ExtractFormat, path: str | Path) -> Iterator[SourceRecord]:
     """Stream the records of an extract file (see `iter_records`), slice by slice
-    (`slices.parse_file`): their line numbers stay right past line 65,535."""
-    from fhir_gateway.adapters.slices import parse_file as parse_sliced  # it builds on this module
+    (`byte_ranges.parse_file`): their line numbers stay right past line 65,535."""
+    from fhir_gateway.adapters.byte_ranges import parse_file as parse_sliced  # it builds on this module
 
     return parse_sliced(fmt, path)
 
@@ -117,7 +117,7 @@ def iter_records(fmt: ExtractFormat, source: str | IO[bytes], label: str,
     cleared and its already-processed siblings are deleted, so the tree never holds more
     than the record being read, whatever the size of the file. Entities are not resolved
     and nothing is fetched from the network (an extract is data, not a document to trust).
-    `line_offset` is added to every line reported (a slice of a file: `slices.py`).
+    `line_offset` is added to every line reported (a slice of a file: `byte_ranges.py`).
     """
     schema = fmt.schema()
     root_tag, record_tag = fmt.tag(fmt.root), fmt.tag(fmt.record)

@@ -37,7 +37,7 @@ def stage(kind: str, system: str, path: str, db: str) -> dict:
 
     from fhir_gateway.adapters.cimor.parser import parse as parse_cimor
     from fhir_gateway.adapters.cyberaccess.parser import parse as parse_cyberaccess
-    from fhir_gateway.bulk import bulk_gc
+    from fhir_gateway.gc_tuning import bulk_gc
     from fhir_gateway.config import DEFAULT_MAPPINGS
     from fhir_gateway.healthhome.transforms import TRANSFORMS
     from fhir_gateway.importer import default_workers, import_extract, prepare

@@ -12,7 +12,7 @@ stops at the break: the complete records before it are stored, and the error nam
 line and column.
 
 Preparing is the CPU-heavy half and storing the other, so a big file is cut into slices
-(`adapters/slices.py`) that worker processes prepare at the same time, while the main
+(`adapters/byte_ranges.py`) that worker processes prepare at the same time, while the main
 process stores what they prepared, in the file's order.
 """
 
@@ -30,9 +30,9 @@ from pathlib import Path
 
 import orjson
 
-from fhir_gateway.adapters import slices
+from fhir_gateway.adapters import byte_ranges as slices
 from fhir_gateway.adapters.common import ExtractFormat, MalformedExtract, SourceRecord, parse_record
-from fhir_gateway.bulk import bulk_gc
+from fhir_gateway.gc_tuning import bulk_gc
 from fhir_gateway.config import DEFAULT_MAPPINGS
 from fhir_gateway.healthhome.transforms import TRANSFORMS
 from fhir_gateway.mapping import (MappedResource, load_mapping, to_transaction,

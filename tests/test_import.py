@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from fhir_gateway.adapters import slices
+from fhir_gateway.adapters import byte_ranges
 from fhir_gateway.adapters.cimor.parser import parse as parse_cimor
 from fhir_gateway.adapters.cyberaccess.parser import parse as parse_cyberaccess
 from fhir_gateway.adapters.synth import inject_bad_records, write_extracts
@@ -50,7 +50,7 @@ def stored_counts(store) -> Counter:
 def test_import_both_extracts_counts_every_resource_and_reimport_changes_nothing(store, extracts,
                                                                                  workers,
                                                                                  monkeypatch):
-    monkeypatch.setattr(slices, "SLICE_BYTES", 5_000)  # a few records a slice: many slices
+    monkeypatch.setattr(byte_ranges, "SLICE_BYTES", 5_000)  # a few records a slice: many slices
     cimor, cyberaccess = extracts
     first = [import_extract(store, "cimor", cimor, workers=workers),
              import_extract(store, "cyberaccess", cyberaccess, workers=workers)]
@@ -128,7 +128,7 @@ def test_a_file_broken_in_a_middle_slice_imports_as_in_one_process(extracts, tmp
     cut = text.index("<Participant", len(text) // 3)
     broken = tmp_path / "broken.xml"
     broken.write_text(text[:cut] + "<Participant><DCN>1</DCN>\n" + text[cut:])
-    monkeypatch.setattr(slices, "SLICE_BYTES", 5_000)
+    monkeypatch.setattr(byte_ranges, "SLICE_BYTES", 5_000)
     results = []
     for workers in (0, 2):
         store = open_store(f"sqlite:///{tmp_path / f'{workers}.db'}")

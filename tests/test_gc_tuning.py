@@ -1,8 +1,8 @@
-"""The collector policy of bulk runs (`fhir_gateway.bulk`)."""
+"""The collector policy of bulk runs (`fhir_gateway.gc_tuning`)."""
 
 import gc
 
-from fhir_gateway.bulk import YOUNG_THRESHOLD, bulk_gc
+from fhir_gateway.gc_tuning import YOUNG_THRESHOLD, bulk_gc
 
 
 def test_bulk_runs_freeze_the_heap_and_put_the_collector_back_when_the_last_one_ends():

@@ -3,8 +3,8 @@
 Why: a bulk run allocates millions of short-lived, acyclic objects (records, resources,
 index rows) on top of a large, long-lived heap (profiles, compiled rules and mappings,
 caches). CPython's collector counts those allocations and, every so often, walks the whole
-long-lived heap looking for cycles that are not there: measured on a CyberAccess import,
-preparing a record took ~40% longer with the default settings. Inside `bulk_gc` what exists
+long-lived heap looking for cycles that are not there (`bench/adapter_bench.py` shows the
+cost). Inside `bulk_gc` what exists
 already is frozen (never walked again, still freed by reference counting) and young objects
 are collected less often; on exit both are put back, so a server that imports keeps its
 usual collector.

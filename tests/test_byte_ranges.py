@@ -1,4 +1,4 @@
-"""Extract files cut into slices (`adapters/slices.py`): the same records as one parse of
+"""Extract files cut into slices (`adapters/byte_ranges.py`): the same records as one parse of
 the whole file, with the file's own line numbers, however the cuts fall."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fhir_gateway.adapters import slices, synth
+from fhir_gateway.adapters import byte_ranges, synth
 from fhir_gateway.adapters.common import MalformedExtract, iter_records
 from fhir_gateway.adapters.cimor import parser as cimor
 from fhir_gateway.adapters.cyberaccess import parser as cyberaccess
@@ -28,8 +28,8 @@ def start_lines(fmt, path: Path) -> list[int]:
 
 
 def sliced(fmt, path: Path, size: int, monkeypatch) -> tuple[list[tuple], list[int]]:
-    monkeypatch.setattr(slices, "SLICE_BYTES", size)
-    records = list(slices.parse_file(fmt, path))
+    monkeypatch.setattr(byte_ranges, "SLICE_BYTES", size)
+    records = list(byte_ranges.parse_file(fmt, path))
     return [(r.record_id, r.raw, r.data, r.errors) for r in records], [r.line for r in records]
 
 
@@ -49,13 +49,13 @@ def test_slices_give_the_whole_files_records_with_its_line_numbers(big, size, mo
 
 
 def test_a_big_file_is_cut_in_several_slices_of_few_enough_lines(big):
-    parts = list(slices.split(cyberaccess.FORMAT, big[1], 200_000))
+    parts = list(byte_ranges.split(cyberaccess.FORMAT, big[1], 200_000))
     assert len(parts) > 5 and parts[-1].last and not any(p.last for p in parts[:-1])
     assert [p.start for p in parts[1:]] == [p.end for p in parts[:-1]]
     text = big[1].read_bytes()
     for part in parts[1:]:
         assert text[part.start:].lstrip().startswith(b"<Participant")
-        assert text.count(b"\n", part.start, part.end) < slices.MAX_LINES
+        assert text.count(b"\n", part.start, part.end) < byte_ranges.MAX_LINES
 
 
 def test_a_cut_inside_a_comment_changes_nothing(tmp_path, monkeypatch):
@@ -103,7 +103,7 @@ def test_prefixed_names_are_cut_and_closed_as_the_file_spells_them(tmp_path, mon
     text = re.sub(r"<(/?)([A-Z]\w*)", r"<\1ca:\2", text)
     text = text.replace('xmlns="', 'xmlns:ca="')
     path.write_text(text)
-    assert len(list(slices.split(cyberaccess.FORMAT, path, 1))) == 5
+    assert len(list(byte_ranges.split(cyberaccess.FORMAT, path, 1))) == 5
     records, lines = sliced(cyberaccess.FORMAT, path, 1, monkeypatch)
     assert records == whole(cyberaccess.FORMAT, path) and len(records) == 5
     assert lines == start_lines(cyberaccess.FORMAT, path)
@@ -116,10 +116,10 @@ def test_a_file_broken_in_a_middle_slice_fails_as_the_whole_file_does(tmp_path, 
     path.write_text(text[:cut] + "<Participant><DCN>1</DC\n" + text[cut:])
     with pytest.raises(MalformedExtract) as expected:
         list(iter_records(cyberaccess.FORMAT, str(path), str(path)))
-    monkeypatch.setattr(slices, "SLICE_BYTES", 1)
+    monkeypatch.setattr(byte_ranges, "SLICE_BYTES", 1)
     got = []
     with pytest.raises(MalformedExtract) as raised:
-        for record in slices.parse_file(cyberaccess.FORMAT, path):
+        for record in byte_ranges.parse_file(cyberaccess.FORMAT, path):
             got.append(record.record_id)
     assert len(got) == 4
     assert (raised.value.line, raised.value.column, raised.value.message) == (
