@@ -1,27 +1,22 @@
-"""What the CIMOR and CyberAccess adapters share: records, errors, streaming parser, lookups.
+"""What the CIMOR and CyberAccess adapters share: records, errors, the streaming parser.
 
 Both extracts have the same shape (one root element, one child element per person), so
-streaming, per-record XSD validation, the element -> plain-data conversion and the lookup
-simulator/client machinery live here once. Each system's modules only describe their
-format (`ExtractFormat`: namespace, root and record tags, id element, repeating elements)
-and their lookup route. The contract with the mappings is `adapters/RECORDS.md`.
+streaming, per-record XSD validation and the element -> plain-data conversion live here
+once (a file is read in byte ranges by `byte_ranges.py`; lookups are `lookup.py`). Each
+system's modules only describe their format (`ExtractFormat`: namespace, root and record
+tags, id element, repeating elements) and their lookup route. The contract with the mappings is `adapters/RECORDS.md`.
 """
 
 from __future__ import annotations
 
 import io
 import re
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import IO
 
-import requests
 from lxml import etree
 
 
@@ -88,14 +83,6 @@ class ExtractFormat:
 
 
 _SCHEMAS = threading.local()
-
-
-def parse_file(fmt: ExtractFormat, path: str | Path) -> Iterator[SourceRecord]:
-    """Stream the records of an extract file (see `iter_records`), slice by slice
-    (`byte_ranges.parse_file`): their line numbers stay right past line 65,535."""
-    from fhir_gateway.adapters.byte_ranges import parse_file as parse_sliced  # it builds on this module
-
-    return parse_sliced(fmt, path)
 
 
 def parse_bytes(fmt: ExtractFormat, data: bytes, label: str = "<bytes>") -> Iterator[SourceRecord]:
@@ -319,153 +306,3 @@ def _named_path(record: etree._Element, path: str | None) -> str:
         name = _local(node.tag)
         names.append(f"{name}[{same.index(node) + 1}]" if len(same) > 1 else name)
     return "/".join(names) or _local(record.tag)
-
-
-# ---------------------------------------------------------------- lookup: simulator and client
-#
-# Neither system offers a lookup service the gateway could call; the simulators stand in for
-# one (an extract indexed in memory behind HTTP) so that the clients, their timeouts and
-# their failure modes can be exercised for real. Answers are extracts with the matching
-# records, so the clients parse them with the very parser used for files.
-
-class LookupSimulator:
-    """Serve GET /{route}/{key} from an extract, on 127.0.0.1 and a free port.
-
-    The index holds every record's XML in memory (about the size of the file): meant for
-    test and demo extracts, not for a million members. `delay` seconds are slept before each
-    answer, to play a slow source.
-    """
-
-    def __init__(self, fmt: ExtractFormat, extract_path: str | Path, route: str,
-                 keys: dict[str, re.Pattern], delay: float = 0.0):
-        self.fmt, self.route, self.keys, self.delay = fmt, route, keys, delay
-        self.index: dict[str, list[bytes]] = {}
-        for record in parse_file(fmt, extract_path):
-            for element in keys:
-                value = record.data.get(element)
-                if isinstance(value, str):
-                    self.index.setdefault(value, []).append(record.raw)
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self.requests = 0  # received, for tests of the clients' retries
-
-    def answer(self, key: str) -> tuple[int, bytes]:
-        """(status, body) for a lookup key: 200 with the records, 404 unknown, 400 malformed."""
-        if not any(pattern.fullmatch(key) for pattern in self.keys.values()):
-            return 400, f"not a {' or '.join(self.keys)}: {key!r}\n".encode()
-        records = self.index.get(key)
-        if not records:
-            return 404, f"no {self.fmt.record} with id {key}\n".encode()
-        generated = datetime.now(UTC).isoformat(timespec="seconds")
-        head = (f'<?xml version="1.0" encoding="UTF-8"?>\n<{self.fmt.root} '
-                f'xmlns="{self.fmt.namespace}" generated="{generated}">\n').encode()
-        return 200, head + b"\n".join(records) + f"\n</{self.fmt.root}>\n".encode()
-
-    def start(self) -> str:
-        """Start serving in a daemon thread; return the base URL (http://127.0.0.1:port)."""
-        simulator = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                simulator.requests += 1
-                path = self.path.split("?", 1)[0].rstrip("/")
-                prefix = f"/{simulator.route}/"
-                if simulator.delay:
-                    time.sleep(simulator.delay)
-                if path.startswith(prefix) and "/" not in path[len(prefix):]:
-                    status, body = simulator.answer(path[len(prefix):])
-                else:
-                    status, body = 404, b"unknown path\n"
-                kind = "application/xml" if status == 200 else "text/plain"
-                self.send_response(status)
-                self.send_header("Content-Type", f"{kind}; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):  # tests and demos want quiet servers
-                pass
-
-        self._server = _Server(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        name=f"{self.fmt.system}-simulator", daemon=True)
-        self._thread.start()
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join()
-            self._server = self._thread = None
-
-    def __enter__(self) -> str:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
-
-class _Server(ThreadingHTTPServer):
-    def handle_error(self, request, client_address):
-        """A client that gave up (timed out) before a slow answer is not a server error."""
-        if not isinstance(sys.exc_info()[1], ConnectionError):
-            super().handle_error(request, client_address)
-
-
-class LookupClient:
-    """Look records up in a source's lookup service over HTTP (requests, pooled Session).
-
-    Connection failures (refused, reset, connect timeout) are retried `retries` times with a
-    short backoff: they mean nothing was asked yet. A read timeout is not retried: the source
-    got the question and is slow, and waiting again would only double the caller's wait.
-    Every failure becomes `SourceUnavailable`, so callers handle one exception.
-    """
-
-    def __init__(self, fmt: ExtractFormat, route: str, base_url: str, timeout: float = 2.0,
-                 retries: int = 2):
-        self.fmt, self.route = fmt, route
-        self.base_url, self.timeout, self.retries = base_url.rstrip("/"), timeout, retries
-        self.session = requests.Session()
-        self.session.headers["Accept"] = "application/xml"
-
-    def fetch(self, key: str, element: str) -> list[SourceRecord]:
-        """Every record whose `element` equals `key` ([] if the source does not know it)."""
-        url = f"{self.base_url}/{self.route}/{key}"
-        response = self._get(url)
-        if response.status_code == 404:
-            return []
-        if response.status_code != 200:
-            raise SourceUnavailable(self.fmt.system, f"HTTP {response.status_code} from {url}")
-        try:
-            records = list(parse_bytes(self.fmt, response.content, url))
-        except MalformedExtract as err:
-            raise SourceUnavailable(self.fmt.system, f"malformed answer from {url}: {err}") from None
-        return [r for r in records if r.data.get(element) == key]
-
-    def _get(self, url: str) -> requests.Response:
-        last: Exception | None = None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(0.05 * 2 ** (attempt - 1))
-            try:
-                return self.session.get(url, timeout=self.timeout)
-            except requests.ConnectionError as err:  # includes ConnectTimeout
-                last = err
-            except requests.Timeout:
-                raise SourceUnavailable(self.fmt.system,
-                                        f"no answer within {self.timeout}s from {url}") from None
-            except requests.RequestException as err:
-                raise SourceUnavailable(self.fmt.system, f"{url}: {err}") from None
-        raise SourceUnavailable(self.fmt.system, f"cannot connect to {self.base_url} "
-                                                 f"({self.retries + 1} attempts): {last}")
-
-    def close(self) -> None:
-        self.session.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

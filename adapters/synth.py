@@ -1,10 +1,14 @@
-"""Synthetic CIMOR and CyberAccess extracts describing the same people.
+"""The synthetic population: one generator of people, for the demo, `synth` and the tests.
 
-Why: neither system can be queried, so tests, demos and benchmarks need extracts that look
+Why: no real member data may be used, so tests, demos and benchmarks need people who look
 like the real population: adults and children, people served by the Division of DD (a
 CIMOR DD episode with provider type 15 or 85 and a support coordinator; CyberAccess claim
 lines with provider type 15 and 85), both Missouri Health Home programs (CMHC, PCHH),
 people not enrolled, and the two sources disagreeing now and then, as real feeds do.
+Missouri people are written as CIMOR and CyberAccess extracts (here), which reach FHIR
+through the adapters and mappings; Kansas people (`Knobs(state="KS")`: KanCare IDs, the
+SMI and Chronic Conditions Health Homes, CHIP children) have no source system with an
+extract, so `fhir_gateway/demo.py` writes them as FHIR.
 
 Everything is deterministic for a seed (same seed and size -> the same bytes; the first n
 people do not depend on how many follow), fake (names from short lists, 555-01xx phone
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -48,6 +53,8 @@ class Knobs:
     disagree_rate: float = 0.10      # of enrolled people: CIMOR and CyberAccess disagree
     disagreements: tuple[str, ...] = ("cimor-indicator-n", "cyberaccess-not-enrolled",
                                       "provider", "start-date")
+    state: str = "MO"                # "KS": KanCare members (see STATES)
+    chip_rate: float = 0.40          # of Kansas children: in KanCare's CHIP portion
 
 
 # ------------------------------------------------------------------ small fake vocabularies
@@ -69,6 +76,9 @@ PLACES = [("Columbia", "Boone", "65201", "573"), ("Jefferson City", "Cole", "651
           ("Cape Girardeau", "Cape Girardeau", "63701", "573"), ("Kirksville", "Adair", "63501", "660"),
           ("Rolla", "Phelps", "65401", "573"), ("Sedalia", "Pettis", "65301", "660"),
           ("Hannibal", "Marion", "63401", "573"), ("St. Joseph", "Buchanan", "64501", "816")]
+KS_PLACES = [("Wichita", "Sedgwick", "67202", "316"), ("Topeka", "Shawnee", "66603", "785"),
+             ("Kansas City", "Wyandotte", "66101", "913"), ("Lawrence", "Douglas", "66044", "785"),
+             ("Salina", "Saline", "67401", "785")]
 
 # (code, description). Illustrative ME codes: not MO HealthNet's ME code table.
 ME_ADULT = [("04", "Permanent and Total Disability"), ("11", "MO HealthNet for Families - Adult"),
@@ -130,6 +140,24 @@ HH_PROVIDERS = {
     "PCHH": _orgs(["Meramec Family Health Clinic", "Northland Community Health Center",
                    "Ozark Hills Primary Care", "Salt River Rural Health Clinic"], 180000003),
 }
+# KanCare Health Home Partners: the same partners run both Kansas programs
+HH_PROVIDERS["SMI"] = HH_PROVIDERS["CC"] = _orgs(["Flint Hills Health Home Partner",
+                                                  "Smoky Hill Care Coordination"], 160000005)
+KS_MCOS = _orgs(["Tallgrass Sample Health Plan", "Prairie Wind Sample Care"], 130000001)
+
+
+@dataclass(frozen=True)
+class State:
+    """What differs between the states' people: places, member id, Health Home programs."""
+
+    places: list[tuple[str, str, str, str]]
+    first_id: int   # member ids count up from here, `id_digits` long
+    id_digits: int
+    programs: tuple[str, str]  # (for behavioral health, for chronic conditions)
+
+
+STATES = {"MO": State(PLACES, 10_000_000, 8, ("CMHC", "PCHH")),  # MO HealthNet DCN
+          "KS": State(KS_PLACES, 10_000_000_000, 11, ("SMI", "CC"))}  # KanCare ID
 TCM_AGENCIES = _orgs(["Big Muddy Support Coordination", "Ozark Foothills TCM Services",
                       "Three Rivers DD Resource Board", "Prairie Trails Regional Office"], 150000007)
 WAIVER_PROVIDERS = _orgs(["Hearthstone Residential Supports", "Bright Path Day Services",
@@ -149,7 +177,7 @@ class Enrollment:
 
 @dataclass
 class Person:
-    dcn: str
+    dcn: str                        # the member id: MO HealthNet DCN, or KanCare ID in Kansas
     consumer_id: str
     sex: str
     last: str
@@ -168,6 +196,7 @@ class Person:
     cimor_hh: Enrollment | None = None  # what CIMOR shows (differs on disagreement)
     cimor_indicator: str = "N"
     disagreement: str | None = None
+    chip: bool = False              # Kansas: in the CHIP portion of KanCare (no Health Home)
 
 
 def _day(rng: random.Random, start: date, end: date) -> date:
@@ -185,8 +214,9 @@ def make_person(i: int, rng: random.Random, k: Knobs) -> Person:
     child = rng.random() < k.child_rate
     years = rng.randint(1, 17) if child else rng.randint(18, 84)
     birth = k.as_of - timedelta(days=years * 365 + rng.randint(0, 364))
-    place = rng.choice(PLACES)
-    p = Person(dcn=f"{10_000_000 + i * 37 + rng.randint(0, 36):08d}",
+    state = STATES[k.state]
+    place = rng.choice(state.places)
+    p = Person(dcn=f"{state.first_id + i * 37 + rng.randint(0, 36):0{state.id_digits}d}",
                consumer_id=f"{1_000_000 + i * 8 + rng.randint(0, 7):07d}",
                sex=sex, last=rng.choice(LAST), first=rng.choice(FIRST[rng.choice("FM") if sex == "U" else sex]),
                middle=rng.choice(FIRST["F"] + FIRST["M"])[0] if rng.random() < 0.4 else None,
@@ -195,6 +225,8 @@ def make_person(i: int, rng: random.Random, k: Knobs) -> Person:
                line2=f"Apt {rng.randint(1, 40)}" if rng.random() < 0.2 else None,
                eligible_from=max(birth, k.as_of - timedelta(days=365 * 8 - rng.randint(0, 365 * 5))))
     age = _age(birth, k.as_of)
+    if k.state == "KS" and age < 18:
+        p.chip = rng.random() < k.chip_rate
     if rng.random() < k.dd_rate:
         p.dd = _dd(rng, k, p, age)
     if age >= 12 and rng.random() < k.bh_rate:
@@ -247,8 +279,8 @@ def _bh(rng: random.Random, k: Knobs, p: Person) -> list[dict]:
 def _health_home(rng: random.Random, k: Knobs, p: Person) -> None:
     """Health Home truth (CyberAccess) and what CIMOR shows, including deliberate disagreements."""
     draw = rng.random()
-    qualifies = bool(p.bh or p.chronic)
-    program = "CMHC" if p.bh else "PCHH"
+    qualifies = bool(p.bh or p.chronic) and not p.chip
+    program = STATES[k.state].programs[0 if p.bh else 1]
     if qualifies and draw < k.enrolled_rate + k.disenrolled_rate:
         # a CMHC enrolls people it already treats: not before their first BH episode
         earliest = max(p.eligible_from, k.as_of - timedelta(days=365 * 6),
@@ -470,15 +502,23 @@ def _claims(p: Person, rng: random.Random, k: Knobs) -> list[list[tuple]]:
 
 # ------------------------------------------------------------------ writing the files
 
+def people(members: int, seed: int = 1945, knobs: Knobs = Knobs()) -> Iterator[Person]:
+    """The first `members` people of the population of this seed and mix."""
+    if not 0 <= members <= MAX_MEMBERS:
+        raise ValueError(f"members must be between 0 and {MAX_MEMBERS}")
+    rng = random.Random(seed)
+    return (make_person(i, rng, knobs) for i in range(members))
+
+
 def write_extracts(members: int, out_dir: Path, seed: int = 1945,
                    knobs: Knobs = Knobs()) -> tuple[Path, Path]:
     """Write out_dir/cimor.xml and out_dir/cyberaccess.xml for the same `members` people."""
-    if not 0 <= members <= MAX_MEMBERS:
-        raise ValueError(f"members must be between 0 and {MAX_MEMBERS}")
+    if knobs.state != "MO":
+        raise ValueError("CIMOR and CyberAccess are Missouri's systems: extracts need state MO")
+    population = people(members, seed, knobs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cimor_path, ca_path = out_dir / "cimor.xml", out_dir / "cyberaccess.xml"
-    rng = random.Random(seed)
     claims_rng = random.Random(seed + 1)  # claims draw separately: people stay the same if claims change
     generated = f"{knobs.as_of.isoformat()}T02:00:00"
     with etree.xmlfile(str(cimor_path), encoding="utf-8") as cx, \
@@ -487,8 +527,7 @@ def write_extracts(members: int, out_dir: Path, seed: int = 1945,
         ax.write_declaration()
         with cx.element(f"{{{CIMOR_NS}}}CimorExtract", generated=generated, nsmap={None: CIMOR_NS}), \
                 ax.element(f"{{{CA_NS}}}CyberAccessExtract", generated=generated, nsmap={None: CA_NS}):
-            for i in range(members):
-                person = make_person(i, rng, knobs)
+            for i, person in enumerate(population):
                 _write(cx, cimor_consumer(person))
                 _write(ax, cyberaccess_participant(person, i, claims_rng, knobs))
             cx.write("\n")

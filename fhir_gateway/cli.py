@@ -74,8 +74,8 @@ def serve(
 
 
 def _load_demo(fhir_store, extracts: Path, mappings: str) -> None:
-    """The synthetic population: Kansas and Missouri members as FHIR, and Missouri members
-    as CIMOR and CyberAccess extracts imported through the adapters."""
+    """The synthetic population (one generator, adapters/synth.py): Missouri members as CIMOR
+    and CyberAccess extracts imported through the adapters, Kansas members as FHIR."""
     from fhir_gateway.adapters.synth import write_extracts
     from fhir_gateway.demo import demo_population
     from fhir_gateway.importer import import_extract
@@ -89,8 +89,8 @@ def _load_demo(fhir_store, extracts: Path, mappings: str) -> None:
     cimor, cyberaccess = write_extracts(DEMO_EXTRACT_MEMBERS, extracts)
     imported = [import_extract(fhir_store, "cimor", cimor, mappings=mappings),
                 import_extract(fhir_store, "cyberaccess", cyberaccess, mappings=mappings)]
-    console.print(f"Loaded the demo population ({len(bundles)} bundles) and imported "
-                  f"{sum(s.records for s in imported)} CIMOR/CyberAccess records")
+    console.print(f"Loaded the demo population: Kansas members ({len(bundles)} bundles), and "
+                  f"{sum(s.records for s in imported)} CIMOR/CyberAccess records of Missouri members")
 
 
 def _demo_extracts_dir(store_url: str) -> Path:

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import itertools
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
-import requests
 from lxml import etree
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `adapters` is not part of the installed package
     sys.path.insert(0, str(ROOT))
 
-from fhir_gateway.adapters import common, synth
+from fhir_gateway.adapters import synth
 from fhir_gateway.adapters.cimor import parser as cimor
 from fhir_gateway.adapters.cimor.client import Client as CimorClient
 from fhir_gateway.adapters.cimor.simulator import Simulator as CimorSimulator
@@ -464,12 +465,12 @@ def test_simulator_and_client_round_trip(system, simulator, client, route):
             with pytest.raises(ValueError):
                 c.lookup("1234")
         dcn = next(iter(expected))
-        answer = requests.get(f"{base}/{route}/{dcn}", timeout=2)
+        answer = httpx.get(f"{base}/{route}/{dcn}", timeout=2)
         assert answer.status_code == 200 and answer.headers["Content-Type"].startswith("application/xml")
         assert schema(system).validate(etree.fromstring(answer.content))
-        assert requests.get(f"{base}/{route}/99999999", timeout=2).status_code == 404
-        assert requests.get(f"{base}/{route}/abc", timeout=2).status_code == 400
-        assert requests.get(f"{base}/elsewhere/{dcn}", timeout=2).status_code == 404
+        assert httpx.get(f"{base}/{route}/99999999", timeout=2).status_code == 404
+        assert httpx.get(f"{base}/{route}/abc", timeout=2).status_code == 400
+        assert httpx.get(f"{base}/elsewhere/{dcn}", timeout=2).status_code == 404
     finally:
         sim.stop()
 
@@ -482,16 +483,28 @@ def test_cimor_lookup_by_consumer_id():
 
 
 def test_client_against_a_stopped_simulator_fails_fast(monkeypatch):
-    """Refused connections are retried with a short backoff (its sleeps, not the clock)."""
+    """Refused connections are tried again after short backoffs (their sleeps, not the clock)."""
     sim = CyberAccessSimulator(SAMPLES["cyberaccess"])
     base = sim.start()
     sim.stop()
     slept = []
-    monkeypatch.setattr(common.time, "sleep", slept.append)
+    monkeypatch.setattr(time, "sleep", slept.append)
     with pytest.raises(SourceUnavailable) as caught:
         CyberAccessClient(base, timeout=2.0, retries=2).lookup("10000024")
-    assert len(slept) == 2 and sum(slept) <= 0.5
-    assert caught.value.system == "cyberaccess" and "3 attempts" in caught.value.reason
+    assert slept and sum(slept) <= 0.5
+    assert caught.value.system == "cyberaccess" and "Connection refused" in caught.value.reason
+
+
+@pytest.mark.parametrize("fault,reason,asked", [
+    ("drop", "ProtocolError", 3),  # a GET is safe to repeat: asked again `retries` times
+    ("busy", "HTTP 503", 1),       # an answer: passed on at once, its Retry-After not waited out
+])
+def test_client_against_a_broken_source(fault, reason, asked):
+    sim = CimorSimulator(SAMPLES["cimor"], fault=fault)
+    with sim as base, CimorClient(base, retries=2) as c:
+        with pytest.raises(SourceUnavailable, match=reason):
+            c.lookup("10000024")
+        assert sim.requests == asked
 
 
 def test_client_gives_up_on_a_slow_source_without_retrying():

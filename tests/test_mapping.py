@@ -674,7 +674,7 @@ def _damaged(data, rng):
 def test_generated_code_maps_exactly_as_the_closures(system, tmp_path):
     import random
 
-    from fhir_gateway.adapters.common import parse_file
+    from fhir_gateway.adapters.byte_ranges import parse_file
     from fhir_gateway.adapters.synth import write_extracts
     from fhir_gateway.importer import _format
 
@@ -755,7 +755,7 @@ def _values(get, ctx):
 def test_generated_path_loops_reach_what_the_reference_reaches(system, tmp_path):
     import random
 
-    from fhir_gateway.adapters.common import parse_file
+    from fhir_gateway.adapters.byte_ranges import parse_file
     from fhir_gateway.adapters.synth import write_extracts
     from fhir_gateway.importer import _format
     from fhir_gateway.mapping.paths import finder, getter

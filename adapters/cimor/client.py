@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fhir_gateway.adapters.cimor.parser import FORMAT
 from fhir_gateway.adapters.cimor.simulator import KEYS, ROUTE
-from fhir_gateway.adapters.common import LookupClient, SourceRecord
+from fhir_gateway.adapters.common import SourceRecord
+from fhir_gateway.adapters.lookup import LookupClient
 
 
 class Client(LookupClient):

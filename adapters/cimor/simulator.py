@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from fhir_gateway.adapters.cimor.parser import FORMAT
-from fhir_gateway.adapters.common import LookupSimulator
+from fhir_gateway.adapters.lookup import LookupSimulator
 
 ROUTE = "consumers"
 KEYS = {"DCN": re.compile(r"[0-9]{8}"), "ConsumerId": re.compile(r"[0-9]{7}")}
@@ -24,5 +24,5 @@ KEYS = {"DCN": re.compile(r"[0-9]{8}"), "ConsumerId": re.compile(r"[0-9]{7}")}
 class Simulator(LookupSimulator):
     """Answers 200 (the consumer's records wrapped in <CimorExtract>), 404 unknown, 400 malformed id."""
 
-    def __init__(self, extract_path: str | Path, delay: float = 0.0):
-        super().__init__(FORMAT, extract_path, ROUTE, KEYS, delay)
+    def __init__(self, extract_path: str | Path, delay: float = 0.0, fault: str | None = None):
+        super().__init__(FORMAT, extract_path, ROUTE, KEYS, delay, fault)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fhir_gateway.adapters.common import LookupClient, SourceRecord
+from fhir_gateway.adapters.common import SourceRecord
+from fhir_gateway.adapters.lookup import LookupClient
 from fhir_gateway.adapters.cyberaccess.parser import FORMAT
 from fhir_gateway.adapters.cyberaccess.simulator import KEYS, ROUTE
 

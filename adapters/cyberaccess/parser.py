@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from fhir_gateway.adapters import common
+from fhir_gateway.adapters.byte_ranges import parse_file
 from fhir_gateway.adapters.common import ExtractFormat, SourceRecord
 
 NAMESPACE = "urn:mo-healthnet:cyberaccess:extract:1"
@@ -25,7 +26,7 @@ FORMAT = ExtractFormat(
 
 def parse(path: str | Path) -> Iterator[SourceRecord]:
     """One SourceRecord per <Participant>; raises MalformedExtract after the last complete one."""
-    return common.parse_file(FORMAT, path)
+    return parse_file(FORMAT, path)
 
 
 def parse_bytes(data: bytes) -> Iterator[SourceRecord]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from fhir_gateway.adapters.common import LookupSimulator
+from fhir_gateway.adapters.lookup import LookupSimulator
 from fhir_gateway.adapters.cyberaccess.parser import FORMAT
 
 ROUTE = "participants"
@@ -24,5 +24,5 @@ KEYS = {"DCN": re.compile(r"[0-9]{8}")}
 class Simulator(LookupSimulator):
     """Answers 200 (the participant wrapped in <CyberAccessExtract>), 404 unknown, 400 malformed DCN."""
 
-    def __init__(self, extract_path: str | Path, delay: float = 0.0):
-        super().__init__(FORMAT, extract_path, ROUTE, KEYS, delay)
+    def __init__(self, extract_path: str | Path, delay: float = 0.0, fault: str | None = None):
+        super().__init__(FORMAT, extract_path, ROUTE, KEYS, delay, fault)

@@ -3,17 +3,17 @@
 HAPI does the storing, versioning, searching and transaction processing; this class maps
 each store operation onto one FHIR request, passes HAPI's OperationOutcomes through
 unchanged, and turns an unreachable HAPI into a 503 OperationOutcome. Connections are
-pooled (httpx); only requests that are safe to repeat (GET, PUT, DELETE, and POST guarded by
-If-None-Exist) are retried, and only when the connection itself failed.
+pooled and retried by the gateway's one HTTP client (`fhir_gateway/http_client.py`): a
+connection that failed, for any request; one that dropped, for GET, PUT and DELETE and a
+transaction whose entries are all safe to repeat; never a read timeout or an answer.
 """
 
 from __future__ import annotations
 
-import time
-
-import httpx
 import orjson
 
+from fhir_gateway import http_client
+from fhir_gateway.http_client import REPEATABLE, Response
 from fhir_gateway.outcome import FhirError
 from fhir_gateway.search.query import SearchQuery, parse_query
 from fhir_gateway.search.registry import resource_types
@@ -28,7 +28,6 @@ from fhir_gateway.store.base import (
 from fhir_gateway.store.units import BundleOperations, Entries
 
 FHIR_JSON = "application/fhir+json"
-_SAFE = {"GET", "HEAD", "PUT", "DELETE"}
 #: HAPI answers a stale If-Match with 409 (400 inside a transaction); FHIR and the
 #: gateway's contract say 412
 _VERSION_CONFLICT = "HAPI-0989"
@@ -42,34 +41,25 @@ class HapiStore(BundleOperations):
     def __init__(self, base_url: str, timeout: float = 30.0, retries: int = 2,
                  pool_size: int = 32):
         self.base = base_url.rstrip("/")
-        self.timeout = timeout
-        self.retries = retries
-        self.client = httpx.Client(
-            base_url=self.base + "/", timeout=timeout, headers={"Accept": FHIR_JSON},
-            limits=httpx.Limits(max_connections=pool_size, max_keepalive_connections=pool_size))
+        self.client = http_client.Client(self.base, timeout=timeout, retries=retries,
+                                         backoff=0.1, pool_size=pool_size,
+                                         headers={"Accept": FHIR_JSON})
 
     # -- HTTP ---------------------------------------------------------------------------
     def _request(self, method: str, path: str, *, params=None, json=None, headers=None,
-                 retry: bool | None = None) -> httpx.Response:
-        content = None
-        if json is not None:  # orjson: a 100-entry Bundle is serialised ~10x faster
-            content = orjson.dumps(json)
+                 repeatable: bool = False) -> Response:
+        body = None
+        if json is not None:  # orjson: the JSON library of the hot paths
+            body = orjson.dumps(json)
             headers = {"Content-Type": FHIR_JSON, **(headers or {})}
-        repeatable = method in _SAFE if retry is None else retry
-        attempts = 1 + (self.retries if repeatable else 0)
-        for attempt in range(attempts):
-            try:
-                return self.client.request(method, path, params=params, content=content,
-                                           headers=headers)
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
-                    httpx.ReadTimeout) as exc:
-                if attempt + 1 == attempts or isinstance(exc, httpx.ReadTimeout):
-                    raise FhirError(503, f"The FHIR store at {self.base} is unreachable "
-                                         f"({type(exc).__name__})", "transient") from None
-                time.sleep(0.2 * 2 ** attempt)
-        raise AssertionError("unreachable")
+        try:
+            return self.client.request(method, path, params=params, body=body,
+                                       headers=headers, repeatable=repeatable)
+        except http_client.Unreachable as exc:
+            raise FhirError(503, f"The FHIR store at {self.base} is unreachable ({exc})",
+                            "transient") from None
 
-    def _json(self, response: httpx.Response, ok: tuple[int, ...] = (200, 201)) -> dict:
+    def _json(self, response: Response, ok: tuple[int, ...] = (200, 201)) -> dict:
         if response.status_code in ok:
             return orjson.loads(response.content) if response.content else {}
         try:
@@ -90,7 +80,7 @@ class HapiStore(BundleOperations):
         if if_none_exist:
             return self.conditional_create(resource, if_none_exist)
         response = self._request("POST", resource["resourceType"], json=resource,
-                                 headers={"Prefer": "return=representation"}, retry=False)
+                                 headers={"Prefer": "return=representation"})
         return Written(self._json(response), response.status_code)
 
     def read(self, resource_type: str, resource_id: str) -> dict:
@@ -106,7 +96,7 @@ class HapiStore(BundleOperations):
         return self._stored(self._request("GET",
                                           f"{resource_type}/{resource_id}/_history/{version}"))
 
-    def _stored(self, response: httpx.Response) -> StoredResource:
+    def _stored(self, response: Response) -> StoredResource:
         """The resource HAPI sent, unparsed, with HAPI's ETag and Last-Modified."""
         if response.status_code != 200:
             self._json(response, ok=())  # raises HAPI's OperationOutcome
@@ -148,7 +138,7 @@ class HapiStore(BundleOperations):
         return _search_result(query, self._json(response))
 
     def _search(self, resource_type: str, params: list[tuple[str, str]], strict: bool
-                ) -> tuple[SearchQuery, httpx.Response]:
+                ) -> tuple[SearchQuery, Response]:
         if resource_type not in resource_types():
             raise FhirError(404, f"Unknown resource type '{resource_type}'", "not-supported")
         query = parse_query(resource_type, params, strict)  # same meaning, same errors
@@ -188,14 +178,15 @@ class HapiStore(BundleOperations):
 
     def commit(self, entries: Entries, representation: bool = False) -> list[dict]:
         """The entries as one HAPI transaction Bundle: HAPI resolves and applies them in one
-        database transaction. Repeated when the connection failed only if every entry is safe
+        database transaction. Sent again after a dropped connection only if every entry is safe
         to repeat, and when HAPI says a concurrent conditional create won (it now finds it)."""
         bundle = {"resourceType": "Bundle", "type": "transaction",
                   "entry": [entry for _, entry in entries]}
         headers = {"Prefer": "return=representation"} if representation else None
         repeatable = all(_repeatable(entry.get("request", {})) for _, entry in entries)
         for _ in range(3):
-            response = self._request("POST", "", json=bundle, headers=headers, retry=repeatable)
+            response = self._request("POST", "", json=bundle, headers=headers,
+                                     repeatable=repeatable)
             if not (response.status_code == 409 and _CONDITIONAL_RACE in response.text):
                 break
         return self._json(response).get("entry", [])
@@ -208,7 +199,7 @@ class HapiStore(BundleOperations):
 
 
 def _repeatable(request: dict) -> bool:
-    return request.get("method") in _SAFE or bool(request.get("ifNoneExist"))
+    return request.get("method") in REPEATABLE or bool(request.get("ifNoneExist"))
 
 
 def _search_result(query: SearchQuery, bundle: dict) -> SearchResult:
