@@ -2,7 +2,7 @@
 
 Modules, each importing only those before it: paths (source paths, `when:` conditions),
 transforms (the generic ones, ConceptMaps), engine (templates compiled to closures: what a
-mapping means), generate (the same as generated code for the usual record: what runs).
+mapping means, and what runs).
 """
 
 from fhir_gateway.mapping.engine import (
@@ -12,8 +12,10 @@ from fhir_gateway.mapping.engine import (
                                          to_transaction,
                                          transaction_json,
 )
-from fhir_gateway.mapping.generate import load_mapping
 from fhir_gateway.mapping.paths import MappingError
+
+#: load, check and compile a mapping file (see Mapping.load)
+load_mapping = Mapping.load
 
 __all__ = ["MappedResource", "Mapping", "MappingError", "load_mapping", "merge_mapped",
            "to_transaction", "transaction_json"]

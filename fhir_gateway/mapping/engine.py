@@ -15,8 +15,8 @@ place), `write: update|create` (which system owns a resource that two systems pr
   the file's `constants:`);
 * `$Name.Last` is a source path (`$/DCN` from the record, `$.` the current item);
 * `{path|const|concat|first: ..., <transform>: ..., required: true}` is a value with
-  transforms applied in order (`date`, `upper`, `lower`, `translate: <ConceptMap id>`,
-  `icd10cm`, `categories`);
+  transforms applied in order (`date`, `upper`, `lower`, `translate: <ConceptMap id>`, and
+  those the caller registers);
 * `{ref: <key>}` is a Reference to the resource of that key whose identifier, evaluated
   right here, matches: dropped if this record produced no such resource;
 * `{foreach: <path>, item: <template>}` inside a list repeats the item;
@@ -27,18 +27,10 @@ An object whose source-derived values are all absent is dropped with its literal
 
 `Mapping.load` checks a file and compiles it, once, into nested Python functions: paths
 pre-split, transforms pre-bound, conditions compiled, literal parts built once (and copied
-per use). Those closures are what a template means. generate.py, the module above this one,
-writes the same decisions out as Python code for the usual case of each value and hands
-anything else to these closures (`fhir_gateway.mapping.load_mapping` is its loader). This
-module does not know it exists: it only offers the `_running*` methods and `reach` to
-override. The engine knows no domain either: transforms beyond the generic ones
-(`icd10cm`, `categories`) come from the caller (fhir_gateway.healthhome.transforms).
-
-Why both, measured (bench/adapter_bench.py and an interleaved A/B, 2 shared cores): with
-the closures alone, mapping took 1.7x the CPU, and importing 5,000 CyberAccess records into
-the embedded store ran at 0.76x and 0.91x of the speed with generated code in two runs
-(CIMOR 0.92x, 0.99x): preparing records in the workers competes with storing them for the
-same cores, so mapping is not a small share here.
+per use). Those closures are the only implementation of what a template means: one
+compiler, so one meaning (bench/adapter_bench.py measures what they cost). The engine knows
+no domain either: transforms beyond the generic ones come from the caller (the Health Home
+ones from fhir_gateway.healthhome.transforms).
 """
 
 from __future__ import annotations
@@ -49,7 +41,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache, partial
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -63,9 +55,9 @@ from fhir_gateway.mapping.paths import (
     Context,
     Finder,
     MappingError,
-    Reach,
     finder,
     getter,
+    located,
     text,
     text_getter,
 )
@@ -79,7 +71,8 @@ MERGES = ("min", "max")
 RESOURCE_KEYS = {"key", "type", "profile", "foreach", "when", "identifier", "write", "merge",
                  "resource"}
 
-# A compiled template node: ctx -> (value or MISSING, whether it depends on the source).
+# A compiled template node: ctx -> (value or MISSING, from_source: whether it depends on the
+# source, so that an object whose source-derived members are all absent can be dropped).
 Build = Callable[[Context], tuple[Any, bool]]
 # A compiled expression: (ctx, required=False) -> value or MISSING (required: MappingError).
 Value = Callable[..., Any]
@@ -157,8 +150,8 @@ class _Record(Context):
 
     def close(self) -> None:
         """Break the record's reference cycles (it is its own root; its memo holds contexts
-        that point back at it), so that it is freed as soon as it is mapped: left to the
-        cyclic garbage collector, mapped records cost a tenth more."""
+        that point back at it), so that it is freed as soon as it is mapped rather than left
+        to the cyclic garbage collector."""
         self.root = None
         self.memo = {}
 
@@ -192,7 +185,6 @@ class _Spec:
     build: Build | None = None  # the template, compiled once every key is known (refs)
     distinct: bool = False  # its resource is a function of the item: repeated items map once
     more_identifiers: bool = True  # whether the template may make identifiers of its own
-    make: Callable[[Context, str], MappedResource] | None = None  # (ctx, identifier value)
     system: str = field(init=False)  # the identifier's system
 
     def __post_init__(self):
@@ -200,14 +192,7 @@ class _Spec:
 
 
 class Mapping:
-    """A loaded mapping file: `apply(record_data)` -> the record's resources.
-
-    Here everything runs as the closures; generate.GeneratedMapping overrides the `_running*`
-    methods and `reach` to run generated code for the usual case instead.
-    """
-
-    #: what paths with `[]` run as beyond their closures (paths.finder's `code`)
-    reach: Reach | None = None
+    """A loaded mapping file: `apply(record_data)` -> the record's resources."""
 
     @classmethod
     def load(cls, path: str | Path, transforms: TransformTable | None = None) -> Mapping:
@@ -241,7 +226,6 @@ class Mapping:
         self.constants = _constants({**shared, **(doc.get("constants") or {})})
         self._conditions: dict[str, Condition] = {}
         self._literals: dict[Callable, Any] = {}  # compiled literal nodes -> their value
-        self._compiled: dict[tuple, tuple[Any, Build]] = {}  # see `_once`
         self.specs: list[_Spec] = []
         self.by_key: dict[str, _Spec] = {}
         for i, raw in enumerate(doc.get("resources") or []):
@@ -254,28 +238,12 @@ class Mapping:
         for spec in self.specs:
             if spec.when and (spec.foreach is None or shared[spec.when] > 1):
                 spec.test = _remembered(spec.when.test, spec.when)  # asked again, same answer
-            spec.build = self._running(spec.template, spec.where + ".resource")
+            spec.build = self._template(spec.template, spec.where + ".resource")
             spec.more_identifiers = "identifier" in spec.template or any(
                 k in spec.template for k in EXPRESSIONS)  # an expression makes anything
-            spec.distinct = spec.foreach is not None and not self._climbs(
+            spec.distinct = spec.foreach is not None and not self._reads_above_item(
                 [spec.when.expr if spec.when else None, spec.identifier["value"], spec.template])
-        for spec in self.specs:
-            spec.make = self._running_resource(spec)
-        self._plan = self._running_plan()
-        self._record_id = getter(self.record_id, self.reach) if self.record_id else None
-
-    # -- what runs: the closures (generate.GeneratedMapping: generated code) --------------
-    def _running(self, node: Any, where: str) -> Build:
-        return self._template(node, where)
-
-    def _running_value(self, node: Any, where: str, value: Value) -> Value:
-        return value
-
-    def _running_resource(self, spec: _Spec) -> Callable[[Context, str], MappedResource]:
-        return partial(self._resource, spec)
-
-    def _running_plan(self) -> Callable[[_Record], list]:
-        return self._planned
+        self._record_id = getter(self.record_id) if self.record_id else None
 
     # -- loading: checks, then compiles ------------------------------------------------
     def _spec(self, raw: dict, where: str) -> _Spec:
@@ -301,8 +269,7 @@ class Mapping:
         if not isinstance(template, dict) or {"resourceType", "id", "meta"} & set(template):
             raise MappingError(f"{where}.resource", "a template without resourceType/id/meta "
                                                     "(the engine sets them)")
-        value = self._running_value(ident["value"], f"{where}.identifier.value",
-                                    self._expression(ident["value"], f"{where}.identifier.value"))
+        value = self._expression(ident["value"], f"{where}.identifier.value")
         foreach = raw.get("foreach")
         contexts = None if foreach is None else self._contexts(foreach, f"{where}.foreach")
         when = self._condition(raw["when"]) if "when" in raw else None
@@ -311,7 +278,7 @@ class Mapping:
 
     def _condition(self, expr: str) -> Condition:
         if expr not in self._conditions:
-            self._conditions[expr] = Condition(str(expr), self._functions, self.reach)
+            self._conditions[expr] = Condition(str(expr), self._functions)
         return self._conditions[expr]
 
     def _check_value(self, node: dict, where: str) -> None:
@@ -335,36 +302,25 @@ class Mapping:
         if isinstance(node["foreach"], dict):
             self._check_value(node["foreach"], f"{where}.foreach")
 
-    def _climbs(self, node: Any) -> bool:
+    def _reads_above_item(self, node: Any) -> bool:
         """Whether a node may read above its item (`../`), itself or through the identifier
         of a resource it references: a node that does not is a function of its item."""
         if isinstance(node, str):
             return "../" in node
         if isinstance(node, list):
-            return any(self._climbs(v) for v in node)
+            return any(self._reads_above_item(v) for v in node)
         if isinstance(node, dict):
             target = self.by_key.get(node.get("ref"))
-            return any(self._climbs(v) for v in node.values()) or (
-                target is not None and self._climbs(target.identifier["value"]))
+            return any(self._reads_above_item(v) for v in node.values()) or (
+                target is not None and self._reads_above_item(target.identifier["value"]))
         return False
 
     # -- compiling templates -------------------------------------------------------------
-    def _once(self, kind: str, node: Any, where: str, compile_: Callable[[], Build]) -> Build:
-        """A node compiled once (generated code asks for its parts' closures again)."""
-        key = (kind, id(node), where)
-        found = self._compiled.get(key)
-        if found is None or found[0] is not node:
-            found = self._compiled[key] = (node, compile_())
-        return found[1]
-
     def _template(self, node: Any, where: str) -> Build:
-        """A template node, compiled (once); a literal subtree is built here, once."""
-        return self._once("closure", node, where, lambda: self._closure(node, where))
-
-    def _closure(self, node: Any, where: str) -> Build:
+        """A template node, compiled; a literal subtree is built here, once."""
         if isinstance(node, str):
             if _is_path(node):
-                read = _reader(node[1:], _source(node), self.reach)
+                read = _reader(node[1:], _source(node))
                 return lambda ctx: (read(ctx), True)
             return self._literal(node.removeprefix("$"))
         if isinstance(node, list):
@@ -395,12 +351,12 @@ class Mapping:
 
     def _template_expression(self, node: dict, when: Condition | None, where: str) -> Build:
         value = self._unguarded(node, where)
-        dynamic = "const" not in node  # a `when`-ed literal stays literal
+        from_source = "const" not in node  # a `when`-ed literal stays literal
 
         def expression(ctx: Context) -> tuple[Any, bool]:
             if when is not None and not when(ctx):
                 return MISSING, False
-            return value(ctx), dynamic
+            return value(ctx), from_source
         return expression
 
     def _object(self, node: dict, when: Condition | None, where: str) -> Build:
@@ -409,46 +365,50 @@ class Mapping:
         members = [(key, *self._member(child, f"{where}.{key}"))
                    for key, child in node.items() if key != "when"]
         skeleton = {}  # every member in order, the literal ones with their value
-        computed = []  # (key, kind, function, dyn) of the others
-        for key, kind, fn, dyn in members:
+        computed = []  # (key, kind, function, from_source) of the others
+        for key, kind, fn, from_source in members:
             if kind is _LITERAL and fn is MISSING:
                 continue  # an empty literal: never there
             skeleton[key] = fn if kind is _LITERAL else None
             if kind is not _LITERAL:
-                computed.append((key, kind, fn, dyn))
+                computed.append((key, kind, fn, from_source))
 
         def build(ctx: Context) -> tuple[Any, bool]:
             if when is not None and not when(ctx):
                 return MISSING, False
-            out, dynamic, sourced = skeleton.copy(), False, False
-            for key, kind, fn, dyn in computed:
-                if kind is _COPY:  # a literal object or list: there, and not sourced
+            out, reads_source, found_source = skeleton.copy(), False, False
+            for key, kind, fn, from_source in computed:
+                if kind is _COPY:  # a literal object or list: there, and not from the source
                     out[key] = fn()
                     continue
-                value, dyn = _computed(kind, fn, dyn, ctx)
-                dynamic |= dyn
+                if kind is _BUILD:
+                    value, from_source = fn(ctx)
+                else:
+                    value = fn(ctx)
+                reads_source |= from_source
                 if value is MISSING:
                     del out[key]
                 else:
                     out[key] = value
-                    sourced |= dyn
-            if not out or (dynamic and not sourced):
-                return MISSING, dynamic
-            return out, dynamic
+                    found_source |= from_source
+            if not out or (reads_source and not found_source):
+                return MISSING, reads_source
+            return out, reads_source
         if when is None and all(kind in (_LITERAL, _COPY) for _, kind, _, _ in members):
             return self._literal(build(None)[0])
         return build
 
     def _member(self, node: Any, where: str) -> tuple[str, Any, bool | None]:
-        """(kind, function or value, dyn) of an object's member or a list's item.
+        """(kind, function or value, from_source) of an object's member or a list's item.
 
-        A `$path` (_SOURCE) is read directly; an expression without `when` (_VALUE) is
-        called for its value alone, whether it depends on the source (dyn) known here; a
-        scalar literal (_LITERAL) is its value, an object or list literal (_COPY) copied;
-        anything else is a template (_BUILD, called for value and dyn).
+        A `$path` (_SOURCE) is read directly (a fresh copy of what it reaches); an expression
+        without `when` (_VALUE) is called for its value alone, whether it depends on the
+        source known here; a scalar literal (_LITERAL) is its value, an object or list
+        literal (_COPY) copied; anything else is a template (_BUILD, called for value and
+        from_source).
         """
         if _is_path(node):
-            return _SOURCE, text_getter(node[1:], MISSING, self.reach), True
+            return _SOURCE, _reader(node[1:], _source(node)), True
         if isinstance(node, dict) and "when" not in node and "foreach" not in node \
                 and any(k in node for k in EXPRESSIONS):
             return _VALUE, self._unguarded(node, where), "const" not in node
@@ -463,18 +423,18 @@ class Mapping:
     def _list(self, node: list, where: str) -> Build:
         """A list: its items, with `{foreach, item}` items repeated (without duplicates) and
         the values of a `$path` item reaching several spread into the list."""
-        parts = []  # (kind, function or literal value, dyn of a value)
+        parts = []  # (kind, function or literal value, from_source of a value)
         for i, item in enumerate(node):
             if isinstance(item, dict) and "foreach" in item:
                 parts.append((_REPEAT, self._repeat(item, f"{where}[{i}]"), True))
                 continue
-            kind, fn, dyn = self._member(item, f"{where}[{i}]")
+            kind, fn, from_source = self._member(item, f"{where}[{i}]")
             if fn is not MISSING:  # an empty literal adds nothing
-                parts.append((kind, fn, dyn))
+                parts.append((kind, fn, from_source))
 
         def build(ctx: Context) -> tuple[Any, bool]:
-            out, dynamic = [], False
-            for kind, part, dyn in parts:
+            out, any_from_source = [], False
+            for kind, part, from_source in parts:
                 if kind is _LITERAL:
                     out.append(part)
                     continue
@@ -483,17 +443,20 @@ class Mapping:
                     continue
                 if kind is _REPEAT:
                     part(ctx, out)
-                    dynamic = True
+                    any_from_source = True
                     continue
-                value, dyn = _computed(kind, part, dyn, ctx)
+                if kind is _BUILD:
+                    value, from_source = part(ctx)
+                else:
+                    value = part(ctx)
                 if kind is _SOURCE and isinstance(value, list):  # a path reaching several
                     out.extend(value)
-                    dynamic = True
+                    any_from_source = True
                     continue
-                dynamic |= dyn
+                any_from_source |= from_source
                 if value is not MISSING:
                     out.append(value)
-            return (out if out else MISSING), dynamic
+            return (out if out else MISSING), any_from_source
         if all(kind in (_LITERAL, _COPY) for kind, _, _ in parts):
             return self._literal(build(None)[0])
         return build
@@ -517,15 +480,15 @@ class Mapping:
         when = self._condition(node["when"]).test if "when" in node else None
         self._check_foreach(node, where)
         contexts = self._contexts(node["foreach"], f"{where}.foreach")
-        item = self._running(node["item"], f"{where}.item")
-        return contexts, when, item, not self._climbs(node)
+        item = self._template(node["item"], f"{where}.item")
+        return contexts, when, item, not self._reads_above_item(node)
 
     def _contexts(self, foreach: Any, where: str) -> Finder:
         """Where a `foreach` leads: a path's items, or one child per value of an expression."""
         if foreach is None:
             return lambda ctx: [ctx]
         if isinstance(foreach, str):  # several resources and lists go over the same items
-            return _remembered(finder(foreach, self.reach), ("items", foreach))
+            return _remembered(finder(foreach), ("items", foreach))
         values = self._expression(foreach, where)
 
         def each(ctx: Context) -> list[Context]:
@@ -552,7 +515,7 @@ class Mapping:
         """A value that is not an expression object: `$path`, a literal, a template."""
         source = _source(node) or str(node)
         if _is_path(node):
-            return _reader(node[1:], source, self.reach)
+            return _reader(node[1:], source)
         build = self._template(node, where)
         literal = self._literals.get(build, MISSING)
         if literal is not MISSING and not isinstance(literal, (dict, list)):
@@ -564,7 +527,7 @@ class Mapping:
         def value(ctx: Context, required: bool = False) -> Any:
             got, _ = build(ctx)
             if got is MISSING and required:
-                raise MappingError(_where(ctx, source), "is required")
+                raise MappingError(located(ctx, source), "is required")
             return got
         return value
 
@@ -573,28 +536,28 @@ class Mapping:
         self._check_value(node, where)
         if "ref" in node:
             return self._reference(node, where)
-        settle = self._settler(node)
+        to_value = self._raw_to_value(node)
         source = _source(node)
         if "path" in node:
-            read = text_getter(node["path"], None, self.reach)
+            read = text_getter(node["path"], None)
 
             plain = not self._steps(node)
 
             def path(ctx: Context, required: bool = False) -> Any:
                 value = read(ctx)
-                if plain and value.__class__ is str:  # nothing to settle
+                if plain and value.__class__ is str:  # present, nothing to transform
                     return value
-                return settle(ctx, value if value.__class__ is str else _fresh(value), source,
-                              required)
+                return to_value(ctx, value if value.__class__ is str else _fresh(value), source,
+                                required)
             return path
         if "const" in node:
             const = node["const"]
-            return lambda ctx, required=False: settle(ctx, _fresh(const), source, required)
+            return lambda ctx, required=False: to_value(ctx, _fresh(const), source, required)
         if "concat" in node:
-            return self._concat(node["concat"], settle, source, where)
-        return self._first(node["first"], settle, source, where)
+            return self._concat(node["concat"], to_value, source, where)
+        return self._first(node["first"], to_value, source, where)
 
-    def _concat(self, nodes: list, settle: Callable, source: str, where: str) -> Value:
+    def _concat(self, nodes: list, to_value: Callable, source: str, where: str) -> Value:
         compiled = [self._expression(p, where) for p in nodes]
         parts = [(None, self._literals[fn]) if fn in self._literals else (fn, None)
                  for fn in compiled]  # (expression, or None and the literal)
@@ -604,19 +567,19 @@ class Mapping:
             values = [literal if fn is None else fn(ctx) for fn, literal in parts]
             if MISSING in values:
                 absent = [s for s, v in zip(sources, values) if v is MISSING]
-                return settle(ctx, None, " + ".join(absent) or source, required)  # the part missing
-            return settle(ctx, "".join(map(str, values)), source, required)
+                return to_value(ctx, None, " + ".join(absent) or source, required)  # the part missing
+            return to_value(ctx, "".join(map(str, values)), source, required)
         return concat
 
-    def _first(self, nodes: list, settle: Callable, source: str, where: str) -> Value:
+    def _first(self, nodes: list, to_value: Callable, source: str, where: str) -> Value:
         parts = [self._expression(p, where) for p in nodes]
 
         def first(ctx: Context, required: bool = False) -> Any:
             for part in parts:
                 value = part(ctx)
                 if value is not MISSING:
-                    return settle(ctx, value, source, required)
-            return settle(ctx, None, source, required)
+                    return to_value(ctx, value, source, required)
+            return to_value(ctx, None, source, required)
         return first
 
     def _steps(self, node: dict) -> list[tuple[Callable[[Any, Any], Any], Any]]:
@@ -624,16 +587,16 @@ class Mapping:
         return [(self.transforms[key], arg) for key, arg in node.items()
                 if key in self.transforms and key not in EXPRESSIONS and arg is not False]
 
-    def _settler(self, node: dict) -> Callable[[Context, Any, str, bool], Any]:
+    def _raw_to_value(self, node: dict) -> Callable[[Context, Any, str, bool], Any]:
         """What every expression does with its raw value: absent -> MISSING (or "is required"),
         else the transforms, in the order the node names them."""
         required_here = bool(node.get("required"))
         steps = self._steps(node)
 
-        def settle(ctx: Context, value: Any, source: str, required: bool) -> Any:
+        def to_value(ctx: Context, value: Any, source: str, required: bool) -> Any:
             if value is None or value == []:
                 if required or required_here:
-                    raise MappingError(_where(ctx, source or "?"), "is required")
+                    raise MappingError(located(ctx, source or "?"), "is required")
                 return MISSING
             if not steps:
                 return value
@@ -646,9 +609,9 @@ class Mapping:
                     else:
                         value = fn(value, arg)
             except TransformError as err:
-                raise MappingError(_where(ctx, source), str(err)) from None
+                raise MappingError(located(ctx, source), str(err)) from None
             return MISSING if value is None or value == [] else value
-        return settle
+        return to_value
 
     def _reference(self, node: dict, where: str) -> Value:
         """`{ref: key}`: a conditional reference to the target, if this record produced it.
@@ -683,7 +646,7 @@ class Mapping:
             found = find(at)
             if found is None:
                 if required:
-                    raise MappingError(_where(at, source), f"is required (the {name} this "
+                    raise MappingError(located(at, source), f"is required (the {name} this "
                                                            f"{rtype} reference needs)")
                 return MISSING
             ref = {"reference": found}
@@ -700,11 +663,11 @@ class Mapping:
         root = _Record(data)
         rid = self._record_id(root) if self._record_id else None  # a bad id fails as itself
         try:
-            planned = self._plan(root)
+            planned = self._planned(root)
             root.produced = frozenset((s.type, s.system, v) for s, _, v in planned)
             out: dict[tuple[str, str, str], MappedResource] = {}
             for spec, ctx, value in planned:
-                mapped = spec.make(ctx, value)
+                mapped = self._resource(spec, ctx, value)
                 ident = (spec.type, spec.system, value)
                 out[ident] = _merge_owned(out[ident], mapped) if ident in out else mapped
             return list(out.values())
@@ -714,8 +677,7 @@ class Mapping:
             root.close()
 
     def _planned(self, root: _Record) -> list[tuple[_Spec, Context, str]]:
-        """(spec, context, identifier value) of each resource the record maps to, in order
-        (generate.plan_function writes this loop out)."""
+        """(spec, context, identifier value) of each resource the record maps to, in order."""
         planned = []
         for spec in self.specs:
             contexts = spec.contexts(root) if spec.contexts else (root,)
@@ -726,7 +688,7 @@ class Mapping:
         return planned
 
     def _resource(self, spec: _Spec, ctx: Context, value: str) -> MappedResource:
-        """The resource of `spec` at `ctx` (generate.resource_function writes this out)."""
+        """The resource of `spec` at `ctx`, its identifier's value known."""
         body, _ = spec.build(ctx)
         body = {} if body is MISSING else body
         ident = {"system": spec.system, "value": value}
@@ -745,7 +707,7 @@ def _identifier(spec: _Spec, ctx: Context, value: Any) -> str:
     """An identifier value as the resource's: one value, as text (remembered where it was
     made: what a reference to it from here finds)."""
     if isinstance(value, (list, dict)):
-        raise MappingError(_where(ctx, _source(spec.identifier["value"])),
+        raise MappingError(located(ctx, _source(spec.identifier["value"])),
                            f"the {spec.key} identifier needs one value, not {value!r}")
     if value is not MISSING:
         ctx.root.memo[spec.key, ctx] = str(value)
@@ -772,9 +734,9 @@ def _is_scalar(value: Any) -> bool:
     return not isinstance(value, (dict, list)) and value is not _NOT_LITERAL
 
 
-def _reader(path: str, source: str, reach: Reach | None = None) -> Value:
+def _reader(path: str, source: str) -> Value:
     """A `$path` as a value: the text of the value(s) there, or MISSING."""
-    read = text_getter(path, MISSING, reach)
+    read = text_getter(path, MISSING)
 
     def value(ctx: Context, required: bool = False) -> Any:
         got = read(ctx)
@@ -782,20 +744,10 @@ def _reader(path: str, source: str, reach: Reach | None = None) -> Value:
             return got
         if got is MISSING:
             if required:
-                raise MappingError(_where(ctx, source), "is required")
+                raise MappingError(located(ctx, source), "is required")
             return MISSING
         return _fresh(got)
     return value
-
-
-def _computed(kind: object, fn: Callable, dyn: bool | None, ctx: Context) -> tuple[Any, bool]:
-    """A computed member's (value, dyn): a template tells its dyn, the others know it."""
-    if kind is _BUILD:
-        return fn(ctx)
-    value = fn(ctx)
-    if kind is _SOURCE and value.__class__ is not str and value is not MISSING:
-        value = _fresh(value)
-    return value, dyn
 
 
 def _for_conditions(fn: Callable[[Any, Any], Any]) -> Callable[[Any, str], Any]:
@@ -860,12 +812,6 @@ def _source(node: Any) -> str:
         parts = node.get("concat") or node.get("first") or []
         return " + ".join(p for p in map(_source, parts) if p)
     return ""
-
-
-def _where(ctx: Context, path: str) -> str:
-    if path.startswith("/") or not ctx.where:
-        return path.lstrip("/")
-    return f"{ctx.where}.{path}" if path not in ("", ".") else ctx.where
 
 
 def _as_list(value: Any) -> list:
@@ -970,7 +916,7 @@ def transaction_json(mapped: list[MappedResource]) -> bytes:
     return data
 
 
-_REFERENCE = re.compile(rb'"reference":"([^"\\]*)"')  # no escapes: 3x faster
+_REFERENCE = re.compile(rb'"reference":"([^"\\]*)"')  # the usual reference: no escapes
 _ESCAPED_REFERENCE = re.compile(rb'"reference":"((?:[^"\\]|\\.)*)"')
 
 

@@ -70,6 +70,13 @@ class Context:
         return Context(item, self, where)
 
 
+def located(ctx: Context, path: str) -> str:
+    """A source path as the record names it ("Episodes.Episode[1].AdmissionDate"), for errors."""
+    if path.startswith("/") or not ctx.where:
+        return path.lstrip("/")
+    return f"{ctx.where}.{path}" if path not in ("", ".") else ctx.where
+
+
 def _written(at: str | tuple) -> str:
     """(..((base, step), step)..) -> "base.key[2].key": a key is a `.` step, an int an index."""
     steps = []
@@ -83,9 +90,6 @@ def _written(at: str | tuple) -> str:
 
 Getter = Callable[[Context], Any]
 Finder = Callable[[Context], list[Context]]
-#: (path, its steps, whether contexts are wanted, the closure) -> faster code for the closure,
-#: or None: how a layer above (generate.reach_function) lends its code to paths with `[]`
-Reach = Callable[[str, list, bool, Callable[[Context], list]], Callable[[Context], list] | None]
 
 
 def _start(path: str) -> tuple[Callable[[Context], Context] | None, str]:
@@ -195,8 +199,8 @@ def _steps(rest: str) -> list[tuple[str, bool]]:
 
 
 @cache
-def finder(path: str, code: Reach | None = None) -> Finder:
-    """`items` for one path, worked out once (with `code`, as what it makes of the closure)."""
+def finder(path: str) -> Finder:
+    """`items` for one path, worked out once."""
     start, rest = _start(path)
     if rest in ("", "."):
         return (lambda ctx: [start(ctx)]) if start else (lambda ctx: [ctx])
@@ -208,7 +212,7 @@ def finder(path: str, code: Reach | None = None) -> Finder:
         if item_last:
             return [c for c, _, _ in found]
         return [Context(v, c, where, False) for c, v, where in found]
-    return _coded(path, steps, True, find, code)
+    return find
 
 
 def items(ctx: Context, path: str) -> list[Context]:
@@ -217,8 +221,8 @@ def items(ctx: Context, path: str) -> list[Context]:
 
 
 @cache
-def getter(path: str, code: Reach | None = None) -> Getter:
-    """`resolve` for one path, worked out once (see `finder` for `code`)."""
+def getter(path: str) -> Getter:
+    """`resolve` for one path, worked out once."""
     if "[]" not in path:
         return _walker(path, False)
     start, rest = _start(path)
@@ -227,12 +231,7 @@ def getter(path: str, code: Reach | None = None) -> Getter:
     def values(ctx: Context) -> list:
         found = _reach(start(ctx) if start else ctx, steps, False)
         return [v for _, v, _ in found if v != ""]
-    return _coded(path, steps, False, values, code)
-
-
-def _coded(path: str, steps: list[tuple[str, bool]], contexts: bool,
-           reach: Callable[[Context], list], code: Reach | None) -> Callable[[Context], list]:
-    return (code(path, steps, contexts, reach) if code else None) or reach
+    return values
 
 
 def resolve(ctx: Context, path: str) -> Any:
@@ -251,15 +250,15 @@ def text(value: Any) -> Any:
 
 
 @cache
-def text_getter(path: str, absent: Any = None, code: Reach | None = None) -> Getter:
+def text_getter(path: str, absent: Any = None) -> Getter:
     """`resolve` then `text` (of each value of a list): how mappings read the source.
 
     `absent` is what no value reads as; with None, as `resolve` gives it (None, or [] for
-    a path with `[]`). `code`: see `finder`.
+    a path with `[]`).
     """
     if "[]" not in path:
         return _walker(path, True, absent)
-    get = getter(path, code)
+    get = getter(path)
 
     def texts(ctx: Context) -> Any:
         values = [text(v) for v in get(ctx)]
@@ -299,18 +298,18 @@ class Condition:
     """A parsed `when:` expression, compiled into one function of the context.
 
     The grammar is deliberately tiny: `path`, `'literal'`, `['a', 'b']`, `fn(path)` (a
-    transform, e.g. `categories(@code)`), `==`, `!=`, `in`, `not in`, `and`, `or`, `not`,
-    parentheses. A path reaching several values (`[]`) compares true if any value does; a
+    transform the mapping knows, e.g. `upper(Sex)`), `==`, `!=`, `in`, `not in`, `and`, `or`,
+    `not`, parentheses. A path reaching several values (`[]`) compares true if any value does; a
     bare operand is true when present and non-empty.
     """
 
-    def __init__(self, expr: str, functions: dict, code: Reach | None = None):
+    def __init__(self, expr: str, functions: dict):
         self.expr, self.functions = expr, functions
         self._toks, self._i = _tokens(expr), 0
-        self.tree = self._or()  # what a layer above may write out as code (generate.py)
+        tree = self._or()
         if self._i != len(self._toks):
             raise MappingError(expr, f"unexpected '{self._toks[self._i][1]}' in the condition")
-        self.test = _compile(self.tree, functions, True, code)  # ctx -> truthy (callers loop)
+        self.test = _compile(tree, functions, True)  # ctx -> truthy (callers loop)
 
     def __call__(self, ctx: Context) -> bool:
         return bool(self.test(ctx))
@@ -391,35 +390,32 @@ class Condition:
 
 
 # compilation: a parsed condition -> nested closures ------------------------------------
-def _compile(node: tuple, functions: dict, truth_only: bool = False,
-             code: Reach | None = None) -> Test:
+def _compile(node: tuple, functions: dict, truth_only: bool = False) -> Test:
     """A boolean node as a function of the context (operands evaluated left to right).
 
     With `truth_only` (the whole condition, what `not` negates) only the truth of the
     result matters, so a bare operand is its own test, without a bool() around it.
-    `code`: for paths with `[]` (see `finder`).
     """
     kind = node[0]
     if kind in ("or", "and"):
-        left = _compile(node[1], functions, truth_only, code)
-        right = _compile(node[2], functions, truth_only, code)
+        left = _compile(node[1], functions, truth_only)
+        right = _compile(node[2], functions, truth_only)
         if kind == "or":
             return lambda ctx: left(ctx) or right(ctx)
         return lambda ctx: left(ctx) and right(ctx)
     if kind == "not":
-        inner = _compile(node[1], functions, True, code)
+        inner = _compile(node[1], functions, True)
         return lambda ctx: not inner(ctx)
     if kind == "truthy":
-        operand = _operand(node[1], functions, code)
+        operand = _operand(node[1], functions)
         return operand if truth_only else lambda ctx: bool(operand(ctx))
-    return _comparison(kind, node[1], node[2], functions, code)
+    return _comparison(kind, node[1], node[2], functions)
 
 
-def _comparison(kind: str, left_node: tuple, right_node: tuple, functions: dict,
-                code: Reach | None = None) -> Test:
+def _comparison(kind: str, left_node: tuple, right_node: tuple, functions: dict) -> Test:
     """`==`, `!=`, `in`: a left operand reaching several values compares each of them."""
-    left = _operand(left_node, functions, code)
-    right = _operand(right_node, functions, code)
+    left = _operand(left_node, functions)
+    right = _operand(right_node, functions)
     spread = left_node[0] != "lit"  # a literal list is one value, a `[]` path several
 
     if kind == "==":
@@ -446,33 +442,39 @@ def _comparison(kind: str, left_node: tuple, right_node: tuple, functions: dict,
     return within
 
 
-def _operand(node: tuple, functions: dict, code: Reach | None = None) -> Callable[[Context], Any]:
+def _operand(node: tuple, functions: dict) -> Callable[[Context], Any]:
     kind = node[0]
     if kind == "lit":
         literal = node[1]
         return lambda ctx: literal
     if kind == "path":
-        return text_getter(node[1], None, code)
+        return text_getter(node[1], None)
     if kind == "call":
-        return _call(functions[node[1]], node[2], code)
-    return _compile(node, functions, False, code)
+        return _call(functions[node[1]], node[2])
+    return _compile(node, functions, False)
 
 
-def _call(fn: Callable[[Any, str], Any], path: str,
-          code: Reach | None = None) -> Callable[[Context], Any]:
-    """`fn(path)`: the function of each value (results flattened), None if there is none."""
-    get = getter(path, code)
+def _call(fn: Callable[[Any, str], Any], path: str) -> Callable[[Context], Any]:
+    """`fn(path)`: the function of each value (results flattened), None if there is none.
+    An error of `fn` names where the path stands in the record."""
+    get = getter(path)
+
+    def of(ctx: Context, value: Any) -> Any:
+        try:
+            return fn(text(value), path)
+        except MappingError as err:
+            raise MappingError(located(ctx, path), err.message) from None
 
     def call(ctx: Context) -> Any:
         value = get(ctx)
         if isinstance(value, list):
             found = []
             for v in value:
-                result = fn(text(v), path)
+                result = of(ctx, v)
                 if isinstance(result, list):
                     found += result
                 elif result is not None:
                     found.append(result)
             return found
-        return None if value is None else fn(text(value), path)
+        return None if value is None else of(ctx, value)
     return call
