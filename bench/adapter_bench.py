@@ -5,6 +5,7 @@ alone; the baseline in the same run is bare streaming (iterparse with the same c
 no conversion, no validation, no mapping). Stages:
 
 - parse+map: one process, record by record (the parsers and the mapping engine);
+- map: the mapping engine alone, CPU time per record (records parsed beforehand);
 - bundles: what the import prepares (parse, map, transaction Bundles; no validation), file
   slices in worker processes (one per core, up to 4), in the file's order;
 - import: into the embedded store (workers prepare and validate, the main process stores).
@@ -59,6 +60,15 @@ def stage(kind: str, system: str, path: str, db: str) -> dict:
             for record in (parse_cimor if system == "cimor" else parse_cyberaccess)(path):
                 mapping.apply(record.data)
                 records += 1
+    elif kind == "map":
+        mapping = load_mapping(f"{DEFAULT_MAPPINGS}/{system}.yaml", TRANSFORMS)
+        data = [r.data for r in (parse_cimor if system == "cimor" else parse_cyberaccess)(path)]
+        cpu = time.process_time()
+        with bulk_gc():
+            for record in data:
+                mapping.apply(record)
+        return {"records": len(data),
+                "cpu_ms_per_record": (time.process_time() - cpu) * 1000 / len(data)}
     elif kind == "bundles":
         for group in prepare(system, Path(path), None, default_workers(Path(path))):
             records += len(group.records)
@@ -97,6 +107,9 @@ def main() -> None:
             for system in ("cimor", "cyberaccess"):
                 path = str(folder / f"{system}.xml")
                 bare = child("bare", system, path, "")
+                mapped = child("map", system, path, "")
+                print(f"{system:11} {size:>7,} records: map, one process, "
+                      f"{mapped['cpu_ms_per_record']:.3f} ms of CPU per record")
                 for kind in ("parse+map", "bundles"):
                     done = child(kind, system, path, "")
                     how = (f"{kind}, {done['workers']} worker processes" if done["workers"]

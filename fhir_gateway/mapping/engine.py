@@ -385,6 +385,8 @@ class Mapping:
                     value, from_source = fn(ctx)
                 else:
                     value = fn(ctx)
+                    if kind is _SOURCE and value.__class__ is not str and value is not MISSING:
+                        value = _fresh(value)  # not the record's own data
                 reads_source |= from_source
                 if value is MISSING:
                     del out[key]
@@ -401,14 +403,14 @@ class Mapping:
     def _member(self, node: Any, where: str) -> tuple[str, Any, bool | None]:
         """(kind, function or value, from_source) of an object's member or a list's item.
 
-        A `$path` (_SOURCE) is read directly (a fresh copy of what it reaches); an expression
-        without `when` (_VALUE) is called for its value alone, whether it depends on the
-        source known here; a scalar literal (_LITERAL) is its value, an object or list
-        literal (_COPY) copied; anything else is a template (_BUILD, called for value and
-        from_source).
+        A `$path` (_SOURCE) is read directly (a non-text value it reaches is to be copied);
+        an expression without `when` (_VALUE) is called for its value alone, whether it
+        depends on the source known here; a scalar literal (_LITERAL) is its value, an
+        object or list literal (_COPY) copied; anything else is a template (_BUILD, called
+        for value and from_source).
         """
         if _is_path(node):
-            return _SOURCE, _reader(node[1:], _source(node)), True
+            return _SOURCE, text_getter(node[1:], MISSING), True
         if isinstance(node, dict) and "when" not in node and "foreach" not in node \
                 and any(k in node for k in EXPRESSIONS):
             return _VALUE, self._unguarded(node, where), "const" not in node
@@ -449,6 +451,8 @@ class Mapping:
                     value, from_source = part(ctx)
                 else:
                     value = part(ctx)
+                    if kind is _SOURCE and value.__class__ is not str and value is not MISSING:
+                        value = _fresh(value)
                 if kind is _SOURCE and isinstance(value, list):  # a path reaching several
                     out.extend(value)
                     any_from_source = True
@@ -754,7 +758,7 @@ def _for_conditions(fn: Callable[[Any, Any], Any]) -> Callable[[Any, str], Any]:
     """A transform as conditions call it: fn(value, path), its errors naming the path.
 
     Results for a string are remembered: conditions only compare them, and ask again and
-    again (`categories(...)` of every code, in several conditions).
+    again (the same transform of every code, in several conditions).
     """
     def call(value: Any, path: str) -> Any:
         try:
