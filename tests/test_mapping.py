@@ -539,10 +539,11 @@ def test_paths_and_conditions():
 # What a condition answers on the odd values an extract may hold: absent and empty are the
 # same (RECORDS.md), a leaf with attributes compares by its text, a step through something
 # that is no element is absent, and a list where no `[]` is is an error naming the path.
-ODD = {"absent": {}, "x": {"A": {"B": "x"}, "C": "z"}, "empty": {"A": {"B": ""}, "C": ""},
-       "attributes": {"A": {"B": {"#text": "x", "@n": "1"}}},
-       "repeats": {"A": {"B": ["x", "y"]}}, "text step": {"A": "x"},
-       "items": {"L": [{"B": "x"}, {"B": "q"}]}}
+ODD_RECORDS = {
+    "absent": {}, "x": {"A": {"B": "x"}, "C": "z"}, "empty": {"A": {"B": ""}, "C": ""},
+    "attributes": {"A": {"B": {"#text": "x", "@n": "1"}}},
+    "repeats": {"A": {"B": ["x", "y"]}}, "text step": {"A": "x"},
+    "items": {"L": [{"B": "x"}, {"B": "q"}]}}
 REPEATS = "A.B: repeats: address it with '[]'"
 
 
@@ -562,7 +563,7 @@ REPEATS = "A.B: repeats: address it with '[]'"
 ])
 def test_conditions_on_odd_values(expr, expected):
     fns = {"upper": lambda v, p: v.upper()}
-    for name, data in ODD.items():
+    for name, data in ODD_RECORDS.items():
         try:
             got = bool(Condition(expr, fns)(Context(data)))
         except MappingError as err:

@@ -570,8 +570,8 @@ class Mapping:
         def concat(ctx: Context, required: bool = False) -> Any:
             values = [literal if fn is None else fn(ctx) for fn, literal in parts]
             if MISSING in values:
-                absent = [s for s, v in zip(sources, values) if v is MISSING]
-                return to_value(ctx, None, " + ".join(absent) or source, required)  # the part missing
+                absent = [s for s, v in zip(sources, values) if v is MISSING]  # named in errors
+                return to_value(ctx, None, " + ".join(absent) or source, required)
             return to_value(ctx, "".join(map(str, values)), source, required)
         return concat
 
