@@ -1,21 +1,21 @@
-"""Cut an extract file into slices that parse on their own, for several processes at once.
+"""Cut an extract file into byte ranges that parse on their own, for several processes at once.
 
 Why: parsing and mapping a record is pure CPU work, one core's worth per process; a big
-extract goes through faster with each core when each process takes slices of the file.
-Parsed alone, a slice also keeps its line numbers right (see MAX_LINES).
+extract goes through faster with each core when each process takes byte ranges of the file.
+Parsed alone, a range also keeps its line numbers right (see MAX_LINES).
 
-A slice is a run of whole lines that starts on a line whose first tag opens a record. To be
+A byte range is a run of whole lines that starts on a line whose first tag opens a record. To be
 parsed alone it is preceded by the file's head (the prolog and the root start tag, up to the
 first record's line) and, unless it is the file's last, followed by the root end tag. Line
-numbers stay those of the file (`line_offset`), and so does every column, since slices start
+numbers stay those of the file (`line_offset`), and so does every column, since byte ranges start
 at line starts.
 
 Cutting looks at bytes, not at XML, so a cut can fall where the parser would not be between
 records (inside a comment or CDATA that holds a record's start tag on a line of its own, or
-inside a record that is not well-formed). Such a slice does not parse alone -- its end
-leaves something open before the root end tag -- so `parse_slice` raises `MalformedExtract`
-for it, and the caller parses the file from that slice's start on in one go (`rest`), which
-is exactly what a parse of the whole file would do from there. A slice that does parse
+inside a record that is not well-formed). Such a range does not parse alone -- its end
+leaves something open before the root end tag -- so `parse_range` raises `MalformedExtract`
+for it, and the caller parses the file from that range's start on in one go (`rest`), which
+is exactly what a parse of the whole file would do from there. A range that does parse
 alone ends with every element, comment and section closed, so the next one starts where
 the whole-file parse would be too: between records, directly inside the root element.
 """
@@ -33,56 +33,56 @@ from fhir_gateway.adapters.common import ExtractFormat, MalformedExtract, Source
 
 SLICE_BYTES = 1 << 20  # about 400 CyberAccess or 1,000 CIMOR records
 #: libxml2 keeps an element's line in 16 bits: past line 65,535 lxml reports a nearby line
-#: instead. A slice is parsed alone and its lines shifted, so slices stay below that.
+#: instead. A range is parsed alone and its lines shifted, so byte ranges stay below that.
 MAX_LINES = 50_000
 _BLOCK = 1 << 20
 
 
 @dataclass(frozen=True)
-class Slice:
+class ByteRange:
     path: str
     start: int               # byte offset in the file (a line start)
     end: int | None          # byte offset; None: to the end of the file
     line_offset: int         # file line = line in the parsed text + line_offset
-    head: bytes              # prolog and root start tag; b"" for the file's first slice
-    tail: bytes              # the root end tag; b"" for the file's last slice
+    head: bytes              # prolog and root start tag; b"" for the file's first range
+    tail: bytes              # the root end tag; b"" for the file's last range
 
     @property
     def last(self) -> bool:
         return self.end is None
 
-    def rest(self) -> Slice:
-        """From this slice's start to the end of the file, in one piece."""
+    def rest(self) -> ByteRange:
+        """From this range's start to the end of the file, in one piece."""
         return replace(self, end=None, tail=b"")
 
 
-def split(fmt: ExtractFormat, path: str | Path, size: int | None = None) -> Iterator[Slice]:
-    """The file's slices, in order, each about `size` bytes (SLICE_BYTES); the file is
+def split(fmt: ExtractFormat, path: str | Path, size: int | None = None) -> Iterator[ByteRange]:
+    """The file's byte ranges, in order, each about `size` bytes (SLICE_BYTES); the file is
     read once."""
     path, size = str(path), size or SLICE_BYTES
     pattern = re.compile(rb"\n[ \t]*<(?:[A-Za-z_][\w.-]*:)?" + re.escape(fmt.record.encode())
                          + rb"[\s>/]")
     with open(path, "rb") as fh:
         head, tail = _head(fh, pattern)
-        if head is None:  # no record on a line of its own after a plain head: one slice
-            yield Slice(path, 0, None, 0, b"", b"")
+        if head is None:  # no record on a line of its own after a plain head: one range
+            yield ByteRange(path, 0, None, 0, b"", b"")
             return
-        shift = head.count(b"\n")  # lines the head puts before a later slice's own
+        shift = head.count(b"\n")  # lines the head puts before a later range's own
 
-        def cut(start: int, end: int | None, lines_before: int) -> Slice:
+        def cut(start: int, end: int | None, lines_before: int) -> ByteRange:
             if start == 0:
-                return Slice(path, 0, end, 0, b"", tail if end is not None else b"")
-            return Slice(path, start, end, lines_before - shift, head,
+                return ByteRange(path, 0, end, 0, b"", tail if end is not None else b"")
+            return ByteRange(path, start, end, lines_before - shift, head,
                          tail if end is not None else b"")
 
         fh.seek(0)
-        start = lines_before = 0  # the open slice: its offset, the newlines before it
+        start = lines_before = 0  # the open range: its offset, the newlines before it
         buf, buf_start, buf_lines = b"", 0, 0  # unscanned bytes, their offset, newlines before
         while block := fh.read(_BLOCK):
             buf += block
             while (at := _target(buf, buf_start, buf_lines,
                                  start + max(size, len(head) + 1 if start == 0 else 0),
-                                 lines_before + MAX_LINES)) is not None:  # a slice has a record
+                                 lines_before + MAX_LINES)) is not None:  # a range has a record
                 match = pattern.search(buf, at)
                 if match is None:
                     break
@@ -161,9 +161,9 @@ def _root_name(head: bytes) -> str | None:
 
 
 class _SliceReader:
-    """head + the slice's bytes + tail, as the file-like object iterparse reads from."""
+    """head + the range's bytes + tail, as the file-like object iterparse reads from."""
 
-    def __init__(self, part: Slice):
+    def __init__(self, part: ByteRange):
         self.fh = open(part.path, "rb")
         self.fh.seek(part.start)
         self.left = part.end - part.start if part.end is not None else None
@@ -187,11 +187,11 @@ class _SliceReader:
         self.fh.close()
 
 
-def parse_slice(fmt: ExtractFormat, part: Slice) -> Iterator[SourceRecord]:
-    """The records of one slice, with the file's line numbers.
+def parse_range(fmt: ExtractFormat, part: ByteRange) -> Iterator[SourceRecord]:
+    """The records of one range, with the file's line numbers.
 
-    Raises `MalformedExtract` (after the slice's complete records) when the slice does not
-    parse alone; for a slice that is not the last, the caller then parses `part.rest()`.
+    Raises `MalformedExtract` (after the range's complete records) when the range does not
+    parse alone; for a range that is not the last, the caller then parses `part.rest()`.
     """
     reader = _SliceReader(part)
     try:
@@ -201,23 +201,23 @@ def parse_slice(fmt: ExtractFormat, part: Slice) -> Iterator[SourceRecord]:
 
 
 def parse_file(fmt: ExtractFormat, path: str | Path) -> Iterator[SourceRecord]:
-    """Every record of the file, slice after slice: what one parse of the whole file gives,
+    """Every record of the file, range after range: what one parse of the whole file gives,
     with line numbers right past 65,535.
 
-    When a slice that is not the last does not parse alone, the file is parsed from that
-    slice's start to its end in one go, and the records of the slice already handed on are
+    When a range that is not the last does not parse alone, the file is parsed from that
+    range's start to its end in one go, and the records of the range already handed on are
     skipped (the same bytes, parsed from the same state, give the same records).
     """
     for part in split(fmt, path):
         done = 0
         try:
-            for record in parse_slice(fmt, part):
+            for record in parse_range(fmt, part):
                 yield record
                 done += 1
         except MalformedExtract:
             if part.last:
                 raise
-            for record in parse_slice(fmt, part.rest()):
+            for record in parse_range(fmt, part.rest()):
                 if done:
                     done -= 1
                 else:

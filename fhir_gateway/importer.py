@@ -11,7 +11,7 @@ retried one by one so that only the bad one is quarantined. A file that is not w
 stops at the break: the complete records before it are stored, and the error names the
 line and column.
 
-Preparing is the CPU-heavy half and storing the other, so a big file is cut into slices
+Preparing is the CPU-heavy half and storing the other, so a big file is cut into byte ranges
 (`adapters/byte_ranges.py`) that worker processes prepare at the same time, while the main
 process stores what they prepared, in the file's order.
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import orjson
 
-from fhir_gateway.adapters import byte_ranges as slices
+from fhir_gateway.adapters import byte_ranges
 from fhir_gateway.adapters.common import ExtractFormat, MalformedExtract, SourceRecord, parse_record
 from fhir_gateway.gc_tuning import bulk_gc
 from fhir_gateway.config import DEFAULT_MAPPINGS
@@ -110,14 +110,14 @@ def prepare(system: str, path: Path, validator: Validator | None, workers: int =
             mappings: str = DEFAULT_MAPPINGS) -> Iterator[Group]:
     """The extract's records in groups, each ready to store, in the file's order.
 
-    `workers` > 0: slices of the file are prepared in that many worker processes at once.
+    `workers` > 0: byte ranges of the file are prepared in that many worker processes at once.
     `mappings`: the folder of the mapping files (the `mappings` setting).
     """
     if workers:
         yield from _prepare_in_workers(system, path, validator, workers, mappings)
     else:
-        yield from _prepare_records(system, slices.parse_file(_format(system), path), validator,
-                                    mappings)
+        records = byte_ranges.parse_file(_format(system), path)
+        yield from _prepare_records(system, records, validator, mappings)
 
 
 def _prepare_records(system: str, records: Iterable[SourceRecord], validator: Validator | None,
@@ -138,19 +138,19 @@ def _prepare_records(system: str, records: Iterable[SourceRecord], validator: Va
             yield _group(prepared)
 
 
-def _prepare_slice(system: str, part: slices.Slice, validator: Validator | None,
+def _prepare_range(system: str, part: byte_ranges.ByteRange, validator: Validator | None,
                    mappings: str) -> list[Group]:
-    """One slice's groups (in a worker process)."""
-    return list(_prepare_records(system, slices.parse_slice(_format(system), part), validator,
+    """One range's groups (in a worker process)."""
+    return list(_prepare_records(system, byte_ranges.parse_range(_format(system), part), validator,
                                  mappings))
 
 
 def _prepare_in_workers(system: str, path: Path, validator: Validator | None,
                         workers: int, mappings: str) -> Iterator[Group]:
-    """`prepare` of the file's slices in worker processes, a few slices ahead of the caller
+    """`prepare` of the file's byte ranges in worker processes, a few ranges ahead of the caller
     (bounded: memory stays flat), handed on in the file's order.
 
-    A slice that does not parse alone (see `slices.py`) and is not the file's last is
+    A range that does not parse alone (see `byte_ranges.py`) and is not the file's last is
     prepared again from its start to the end of the file in this process, as a whole-file
     parse would see it: its records, then the error if the file is broken there.
     """
@@ -159,10 +159,10 @@ def _prepare_in_workers(system: str, path: Path, validator: Validator | None,
     pool = ProcessPoolExecutor(workers, mp_context=context)
     try:
         ahead: deque = deque()
-        parts = slices.split(fmt, path)
+        parts = byte_ranges.split(fmt, path)
         while True:
             for part in parts:
-                ahead.append((part, pool.submit(_prepare_slice, system, part, validator,
+                ahead.append((part, pool.submit(_prepare_range, system, part, validator,
                                                 mappings)))
                 if len(ahead) > 2 * workers:
                     break
@@ -172,7 +172,7 @@ def _prepare_in_workers(system: str, path: Path, validator: Validator | None,
             groups = future.result()
             if groups and groups[-1].malformed and not part.last:
                 pool.shutdown(cancel_futures=True)  # what comes after the break is not used
-                yield from _prepare_records(system, slices.parse_slice(fmt, part.rest()),
+                yield from _prepare_records(system, byte_ranges.parse_range(fmt, part.rest()),
                                             validator, mappings)
                 return
             yield from groups
@@ -212,7 +212,7 @@ def import_extract(store: FhirStore, system: str, path: Path,
                    progress: Callable[[int], None] = lambda n: None,
                    workers: int | None = None, mappings: str = DEFAULT_MAPPINGS) -> ImportSummary:
     """Import one extract file; `progress` gets the number of records done. `workers`:
-    processes preparing slices of the file (0: in this process; default: one per core, up
+    processes preparing byte ranges of the file (0: in this process; default: one per core, up
     to MAX_WORKERS, for files from WORKER_FROM_BYTES on). `mappings`: the folder of the
     mapping files (the `mappings` setting; by default the ones the gateway ships)."""
     _format(system)  # an unknown system fails here, before any work
