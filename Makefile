@@ -24,7 +24,7 @@ run: install
 	$(BIN)/fhir-gateway serve
 
 test: install hapi
-	$(BIN)/ruff check --select F,E9 fhir_gateway tests bench scripts
+	$(BIN)/ruff check --select F,E9 fhir_gateway adapters tests bench scripts
 	$(BIN)/python -m pytest -q
 
 bench: install hapi

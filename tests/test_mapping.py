@@ -764,46 +764,7 @@ def test_a_registered_transform_gives_its_results_and_errors(tmp_path, extra, ex
         assert one(mapping.apply(data), "patient").get("categories") == expected
 
 
-# -- the package: no import cycle, no Health Home knowledge ------------------------------
-def _imports(module: Path) -> tuple[set[str], list[str]]:
-    """(the fhir_gateway.mapping modules a module imports, the lines of any import inside a
-    function or class: such an import can hide a cycle). `from fhir_gateway.mapping import
-    x` imports the package's `__init__` too."""
-    import ast
-
-    tree = ast.parse(module.read_text())
-    top = {id(node) for node in tree.body}
-    found, nested = set(), []
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else \
-                [a.name for a in node.names]
-            if id(node) not in top:
-                nested.append(f"{module.name}:{node.lineno}")
-            if isinstance(node, ast.ImportFrom) and node.module == "fhir_gateway.mapping":
-                names = [f"fhir_gateway.mapping.{a.name}" for a in node.names] + [
-                    "fhir_gateway.mapping.__init__"]
-            found |= {n.rsplit(".", 1)[-1] for n in names if n.startswith("fhir_gateway.mapping.")}
-    return found, nested
-
-
-def test_the_mapping_package_imports_without_a_cycle_or_a_hidden_import():
-    from graphlib import CycleError, TopologicalSorter
-
-    package = ROOT / "fhir_gateway" / "mapping"
-    graph, nested = {}, []
-    for module in package.glob("*.py"):
-        graph[module.stem], hidden = _imports(module)
-        nested += hidden
-    assert not nested, f"imports inside functions: {nested}"
-    try:
-        order = list(TopologicalSorter(graph).static_order())
-    except CycleError as err:
-        pytest.fail(f"import cycle: {err.args[1]}")
-    assert order.index("paths") < order.index("transforms") < order.index("engine") < \
-        order.index("__init__")
-
-
+# -- the package: no Health Home knowledge (no import cycle: tests/test_architecture.py) --
 def test_the_engine_knows_no_health_home_transform_unless_given_it(tmp_path):
     import subprocess
     import sys
