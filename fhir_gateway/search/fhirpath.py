@@ -4,7 +4,7 @@ Every write indexes a resource by all of its type's search parameters, so the ex
 run thousands of times a second. The R4 definitions use a tiny corner of FHIRPath (paths,
 `as`/`ofType` on choice elements, `where(field='x')`, `where(resolve() is Type)`, `[0]`),
 which we compile once into plain Python steps over dicts. Anything outside that corner is
-handed to fhirpathpy, which is complete but ~50x slower.
+handed to fhirpathpy, which is complete but much slower (`bench/store_bench.py`).
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ def _fallback(part: str, resource_type: str) -> Extractor:
 
     compiled = fhirpathpy.compile(part, models["r4"])  # the model resolves choice types
     # `T.x.exists() and ...` is false, whatever follows, when the resource has no `x`:
-    # answered without fhirpathpy, which takes ~35 us (R4's Patient.deceased: every Patient)
+    # answered without fhirpathpy (R4's Patient.deceased: it would run on every Patient)
     guard = re.match(rf"^{resource_type}\.(?P<field>[a-z][A-Za-z0-9]*)\.exists\(\) and ", part)
     absent_field = guard["field"] if guard else None
 

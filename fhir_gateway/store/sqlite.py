@@ -327,8 +327,7 @@ class SQLiteStore(BundleOperations):
 
         Why not a random (version 4) UUID: ids that grow with time make the (type, id) index
         and the reference index (keyed by target id) grow at their ends, so a transaction
-        rewrites a few of their pages instead of about one per row: ~40% fewer pages written
-        per import transaction. 74 random bits keep ids unguessable.
+        rewrites a few of their pages instead of about one per row. 74 random bits keep ids unguessable.
         """
         rand = secrets.randbits(74)
         millis = time.time_ns() // 1_000_000
