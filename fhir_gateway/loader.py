@@ -30,7 +30,7 @@ from pathlib import Path
 
 import orjson
 
-from fhir_gateway.outcome import FhirError
+from fhir_gateway.outcome import FhirError, missing_target, missing_target_in
 from fhir_gateway.quarantine import append_row
 from fhir_gateway.search import values
 from fhir_gateway.store.base import FhirStore
@@ -40,7 +40,6 @@ CHUNK = 100
 #: records that wait for each other are stored together, up to this many at once
 CYCLE_GROUP = 1000
 #: how both stores name a reference that resolves nowhere (HAPI-1094 and ours)
-_MISSING = re.compile(r"Resource ([A-Za-z]+/[A-Za-z0-9\-.]{1,64}) not found")
 #: problems kept in memory for the report; all of them go to the quarantine file
 SHOWN = 1000
 NDJSON = (".ndjson", ".jsonl")
@@ -217,8 +216,8 @@ class _Load:
             answers = self._store(group)
             again = []
             for record, answer in zip(group, answers, strict=True):
-                missing = _MISSING.search(_reason(answer)) if not _ok(answer) else None
-                if missing and missing[1] in self.known and missing[1] not in self.absent \
+                missing = missing_target_in(_reason(answer)) if not _ok(answer) else None
+                if missing and missing in self.known and missing not in self.absent \
                         and len(group) > 1:
                     again.append(record)
                 else:
@@ -236,7 +235,7 @@ class _Load:
             for record in doomed:
                 missing = sorted(record.targets & self.absent)[0]
                 path = values.reference_path(record.resource, *missing.split("/"))
-                self.refuse(record, f"Resource {missing} not found, specified in path: {path}")
+                self.refuse(record, missing_target(missing, path).issues[0].diagnostics)
             group = [r for r in group if all(r is not d for d in doomed)]
         return group
 

@@ -6,6 +6,7 @@ OperationOutcome body, so callers always learn what went wrong and where.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 
@@ -68,3 +69,19 @@ def gone(resource_type: str, resource_id: str, version: int) -> FhirError:
 
 def invalid(diagnostics: str, expression: list[str] | str | None = None) -> FhirError:
     return FhirError(400, diagnostics, "invalid", expression)
+
+
+def missing_target(target: str, path: str) -> FhirError:
+    """A reference to a resource the store does not hold, in HAPI's words: so the loader
+    (`missing_target_in`) and clients read both stores' answers alike."""
+    return FhirError(400, f"Resource {target} not found, specified in path: {path}", "not-found",
+                     path)
+
+
+_MISSING_TARGET = re.compile(r"Resource ([A-Za-z]+/[A-Za-z0-9\-.]{1,64}) not found")
+
+
+def missing_target_in(diagnostics: str) -> str | None:
+    """The `Type/id` a store's error names as not held (see `missing_target`), if any."""
+    found = _MISSING_TARGET.search(diagnostics)
+    return found[1] if found else None

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import orjson
 
-from fhir_gateway.outcome import FhirError, gone, invalid, not_found
+from fhir_gateway.outcome import FhirError, gone, invalid, missing_target, not_found
 from fhir_gateway.search import values
 from fhir_gateway.search.dates import now_instant, parse_range
 from fhir_gateway.search.fhirpath import element_names
@@ -250,8 +250,7 @@ class SQLiteStore(BundleOperations):
         for (ttype, tid), source in references.items():
             if (ttype, tid) not in live:
                 path = values.reference_path(source, ttype, tid)
-                err = FhirError(400, f"Resource {ttype}/{tid} not found, specified in path: "
-                                     f"{path}", "not-found", path)
+                err = missing_target(f"{ttype}/{tid}", path)
                 err.source = (source["resourceType"], source["id"])
                 raise err
         for rtype, rid in self._local.deleted:
