@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from platformdirs import user_data_dir
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
@@ -27,11 +28,27 @@ StoreOption = Annotated[str, typer.Option(
          "under the user data dir")]
 
 
+@app.callback()
+def main(ctx: typer.Context) -> None:
+    """Read the settings once, for whichever command runs (`_settings` hands them on)."""
+    try:
+        ctx.obj = Settings()
+    except ValidationError as err:
+        console.print(f"[red]error:[/red] {escape(str(err))}")
+        raise typer.Exit(2) from None
+
+
+def _settings(ctx: typer.Context, **flags) -> Settings:
+    """The settings read by `main`, with the command's flags (which read the environment
+    themselves, so a flag not given keeps the environment's value)."""
+    return ctx.obj.model_copy(update=flags)
+
+
 def _open(settings: Settings):
     """Open the store and check that it answers, or exit 2 with a clear message."""
     url = settings.store_url()
     try:
-        store = open_store(url, settings)
+        store = open_store(url, settings.profiles, settings.validate_all)
         store.is_empty()
         return store
     except StoreURLError as exc:
@@ -43,6 +60,7 @@ def _open(settings: Settings):
 
 @app.command()
 def serve(
+    ctx: typer.Context,
     store: StoreOption = "",
     host: Annotated[str, typer.Option(envvar="FHIR_GATEWAY_HOST")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="FHIR_GATEWAY_PORT")] = 8000,
@@ -56,7 +74,7 @@ def serve(
     from fhir_gateway.api.app import create_app
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    settings = Settings(store=store, host=host, port=port, demo=demo)  # flags, else environment
+    settings = _settings(ctx, store=store, host=host, port=port, demo=demo)
     fhir_store = _open(settings)
     simulators = []
     if demo:
@@ -119,6 +137,7 @@ def _demo_lookups(settings: Settings, extracts: Path) -> list:
 
 @app.command()
 def load(
+    ctx: typer.Context,
     paths: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, readable=True,
                                                 help="Bundle JSON, resource JSON or NDJSON")],
     store: StoreOption = "",
@@ -130,7 +149,7 @@ def load(
     their file and line (and quarantined), the rest stored."""
     from fhir_gateway.loader import load_paths, scan_size
 
-    fhir_store = _open(Settings(store=store))
+    fhir_store = _open(_settings(ctx, store=store))
     with Progress(*Progress.get_default_columns()[:-1], BarColumn(), DownloadColumn(),
                   TimeRemainingColumn(), console=console) as progress:
         task = progress.add_task("Scanning", total=scan_size(paths))
@@ -162,6 +181,7 @@ def load(
 
 @app.command("import")
 def import_(
+    ctx: typer.Context,
     system: Annotated[str, typer.Argument(help="cimor or cyberaccess")],
     paths: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, readable=True,
                                                 help="extract XML files")],
@@ -177,7 +197,7 @@ def import_(
         console.print(f"[red]error:[/red] unknown system '{escape(system)}': expected "
                       f"{' or '.join(SYSTEMS)}")
         raise typer.Exit(2)
-    settings = Settings(store=store)
+    settings = _settings(ctx, store=store)
     fhir_store = _open(settings)
     failed = False
     for path in paths:
@@ -209,6 +229,7 @@ def import_(
 
 @app.command()
 def eligibility(
+    ctx: typer.Context,
     state: Annotated[str | None, typer.Option(help="MO or KS; default: derived per member")] = None,
     as_of: Annotated[str | None, typer.Option("--as-of", help="evaluation date, YYYY-MM-DD")] = None,
     input_file: Annotated[Path | None, typer.Option("--input", exists=True, dir_okay=False,
@@ -223,6 +244,8 @@ def eligibility(
     import orjson
 
     from fhir_gateway.healthhome import batch
+    from fhir_gateway.healthhome.eligibility import RuleFiles
+    from fhir_gateway.healthhome.services import stored_members
 
     try:
         when = date.fromisoformat(as_of) if as_of else None
@@ -248,37 +271,26 @@ def eligibility(
                     fh.write(orjson.dumps(row).decode() + "\n")
         return count
 
+    settings = _settings(ctx, store=store)
+    files = RuleFiles.of(settings)
     if input_file is None:
-        count = report(batch.rows(_store_members(_open(Settings(store=store))), state, when))
+        count = report(batch.rows(stored_members(_open(settings), files), state, when, files))
     elif input_file.suffix == ".json":
         try:
-            count = report(batch.rows(batch.members_from_bundle(input_file), state, when))
+            count = report(batch.rows(batch.members_from_bundle(input_file), state, when,
+                                      files))
         except ValueError as err:
             console.print(f"[red]error:[/red] {escape(str(err))}")
             raise typer.Exit(2) from None
     else:
         try:
-            count = report(batch.rows_from_ndjson(input_file, state, when))
+            count = report(batch.rows_from_ndjson(input_file, state, when, files=files))
         except batch.MembersInterleaved as err:
             console.print(f"{escape(str(input_file))} {escape(str(err))}: members' resources "
                           "are not together, so the file is grouped in memory")
-            count = report(batch.rows(batch.members_from_ndjson(input_file), state, when))
+            count = report(batch.rows(batch.members_from_ndjson(input_file), state, when,
+                                      files))
     console.print(f"{count} member(s) evaluated; report: {escape(str(out))}")
-
-
-def _store_members(fhir_store):
-    """Each stored member's record, page by page."""
-    from fhir_gateway.members import member_record
-
-    offset = 0
-    while True:
-        page = fhir_store.search("Patient", [("_count", "500"), ("_offset", str(offset)),
-                                             ("_elements", "id")]).matches
-        for patient in page:
-            yield member_record(fhir_store, patient["id"])
-        if len(page) < 500:
-            return
-        offset += 500
 
 
 @app.command()
@@ -318,6 +330,7 @@ def reindex(store: StoreOption = "") -> None:
 
 @app.command()
 def validate(
+    ctx: typer.Context,
     paths: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, readable=True,
                                                 help="FHIR resource JSON files")],
     profile: Annotated[str | None, typer.Option(help="validate against this profile URL")] = None,
@@ -328,7 +341,7 @@ def validate(
     from fhir_gateway.healthhome.checks import health_home_validator
     from fhir_gateway.validation.service import errors
 
-    settings = Settings()
+    settings = _settings(ctx)
     validator = health_home_validator(settings.profiles, settings.validate_all)
     failed = 0
     for path in paths:

@@ -25,9 +25,17 @@ def _shipped(installed: str, checkout: str) -> str:
 DEFAULT_PROFILES = _shipped("ig", "profiles/package")
 #: the declarative CIMOR/CyberAccess mappings and their ConceptMaps (mappings/ of the repository)
 DEFAULT_MAPPINGS = _shipped("mappings", "mappings")
+_HEALTH_HOME = Path(__file__).resolve().parent / "healthhome"
+#: the Health Home eligibility rules (facts.yaml and one file per state)
+DEFAULT_HH_RULES = str(_HEALTH_HOME / "rules")
+#: what differs by state when enrolling and disenrolling
+DEFAULT_HH_ENROLLMENT = str(_HEALTH_HOME / "enrollment.yaml")
 
 
 class Settings(BaseSettings):
+    """Every option of the gateway, read once where a command or the app starts (the CLI's
+    callback, `create_app`) and passed on from there: no module reads the environment."""
+
     model_config = SettingsConfigDict(env_prefix="FHIR_GATEWAY_")
 
     #: sqlite:///path/to/file.db (embedded) or http(s)://host/fhir (a FHIR server)
@@ -49,6 +57,10 @@ class Settings(BaseSettings):
     cimor_url: str = ""
     cyberaccess_url: str = ""
     lookup_timeout: float = 2.0
+    #: the folder of the Health Home eligibility rules
+    hh_rules: str = DEFAULT_HH_RULES
+    #: the Health Home enrollment policy file
+    hh_enrollment: str = DEFAULT_HH_ENROLLMENT
 
     def store_url(self) -> str:
         return self.store or default_store()

@@ -16,6 +16,7 @@ from fhir_gateway.healthhome.eligibility import (
     RULES_DIR,
     EligibilityInputError,
     RuleFileError,
+    RuleFiles,
     evaluate,
     load_rules,
 )
@@ -554,7 +555,8 @@ def test_missouri_chip_is_one_setting_in_mo_yaml(tmp_path):
     mo["gates"][0]["when"] = {"any_of": ["medicaid", "chip"]}
     (tmp_path / "mo.yaml").write_text(yaml.safe_dump(mo))
     chip_child = member(cond(ASTHMA), pat=CHILD, cov=[coverage("23")])
-    verdict = evaluate(chip_child, "MO", AS_OF, rules_dir=tmp_path).program("mo-pchh")
+    verdict = evaluate(chip_child, "MO", AS_OF,
+                       files=RuleFiles(str(tmp_path))).program("mo-pchh")
     assert (verdict.eligible, verdict.rule) == (True, "pchh-single-condition")
 
 
@@ -636,9 +638,10 @@ def test_a_state_changes_a_rule_without_code(tmp_path):
 
     teen_asthma = member(cond(ASTHMA), pat=patient(born="2010-01-01"))  # 14
     assert evaluate(teen_asthma, "MO", AS_OF).program("mo-pchh").eligible
-    changed = evaluate(teen_asthma, "MO", AS_OF, rules_dir=tmp_path).program("mo-pchh")
+    edited = RuleFiles(str(tmp_path))
+    changed = evaluate(teen_asthma, "MO", AS_OF, files=edited).program("mo-pchh")
     assert (changed.eligible, changed.rule) == (False, "pchh-no-match")
-    obese = evaluate(member(bmi(31)), "MO", AS_OF, rules_dir=tmp_path).program("mo-pchh")
+    obese = evaluate(member(bmi(31)), "MO", AS_OF, files=edited).program("mo-pchh")
     assert obese.eligible is False
 
 

@@ -12,6 +12,7 @@ import httpx
 import pytest
 import uvicorn
 import yaml
+from fastapi.testclient import TestClient
 
 from conftest import FHIR_JSON, free_port
 from fhir_gateway.api.app import create_app
@@ -320,7 +321,9 @@ def test_the_regional_office_referral_says_the_county_is_unknown_rather_than_the
 
 
 def test_the_regional_office_referral_uses_the_county_and_a_configured_office(
-        client, tmp_path, monkeypatch):
+        client, store, tmp_path, monkeypatch):
+    """The office table comes from the policy file the settings name
+    (FHIR_GATEWAY_HH_ENROLLMENT), read when the app is created."""
     policy = yaml.safe_load((Path(__file__).parents[1] / "fhir_gateway" / "healthhome" /
                              "enrollment.yaml").read_text())
     policy["MO"]["dd_referral"]["regional_offices"] = {"Greene": "Springfield Regional Office"}
@@ -332,8 +335,9 @@ def test_the_regional_office_referral_uses_the_county_and_a_configured_office(
     assert client.post("/fhir/Patient/m1/$enroll", json=enroll_params("mo-cmhc")).status_code == 201
     assert regional_office(client) == "DD Regional Office serving Taney"
     monkeypatch.setenv("FHIR_GATEWAY_HH_ENROLLMENT", str(tmp_path / "enrollment.yaml"))
-    assert client.post("/fhir/Patient/m2/$enroll",
-                       json=enroll_params("mo-cmhc", agreed_by="Patient/m2")).status_code == 201
+    configured = TestClient(create_app(store), base_url="http://gateway.test")
+    assert configured.post("/fhir/Patient/m2/$enroll",
+                           json=enroll_params("mo-cmhc", agreed_by="Patient/m2")).status_code == 201
     assert regional_office(client, "m2") == "Springfield Regional Office"
 
 

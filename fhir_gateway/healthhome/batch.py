@@ -22,7 +22,7 @@ from pathlib import Path
 
 import orjson
 
-from fhir_gateway.healthhome.eligibility import EligibilityInputError, evaluate
+from fhir_gateway.healthhome.eligibility import EligibilityInputError, RuleFiles, evaluate
 
 OWNER_KEYS = ("subject", "patient", "beneficiary")
 COLUMNS = ("patient", "state", "program", "eligible", "rule", "basis", "categories", "error")
@@ -95,12 +95,13 @@ def _by_owner(resources: Iterable[dict]) -> list[list[dict]]:
 # ------------------------------------------------------------------ judging
 
 
-def member_rows(resources: list[dict], state: str | None, as_of: date | None) -> list[dict]:
+def member_rows(resources: list[dict], state: str | None, as_of: date | None,
+                files: RuleFiles = RuleFiles()) -> list[dict]:
     """One row per program for one member (or one error row if the member cannot be judged)."""
     patient = next((r.get("id", "") for r in resources if r.get("resourceType") == "Patient"),
                    "")
     try:
-        result = evaluate(resources, state, as_of)
+        result = evaluate(resources, state, as_of, files=files)
     except EligibilityInputError as err:
         return [{"patient": patient, "error": str(err)}]
     categories = " ".join(result.categories)
@@ -109,20 +110,21 @@ def member_rows(resources: list[dict], state: str | None, as_of: date | None) ->
              "categories": categories} for v in result.programs]
 
 
-def rows(members: Iterable[list[dict]], state: str | None, as_of: date | None) -> Iterator[dict]:
+def rows(members: Iterable[list[dict]], state: str | None, as_of: date | None,
+         files: RuleFiles = RuleFiles()) -> Iterator[dict]:
     """Report rows for members already grouped (the store, a Bundle, an unordered file)."""
     for resources in members:
-        yield from member_rows(resources, state, as_of)
+        yield from member_rows(resources, state, as_of, files)
 
 
-def _run_rows(run: tuple[str, list, int], state, as_of) -> list[dict]:
+def _run_rows(run: tuple[str, list, int], state, as_of, files: RuleFiles) -> list[dict]:
     owner, resources, _ = run
     if not owner:  # a line that is not a resource
         return [{"patient": "", "error": resources[0]}]
-    return member_rows(resources, state, as_of)
+    return member_rows(resources, state, as_of, files)
 
 
-def _judge_chunk(lines: list[bytes], first_line: int, state, as_of):
+def _judge_chunk(lines: list[bytes], first_line: int, state, as_of, files: RuleFiles):
     """Worker: (first run, rows of the inner runs as JSON, inner runs' owners and lines,
     last run). Rows travel as JSON: between processes, far cheaper than pickled dicts.
 
@@ -146,7 +148,7 @@ def _judge_chunk(lines: list[bytes], first_line: int, state, as_of):
             first = run
         else:
             inner.append((run[0], run[2]))
-            rows.extend(_run_rows(run, state, as_of))
+            rows.extend(_run_rows(run, state, as_of, files))
 
     for number, line in enumerate(lines, first_line):
         if not line.strip():
@@ -184,8 +186,8 @@ def _chunks(path: Path) -> Iterator[tuple[list[bytes], int]]:
 class _Stitcher:
     """Joins runs cut by chunk boundaries and notices a member seen twice."""
 
-    def __init__(self, state, as_of):
-        self.state, self.as_of = state, as_of
+    def __init__(self, state, as_of, files: RuleFiles):
+        self.state, self.as_of, self.files = state, as_of, files
         self.seen: set[str] = set()
         self.open: tuple[str, list, int] | None = None  # the last run so far: it may go on
 
@@ -200,7 +202,7 @@ class _Stitcher:
         if run is None:
             return []
         self.mark(run[0], run[2])
-        return _run_rows(run, self.state, self.as_of)
+        return _run_rows(run, self.state, self.as_of, self.files)
 
     def add(self, result) -> list[dict]:
         first, inner_rows, inner_owners, last = result
@@ -221,18 +223,19 @@ class _Stitcher:
 
 
 def rows_from_ndjson(path: Path, state: str | None, as_of: date | None,
-                     workers: int | None = None) -> Iterator[dict]:
+                     workers: int | None = None, files: RuleFiles = RuleFiles()
+                     ) -> Iterator[dict]:
     """Report rows for an NDJSON file whose members' lines are together, in file order.
 
     Raises `MembersInterleaved` (possibly after some rows) when they are not together: the
     caller then starts over with `rows(members_from_ndjson(path), ...)`.
     """
     workers = workers or max(1, min(4, os.cpu_count() or 1))
-    stitcher = _Stitcher(state, as_of)
+    stitcher = _Stitcher(state, as_of, files)
     with ProcessPoolExecutor(workers) as pool:
         in_flight: deque = deque()
         for lines, first in _chunks(path):
-            in_flight.append(pool.submit(_judge_chunk, lines, first, state, as_of))
+            in_flight.append(pool.submit(_judge_chunk, lines, first, state, as_of, files))
             if len(in_flight) >= 2 * workers:  # bounded: memory stays flat
                 yield from stitcher.add(in_flight.popleft().result())
         while in_flight:

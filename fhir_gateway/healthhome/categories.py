@@ -18,7 +18,7 @@ from pathlib import Path
 
 import orjson
 
-from fhir_gateway.config import Settings
+from fhir_gateway.config import DEFAULT_PROFILES
 from fhir_gateway.identifiers import ICD10CM
 from fhir_gateway.outcome import Issue
 
@@ -37,11 +37,6 @@ class Target:
 
 
 @cache
-def _default_package() -> str:
-    return Settings().profiles  # read the environment once, not per diagnosis
-
-
-@cache
 def _prefixes(package_dir: str) -> tuple[str, dict[str, tuple[Target, ...]]]:
     concept_map = orjson.loads((Path(package_dir) / CONCEPT_MAP).read_bytes())
     group = concept_map["group"][0]
@@ -56,9 +51,9 @@ def _target(target: dict, system: str) -> Target:
                                 for d in target.get("dependsOn", ())))
 
 
-def targets(icd10_code: str, package_dir: str | None = None) -> tuple[Target, ...]:
+def targets(icd10_code: str, package_dir: str = DEFAULT_PROFILES) -> tuple[Target, ...]:
     """The targets of the longest element an ICD-10-CM code starts with (empty: none)."""
-    _, table = _prefixes(package_dir or _default_package())
+    _, table = _prefixes(package_dir)
     code = icd10_code.strip().upper()
     for end in range(len(code), 2, -1):
         found = table.get(code[:end])
@@ -67,20 +62,19 @@ def targets(icd10_code: str, package_dir: str | None = None) -> tuple[Target, ..
     return ()
 
 
-def categories(icd10_code: str, package_dir: str | None = None) -> list[dict]:
+def categories(icd10_code: str, package_dir: str = DEFAULT_PROFILES) -> list[dict]:
     """Every category Coding an ICD-10-CM code can count toward (empty if it qualifies for
     none), whatever its targets depend on: what a Condition's category may say."""
     return [dict(t.coding) for t in targets(icd10_code, package_dir)]
 
 
-def category_issues(condition: dict, package_dir: str | None = None) -> list[Issue]:
+def category_issues(condition: dict, package_dir: str = DEFAULT_PROFILES) -> list[Issue]:
     """Warnings when a Condition's Health Home categories disagree with its ICD-10-CM code.
 
     The profile makes a category required but cannot say *which*; the ConceptMap can. These
     are warnings: the diagnosis may be recorded before the map knows it, and the verdict
     must stay the one HAPI's validator gives.
     """
-    package_dir = package_dir or _default_package()
     system, _ = _prefixes(package_dir)
     icd = sorted(_codes([condition.get("code")], ICD10CM))
     given = _codes(condition.get("category"), system)

@@ -4,14 +4,14 @@ The rules live in YAML (`healthhome/rules/`: `facts.yaml` for thresholds, code l
 category groups; one file per state with its gates, programs and rule alternatives, each
 citing its seed). This module only derives facts from a member's FHIR resources and
 interprets the rule language documented at the top of `rules/mo.yaml`; a state changes a
-rule by editing a file (or pointing `FHIR_GATEWAY_HH_RULES` at another folder), not code.
+rule by editing a file (or pointing the `hh_rules` setting at another folder), not code.
 
-Pure functions over FHIR dicts: the only I/O is reading the rule files once.
+Pure functions over FHIR dicts: the only I/O is reading the rule files named by `RuleFiles`
+once.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from functools import cache, lru_cache
@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from fhir_gateway import identifiers
+from fhir_gateway.config import DEFAULT_HH_ENROLLMENT, DEFAULT_HH_RULES, DEFAULT_PROFILES
 from fhir_gateway.healthhome.categories import ONSET_BEFORE_AGE, STATE
 from fhir_gateway.healthhome.categories import targets as icd10_targets
 from fhir_gateway.identifiers import (
@@ -29,8 +30,9 @@ from fhir_gateway.identifiers import (
     LOINC,
     SNOMED,
 )
+from fhir_gateway.outcome import FhirError
 
-RULES_DIR = Path(__file__).resolve().parent / "rules"
+RULES_DIR = Path(DEFAULT_HH_RULES)
 FACTS = ("medicaid", "chip", "pediatric")
 CONDITION_KEYS = ("all_of", "any_of", "not", "count_at_least", "one_plus", "primary")
 #: where a primary diagnosis is recorded: resource type -> (member element, rank element,
@@ -43,11 +45,11 @@ AGE_UNITS = {"a": 1, "year": 1, "mo": 12, "month": 12, "wk": 52.1775, "week": 52
              "d": 365.25, "day": 365.25}
 
 
-class EligibilityInputError(ValueError):
+class EligibilityInputError(FhirError, ValueError):
     """Bad input (no Patient, two Patients, unknown state, bad date): an HTTP 400."""
 
     def __init__(self, message: str, where: str | None = None):
-        super().__init__(message)
+        super().__init__(400, message, "invalid", where)
         self.message = message
         self.where = where
 
@@ -92,6 +94,25 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
+class RuleFiles:
+    """Where the Health Home rules are read from: the eligibility rules folder, the
+    enrollment policy file and the IG package whose ConceptMap maps diagnoses to categories.
+    A value (hashable, picklable): it keys the caches and travels to worker processes."""
+
+    eligibility: str = DEFAULT_HH_RULES
+    enrollment: str = DEFAULT_HH_ENROLLMENT
+    package: str = DEFAULT_PROFILES
+
+    @classmethod
+    def of(cls, settings) -> RuleFiles:
+        """The files a `Settings` names (`hh_rules`, `hh_enrollment`, `profiles`)."""
+        return cls(str(settings.hh_rules), str(settings.hh_enrollment), str(settings.profiles))
+
+    def rules(self) -> RuleSet:
+        return load_rules(self.eligibility, self.package)
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity: `load_rules` makes one per folder
 class RuleSet:
     facts: dict
     states: dict  # state code -> state document
@@ -100,14 +121,12 @@ class RuleSet:
     uses_age: bool = False  # some explanation says {age}: verdicts then depend on the age
     #: state code -> identifier systems that make a Coverage that state's
     coverage_systems: dict = field(default_factory=dict)
-
-
-def _rules_dir(rules_dir: str | os.PathLike | None) -> str:
-    return str(rules_dir or os.environ.get("FHIR_GATEWAY_HH_RULES") or RULES_DIR)
+    #: the IG package whose ConceptMap maps ICD-10-CM codes to categories
+    package: str = DEFAULT_PROFILES
 
 
 @cache
-def load_rules(rules_dir: str) -> RuleSet:
+def load_rules(rules_dir: str, package: str = DEFAULT_PROFILES) -> RuleSet:
     """Read and check `facts.yaml` and every state file in `rules_dir` (once per folder)."""
     folder = Path(rules_dir)
     facts = yaml.safe_load((folder / "facts.yaml").read_text())
@@ -132,7 +151,7 @@ def load_rules(rules_dir: str) -> RuleSet:
         for name in spelled:
             aliases[str(name).upper()] = code
     return RuleSet(facts, states, groups, aliases, any(map(_quotes_age, states.values())),
-                   _coverage_systems(facts))
+                   _coverage_systems(facts), package)
 
 
 def _coverage_systems(facts: dict) -> dict[str, frozenset]:
@@ -226,11 +245,12 @@ def _codes(concept: dict | None, system: str) -> list[str]:
 
 
 @cache
-def _icd_targets(code: str, state: str) -> tuple[frozenset, tuple[tuple[str, str], ...]]:
+def _icd_targets(code: str, state: str, package: str
+                 ) -> tuple[frozenset, tuple[tuple[str, str], ...]]:
     """The categories a code counts toward in `state` whatever the Condition says, and the
     (category, age) pairs that count only with the onset before that age (dependsOn)."""
     plain, by_onset = set(), []
-    for target in icd10_targets(code):
+    for target in icd10_targets(code, package):
         category, needs = target.coding["code"], dict(target.depends_on)
         if unknown := set(needs) - {STATE, ONSET_BEFORE_AGE}:
             raise RuleFileError(f"ConceptMap target {code} -> {category}: dependsOn "
@@ -265,38 +285,38 @@ def _is_current(condition: dict, facts: dict) -> bool:
         rules["verification_excluded"])
 
 
-def _condition_categories(condition: dict, facts: dict, state: str,
+def _condition_categories(condition: dict, rules: RuleSet, state: str,
                           birth: date | None) -> tuple[set[str], list[tuple[str, str]]]:
     """The categories a current Condition counts toward in `state`, and (category, sentence)
     for each target left out because its onset was not before the age the map asks for."""
-    if not _is_current(condition, facts):
+    if not _is_current(condition, rules.facts):
         return set(), []
-    return _code_categories(condition.get("code"), condition, facts, state, birth)
+    return _code_categories(condition.get("code"), condition, rules, state, birth)
 
 
-def counted_categories(condition: dict, state: str, birth_date: str | None) -> set[str]:
+def counted_categories(condition: dict, state: str, birth_date: str | None,
+                       rules: RuleSet) -> set[str]:
     """The categories a Condition counts toward in `state`, read as eligibility reads it
     (epilepsy or a head injury only with onset before 22, F84.3 as SMI only in Kansas):
     what enrollment links to and refers on must be what made the member eligible."""
-    facts = load_rules(_rules_dir(None)).facts
     birth = _parse_date(birth_date, "Patient.birthDate") if birth_date else None
-    return _code_categories(condition.get("code"), condition, facts, state, birth)[0]
+    return _code_categories(condition.get("code"), condition, rules, state, birth)[0]
 
 
-def _code_categories(concept: dict | None, condition: dict, facts: dict, state: str,
+def _code_categories(concept: dict | None, condition: dict, rules: RuleSet, state: str,
                      birth: date | None) -> tuple[set[str], list[tuple[str, str]]]:
     """The categories of a concept's ICD-10-CM codes whose ConceptMap targets hold here."""
     cats, left_out = set(), []
     for code in _codes(concept, ICD10CM):
-        plain, by_onset = _icd_targets(code, state)
+        plain, by_onset = _icd_targets(code, state, rules.package)
         cats |= plain
         for category, before in by_onset:
             onset = _onset_age(condition, birth)
             if onset is not None and onset < float(before):
                 cats.add(category)
             else:
-                left_out.append((category, _onset_sentence(facts, code, category, before,
-                                                           onset)))
+                left_out.append((category, _onset_sentence(rules.facts, code, category,
+                                                           before, onset)))
     return cats, left_out
 
 
@@ -331,13 +351,14 @@ def _onset_sentence(facts: dict, code: str, category: str, before: str,
         source=" ".join(rules["onset_source"].split()))
 
 
-def _primary_categories(by_type: dict, pid: str | None, conditions: list[dict], facts: dict,
-                        state: str, birth: date | None, as_of: date) -> frozenset | None:
+def _primary_categories(by_type: dict, pid: str | None, conditions: list[dict],
+                        rule_set: RuleSet, state: str, birth: date | None, as_of: date
+                        ) -> frozenset | None:
     """The categories of the member's primary diagnoses (see PRIMARY_SOURCES), or None when
     no primary diagnosis is known: a rule on the primary diagnosis then reads them all."""
     if not any(kind in by_type for kind in PRIMARY_SOURCES):
         return None
-    rules = facts["primary_diagnosis"]
+    rules = rule_set.facts["primary_diagnosis"]
     by_ref = {f"Condition/{c['id']}": c for c in conditions if c.get("id")}
     known, cats = False, set()
     for kind, (member, rank, start) in PRIMARY_SOURCES.items():
@@ -354,10 +375,10 @@ def _primary_categories(by_type: dict, pid: str | None, conditions: list[dict], 
                 condition = by_ref.get(ref.get("reference"))
                 if condition is not None:
                     known = True
-                    cats |= _condition_categories(condition, facts, state, birth)[0]
+                    cats |= _condition_categories(condition, rule_set, state, birth)[0]
                 elif dx.get("diagnosisCodeableConcept"):
                     known = True
-                    cats |= _code_categories(dx["diagnosisCodeableConcept"], {}, facts,
+                    cats |= _code_categories(dx["diagnosisCodeableConcept"], {}, rule_set,
                                              state, birth)[0]
     return frozenset(cats) if known else None
 
@@ -387,9 +408,9 @@ def _latest(observations: list[dict], loinc: str, facts: dict, as_of: date) -> d
     return max(found, key=lambda pair: pair[0])[1] if found else None
 
 
-def observation_codes(rules_dir: str | os.PathLike | None = None) -> list[str]:
+def observation_codes(rules: RuleSet) -> list[str]:
     """The LOINC codes of the Observations eligibility reads (what a member record fetches)."""
-    observation = load_rules(_rules_dir(rules_dir)).facts["observation"]
+    observation = rules.facts["observation"]
     return [observation[k]["loinc"] for k in ("bmi", "bmi_for_age", "smoking")]
 
 
@@ -579,7 +600,7 @@ def _verdict(program: dict, state_doc: dict, ctx: _Context, age,
 
 
 def evaluate(resources: list[dict], state: str | None = None, as_of: date | None = None, *,
-             rules_dir: str | os.PathLike | None = None) -> Evaluation:
+             files: RuleFiles = RuleFiles()) -> Evaluation:
     """Which Health Home programs of the member's state the member qualifies for, and why.
 
     `resources`: one member's Patient with their Conditions, Observations and Coverages, and
@@ -587,8 +608,7 @@ def evaluate(resources: list[dict], state: str | None = None, as_of: date | None
     are ignored). `state`: "MO"/"KS" (or Missouri/Kansas); derived from
     identifiers or the address when omitted. `as_of`: the evaluation date, today by default.
     """
-    folder = _rules_dir(rules_dir)
-    rules = load_rules(folder)
+    rules = files.rules()
     facts = rules.facts
     as_of = date.today() if as_of is None else _parse_date(as_of, "as_of")
     if not isinstance(resources, list) or not all(isinstance(r, dict) for r in resources):
@@ -624,7 +644,7 @@ def evaluate(resources: list[dict], state: str | None = None, as_of: date | None
 
     cats, left_out = set(), []
     for cond in conditions:
-        found, why = _condition_categories(cond, facts, code, birth)
+        found, why = _condition_categories(cond, rules, code, birth)
         cats |= found
         left_out += why
     cats |= _observation_categories(observations, facts, as_of, pediatric)
@@ -633,11 +653,11 @@ def evaluate(resources: list[dict], state: str | None = None, as_of: date | None
             cats |= set(implied)
     # a diagnosis left out matters only when nothing else brought its category
     left_out = list(dict.fromkeys(why for cat, why in left_out if cat not in cats))
-    primary = _primary_categories(by_type, pid, conditions, facts, code, birth, as_of)
+    primary = _primary_categories(by_type, pid, conditions, rules, code, birth, as_of)
     medicaid, chip = _coverage(coverages, rules, code, as_of)
 
     key_age = age if rules.uses_age else None
-    verdicts, notes = _judge(folder, code, frozenset(cats), primary, medicaid, chip,
+    verdicts, notes = _judge(rules, code, frozenset(cats), primary, medicaid, chip,
                              pediatric, key_age)
     told = "".join(f" {why}" for why in left_out)
     return Evaluation(code, as_of, sorted(cats), medicaid, chip,
@@ -647,7 +667,7 @@ def evaluate(resources: list[dict], state: str | None = None, as_of: date | None
 
 
 @lru_cache(maxsize=8192)
-def _judge(rules_dir: str, code: str, cats: frozenset, primary: frozenset | None,
+def _judge(rules: RuleSet, code: str, cats: frozenset, primary: frozenset | None,
            medicaid: bool, chip: bool, pediatric: bool, age: int | None) -> tuple[tuple, tuple]:
     """The verdicts (as tuples) and notes for one combination of facts.
 
@@ -655,7 +675,6 @@ def _judge(rules_dir: str, code: str, cats: frozenset, primary: frozenset | None
     the three facts (and the age, only if an explanation quotes it), and members share few
     combinations: batch evaluation judges each combination once.
     """
-    rules = load_rules(rules_dir)
     state_doc = rules.states[code]
     ctx = _Context(set(cats), {"medicaid": medicaid, "chip": chip, "pediatric": pediatric},
                    rules.groups, primary)

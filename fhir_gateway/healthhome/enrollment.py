@@ -1,19 +1,18 @@
 """Enrollment lifecycle as pure functions: decide, then describe the FHIR to write.
 
-`$enroll` and `$disenroll` gather the member's record, ask these functions what the
+The services (`services.py`) gather the member's record, ask these functions what the
 outcome is (or why not), and write what they return. One Health Home at a time: an active
 enrollment blocks another (KanCare: a member eligible for SMI and CC must choose).
 
 What differs by state (consent, opt-out reassessment, the care team's DD/TCM providers,
 the Regional Office referral, the assignment letter) is data: `enrollment.yaml`, each entry
-citing its seed; `FHIR_GATEWAY_HH_ENROLLMENT` points at another file.
+citing its seed; the `hh_enrollment` setting points at another file.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import os
 from dataclasses import dataclass
 from datetime import date
 from functools import cache
@@ -23,22 +22,23 @@ from pathlib import Path
 import yaml
 
 from fhir_gateway.healthhome import eligibility
+from fhir_gateway.healthhome.eligibility import RuleFiles, RuleSet
 from fhir_gateway.identifiers import CANONICAL_BASE, HH_PROGRAM
+from fhir_gateway.outcome import FhirError
 
 SD = f"{CANONICAL_BASE}/StructureDefinition"
 CS = f"{CANONICAL_BASE}/CodeSystem"
 SOURCES = ("referral", "mco-assignment", "claims-list", "self")
 REASONS = ("opt-out", "moved", "lost-eligibility", "deceased", "other")
-POLICY_FILE = Path(__file__).resolve().parent / "enrollment.yaml"
 OPEN = ("active", "onhold", "waitlist")
+_ISSUE_CODES = {409: "conflict", 422: "business-rule", 404: "not-found"}
 
 
-class EnrollmentRefused(Exception):
+class EnrollmentRefused(FhirError):
     """Why an enrollment or disenrollment cannot happen, with the HTTP status to answer."""
 
     def __init__(self, status: int, message: str, where: str | None = None):
-        super().__init__(message)
-        self.status, self.where = status, where
+        super().__init__(status, message, _ISSUE_CODES.get(status, "invalid"), where)
 
 
 @dataclass
@@ -62,8 +62,17 @@ class Request:
 
 # -- the policy file ---------------------------------------------------------------------
 
-def _policy_file() -> str:
-    return str(os.environ.get("FHIR_GATEWAY_HH_ENROLLMENT") or POLICY_FILE)
+@dataclass(frozen=True)
+class Program:
+    """A program as enrollment reads it: the state whose eligibility rule file lists it (one
+    source for the pairing), its name, and that state's enrollment policy (empty for a
+    program no state defines: nothing state-specific applies)."""
+
+    code: str
+    name: str
+    state: str | None
+    policy: dict
+    rules: RuleSet
 
 
 @cache
@@ -71,24 +80,12 @@ def _load_policy(path: str) -> dict:
     return yaml.safe_load(Path(path).read_text())
 
 
-def policy(program: str) -> dict:
-    """The enrollment policy of the state whose eligibility rules define `program`
-    (empty for a program no state defines: nothing state-specific applies)."""
-    state = program_state(program)
-    return (_load_policy(_policy_file()).get(state) or {}) if state else {}
-
-
-def program_state(program: str) -> str | None:
-    """The state whose eligibility rule file lists `program` (one source for the pairing)."""
-    rules = eligibility.load_rules(eligibility._rules_dir(None))
-    return next((code for code, doc in rules.states.items()
-                 if any(p["code"] == program for p in doc["programs"])), None)
-
-
-def program_name(program: str) -> str:
-    rules = eligibility.load_rules(eligibility._rules_dir(None))
-    return next((p.get("name") or program for doc in rules.states.values()
-                 for p in doc["programs"] if p["code"] == program), program)
+def program(code: str, files: RuleFiles) -> Program:
+    rules = files.rules()
+    state, name = next(((state, p.get("name") or code) for state, doc in rules.states.items()
+                        for p in doc["programs"] if p["code"] == code), (None, code))
+    policy = (_load_policy(files.enrollment).get(state) or {}) if state else {}
+    return Program(code, name, state, policy, rules)
 
 
 def _system(name: str) -> str:
@@ -104,7 +101,7 @@ def _program(episode: dict) -> str | None:
                  if c.get("system") == HH_PROGRAM), None)
 
 
-def enroll(patient: dict, request: Request, verdict, conditions: list[dict],
+def enroll(patient: dict, request: Request, program: Program, verdict, conditions: list[dict],
            episodes: list[dict]) -> dict:
     """The HH Enrollment EpisodeOfCare to create, or EnrollmentRefused (422 / 409 / 400)."""
     if request.source not in SOURCES:
@@ -112,7 +109,7 @@ def enroll(patient: dict, request: Request, verdict, conditions: list[dict],
     if verdict is None:
         raise EnrollmentRefused(400, f"Program '{request.program}' is not a program of the "
                                      "member's state", "program")
-    _check_consent(patient, request)
+    _check_consent(patient, request, program)
     current = active_enrollments(episodes)
     if current:
         raise EnrollmentRefused(409, f"Already actively enrolled in {_program(current[0])} "
@@ -123,8 +120,8 @@ def enroll(patient: dict, request: Request, verdict, conditions: list[dict],
                                      f"{verdict.explanation} (rule {verdict.rule}); enroll with "
                                      "an override and a reason to proceed", "program")
     qualifying = [c for c in conditions
-                  if _qualifies(c, set(verdict.basis), request.program, patient)] or \
-        [c for c in conditions if _qualifies(c, None, request.program, patient)]
+                  if _qualifies(c, set(verdict.basis), program, patient)] or \
+        [c for c in conditions if _qualifies(c, None, program, patient)]
     if not qualifying:
         raise EnrollmentRefused(422, "No qualifying Condition is on record to link the "
                                      "enrollment to", "program")
@@ -143,10 +140,10 @@ def enroll(patient: dict, request: Request, verdict, conditions: list[dict],
     }
 
 
-def _check_consent(patient: dict, request: Request) -> None:
+def _check_consent(patient: dict, request: Request, program: Program) -> None:
     """Where the state requires the member's (or guardian's) agreement, no enrollment
     without it; an agreement given must be the member's own or their guardian's."""
-    rule = policy(request.program).get("consent") or {}
+    rule = program.policy.get("consent") or {}
     agreement, member = request.consent, f"Patient/{patient['id']}"
     if agreement is None:
         if rule.get("required"):
@@ -163,7 +160,7 @@ def _check_consent(patient: dict, request: Request) -> None:
                                 "consent.agreedBy")
 
 
-def consent(patient_ref: str, request: Request, episode_ref: str) -> dict:
+def consent(patient_ref: str, request: Request, program: Program, episode_ref: str) -> dict:
     """The member's (or guardian's) agreement to the enrollment, as a FHIR Consent: an
     opt-in to the Health Home, permitting the enrollment from its start."""
     agreement = request.consent
@@ -179,18 +176,19 @@ def consent(patient_ref: str, request: Request, episode_ref: str) -> dict:
         "organization": [{"reference": request.provider}],
         "policyRule": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
                                    "code": "OPTIN"}],
-                       "text": f"Agreement to enroll in the {program_name(request.program)}"},
+                       "text": f"Agreement to enroll in the {program.name}"},
         "provision": {"type": "permit", "period": {"start": request.start.isoformat()},
                       "data": [{"meaning": "related", "reference": {"reference": episode_ref}}]},
     }
 
 
-def _categories(condition: dict, program: str, patient: dict) -> set[str]:
-    return eligibility.counted_categories(condition, program_state(program) or "",
-                                          patient.get("birthDate"))
+def _categories(condition: dict, program: Program, patient: dict) -> set[str]:
+    return eligibility.counted_categories(condition, program.state or "",
+                                          patient.get("birthDate"), program.rules)
 
 
-def _qualifies(condition: dict, basis: set[str] | None, program: str, patient: dict) -> bool:
+def _qualifies(condition: dict, basis: set[str] | None, program: Program,
+               patient: dict) -> bool:
     found = _categories(condition, program, patient)
     return bool(found) and (basis is None or bool(found & basis))
 
@@ -230,14 +228,14 @@ def enrollments_list(patient_id: str, latest: str | None = None, when: str | Non
 
 # -- disenrollment -----------------------------------------------------------------------
 
-def disenroll(episodes: list[dict], program: str, reason: str, end: date) -> dict:
+def disenroll(episodes: list[dict], program: Program, reason: str, end: date) -> dict:
     """The enrollment, closed: finished, period.end, reason; an opt-out gets a reassessment
     date where the program's state reassesses opt-outs (KanCare, manual 4.2)."""
     if reason not in REASONS:
         raise EnrollmentRefused(400, f"reason must be one of {', '.join(REASONS)}", "reason")
-    current = [e for e in active_enrollments(episodes) if _program(e) == program]
+    current = [e for e in active_enrollments(episodes) if _program(e) == program.code]
     if not current:
-        raise EnrollmentRefused(404, f"No active {program} enrollment to close", "program")
+        raise EnrollmentRefused(404, f"No active {program.code} enrollment to close", "program")
     episode = dict(current[0])
     start = (episode.get("period") or {}).get("start", "")
     if start and end.isoformat() < start[:10]:
@@ -247,7 +245,7 @@ def disenroll(episodes: list[dict], program: str, reason: str, end: date) -> dic
                                           f"{SD}/hh-annual-reassessment-date")]
     extensions.append({"url": f"{SD}/hh-disenrollment-reason", "valueCodeableConcept": {
         "coding": [{"system": f"{CS}/hh-disenrollment-reason", "code": reason}]}})
-    reassessment = policy(program).get("opt_out_reassessment")
+    reassessment = program.policy.get("opt_out_reassessment")
     if reason == "opt-out" and reassessment:
         extensions.append({"url": f"{SD}/hh-annual-reassessment-date",
                            "valueDate": _add_months(end, reassessment["months"]).isoformat()})
@@ -266,22 +264,22 @@ def _add_months(day: date, months: int) -> date:
 
 # -- the KanCare assignment letter (manual 4.2) -------------------------------------------
 
-def sends_letter(program: str, source: str) -> bool:
-    letter = policy(program).get("assignment_letter")
+def sends_letter(program: Program, source: str) -> bool:
+    letter = program.policy.get("assignment_letter")
     return bool(letter) and source in letter.get("sources", ())
 
 
-def assignment_letter(patient: dict, episode_ref: str, program: str, verdict, provider: dict,
-                      when: str) -> dict:
+def assignment_letter(patient: dict, episode_ref: str, program: Program, verdict,
+                      provider: dict, when: str) -> dict:
     """The assignment letter as a Communication with readable HTML: what Health Homes are
     and offer, why the member is eligible, the Health Home Partner, how to choose another
     and how to opt out. The words come from the policy file, in plain language: the member
     sees no rule ids or document citations."""
-    letter = policy(program)["assignment_letter"]
+    letter = program.policy["assignment_letter"]
     first = (patient.get("name") or [{}])[0]
     values = {"name": " ".join([*first.get("given", []), first.get("family", "")]).strip()
                       or "Member",
-              "program": program_name(program),
+              "program": program.name,
               "partner": provider.get("name") or "your Health Home Partner"}
     values["why"] = _why(letter["why"], verdict, values["program"])
 
@@ -319,21 +317,21 @@ def _why(words: dict, verdict, program: str) -> str:
 
 # -- DD / TCM coordination: the care team and the Regional Office referral ---------------
 
-def coordination_episodes(program: str, episodes: list[dict]) -> list[dict]:
+def coordination_episodes(program: Program, episodes: list[dict]) -> list[dict]:
     """The member's open episodes whose type marks a provider the Health Home must work
     with (Missouri: DD provider types 15 and 85; KanCare: the I/DD TCM provider)."""
     wanted = {(_system(t["system"]), str(t["code"]))
-              for t in (policy(program).get("care_team") or {}).get("episode_types", [])}
+              for t in (program.policy.get("care_team") or {}).get("episode_types", [])}
     return [e for e in episodes if e.get("status") in OPEN
             and any((c.get("system"), c.get("code")) in wanted
                     for t in e.get("type", []) for c in t.get("coding", []))]
 
 
-def care_team(program: str, patient_ref: str, enrollment_ref: str,
+def care_team(program: Program, patient_ref: str, enrollment_ref: str,
               coordination: list[dict]) -> dict | None:
     """The enrollment's CareTeam with the coordinators and agencies of those episodes: the
     Health Home coordinates with them, it does not replace them."""
-    team = policy(program).get("care_team") or {}
+    team = program.policy.get("care_team") or {}
     members = [{"role": [{"text": team["roles"][element]}], "member": episode[element]}
                for episode in coordination
                for element in ("careManager", "managingOrganization") if episode.get(element)]
@@ -345,19 +343,19 @@ def care_team(program: str, patient_ref: str, enrollment_ref: str,
             "note": [{"text": f"Care team of {enrollment_ref}"}]}
 
 
-def dd_referral_needed(program: str, patient: dict, conditions: list[dict],
+def dd_referral_needed(program: Program, patient: dict, conditions: list[dict],
                        coordination: list[dict]) -> bool:
     """A developmental-disability condition but no open DD episode, in a state that refers
     such members to a DD Regional Office (Missouri)."""
-    return bool(policy(program).get("dd_referral")) and not coordination and any(
+    return bool(program.policy.get("dd_referral")) and not coordination and any(
         "developmental-disability" in _categories(condition, program, patient)
         for condition in conditions)
 
 
-def dd_referral(program: str, patient: dict, when: str) -> dict:
+def dd_referral(program: Program, patient: dict, when: str) -> dict:
     """The work item: a draft ServiceRequest to the DD Regional Office serving the member's
     county (Patient.address.district); an unknown county is said to be unknown."""
-    offices = policy(program)["dd_referral"].get("regional_offices") or {}
+    offices = program.policy["dd_referral"].get("regional_offices") or {}
     county = next((a["district"] for a in patient.get("address") or [] if a.get("district")),
                   None)
     if county is None:

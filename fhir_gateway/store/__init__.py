@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from fhir_gateway.config import Settings
+from fhir_gateway.config import DEFAULT_PROFILES
 from fhir_gateway.store.base import FhirStore, StoreURLError
 
 
-def open_store(url: str, settings: Settings | None = None) -> FhirStore:
-    """The store behind `url`, wrapped so that every write is validated first."""
+def open_store(url: str, profiles: str = DEFAULT_PROFILES, validate_all: bool = False
+               ) -> FhirStore:
+    """The store behind `url`, wrapped so that every write is validated first (against the
+    IG package `profiles`; with `validate_all`, every resource of a profiled type)."""
     from fhir_gateway.healthhome.checks import health_home_validator
     from fhir_gateway.validation.guard import ValidatingStore
 
-    settings = settings or Settings()
-    return ValidatingStore(_open(url), health_home_validator(settings.profiles,
-                                                             settings.validate_all))
+    return ValidatingStore(_open(url), health_home_validator(profiles, validate_all))
 
 
 def _open(url: str) -> FhirStore:

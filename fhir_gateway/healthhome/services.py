@@ -1,0 +1,238 @@
+"""Health Home workflows over any store: a member's record, eligibility, status, enrollment
+and disenrollment.
+
+Each takes a store (the `FhirStore` contract), the `RuleFiles` the settings name and plain
+inputs, and returns plain results (resources, an `Evaluation`, `SourceStatus`es); what it
+refuses it raises as a `FhirError`. The HTTP operations and the CLI call these, and only
+render what comes back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import date
+
+from fhir_gateway.healthhome import enrollment as hh_enrollment
+from fhir_gateway.healthhome import status as hh_status
+from fhir_gateway.healthhome.eligibility import (
+    PRIMARY_SOURCES,
+    Evaluation,
+    RuleFiles,
+    evaluate,
+    observation_codes,
+)
+from fhir_gateway.identifiers import LOINC, MO_HEALTHNET_DCN
+from fhir_gateway.outcome import FhirError, invalid
+from fhir_gateway.search.dates import now_instant
+from fhir_gateway.store.base import FhirStore
+
+#: how often `enroll` decides again after losing a race with a concurrent change
+ATTEMPTS = 3
+#: members read per page when every stored member is evaluated
+PAGE = 500
+
+
+# -- the member's record and eligibility --------------------------------------------------
+
+def member_record(store: FhirStore, patient_id: str, files: RuleFiles) -> list[dict]:
+    """The facts eligibility reads: the Patient, Conditions, the BMI, BMI-for-age and
+    smoking Observations, Coverage, and what ranks diagnoses (the primary diagnosis):
+    EpisodesOfCare, Encounters, Claims."""
+    patient = store.read("Patient", patient_id)
+    subject = f"Patient/{patient_id}"
+    loinc = ",".join(f"{LOINC}|{code}" for code in observation_codes(files.rules()))
+    found = [patient]
+    for resource_type, params in (
+            ("Condition", [("patient", subject)]),
+            ("Observation", [("patient", subject), ("code", loinc)]),
+            ("Coverage", [("beneficiary", subject)]),
+            *((kind, [("patient", subject)]) for kind in PRIMARY_SOURCES)):
+        found += store.search(resource_type, [*params, ("_count", "1000")]).matches
+    return found
+
+
+def stored_members(store: FhirStore, files: RuleFiles) -> Iterator[list[dict]]:
+    """Each stored member's record, page by page (what batch eligibility reads)."""
+    offset = 0
+    while True:
+        page = store.search("Patient", [("_count", str(PAGE)), ("_offset", str(offset)),
+                                        ("_elements", "id")]).matches
+        for patient in page:
+            yield member_record(store, patient["id"], files)
+        if len(page) < PAGE:
+            return
+        offset += PAGE
+
+
+def member_eligibility(store: FhirStore, patient_id: str, state: str | None,
+                       as_of: date | None, files: RuleFiles) -> Evaluation:
+    """Eligibility on what the store holds for one member."""
+    return evaluate(member_record(store, patient_id, files), state, as_of, files=files)
+
+
+# -- status as each source sees it ----------------------------------------------------------
+
+def member_status(store: FhirStore, lookups: dict, patient_id: str | None,
+                  identifier: str | None) -> list[hh_status.SourceStatus]:
+    """CIMOR's, CyberAccess's and the store's view of the member (by id, or by identifier
+    `system|value`), the two live lookups asked in parallel."""
+    patient = _patient(store, patient_id, identifier)
+    dcn = next((i.get("value") for i in patient.get("identifier", [])
+                if i.get("system") == MO_HEALTHNET_DCN), None)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        asked = {name: pool.submit(_ask, lookups.get(name), name, dcn)
+                 for name in ("cimor", "cyberaccess")}
+        held = _held(store, patient["id"])
+        return [asked["cimor"].result(), asked["cyberaccess"].result(), held]
+
+
+def _patient(store: FhirStore, patient_id: str | None, identifier: str | None) -> dict:
+    if patient_id:
+        return store.read("Patient", patient_id)
+    found = store.search("Patient", [("identifier", identifier), ("_count", "2")]).matches
+    if not found:
+        raise FhirError(404, f"No Patient has identifier {identifier}", "not-found", "identifier")
+    if len(found) > 1:
+        raise FhirError(412, f"More than one Patient has identifier {identifier}", "duplicate",
+                        "identifier")
+    return found[0]
+
+
+def _ask(client, name: str, dcn: str | None) -> hh_status.SourceStatus:
+    """One live lookup; a source that is down or not configured is reported, not raised."""
+    reduce = hh_status.from_cimor if name == "cimor" else hh_status.from_cyberaccess
+    if client is None:
+        return hh_status.SourceStatus(name, reachable=False,
+                                      problem="no lookup endpoint configured")
+    if dcn is None:
+        return hh_status.SourceStatus(name, reachable=False,
+                                      problem="the member has no MO HealthNet DCN")
+    try:
+        record = client.lookup(dcn)
+    except Exception as exc:  # SourceUnavailable, or anything the client did not expect
+        return hh_status.SourceStatus(name, reachable=False,
+                                      problem=str(exc) or type(exc).__name__)
+    return reduce(record.data if record else None)
+
+
+def _held(store: FhirStore, patient_id: str) -> hh_status.SourceStatus:
+    result = store.search("EpisodeOfCare", [("patient", f"Patient/{patient_id}"),
+                                            ("_include", "EpisodeOfCare:organization"),
+                                            ("_count", "100")])
+    names = {f"Organization/{o['id']}": o.get("name") for o in result.included
+             if o.get("resourceType") == "Organization" and o.get("name")}
+    return hh_status.from_store(result.matches, names)
+
+
+# -- enrollment and disenrollment -----------------------------------------------------------
+
+def enroll(store: FhirStore, files: RuleFiles, patient_id: str,
+           wanted: hh_enrollment.Request) -> dict:
+    """Decide and write in one transaction, with the member's enrollment List as the guard:
+    each attempt reads the List, then the record, and writes with If-Match on the List's
+    version. Of concurrent enrollments of one member the store commits one; the others fail
+    (409/412 from either store, HAPI included) and decide again on what was committed.
+    Returns the EpisodeOfCare as stored."""
+    if wanted.consent and wanted.consent.by.startswith("RelatedPerson/"):
+        wanted.consent.guardian = _referenced(store, wanted.consent.by, "consent.agreedBy")
+    program = hh_enrollment.program(wanted.program, files)
+    for _ in range(ATTEMPTS):
+        guard = _enrollments_list(store, patient_id)
+        bundle = _enrollment_bundle(store, files, patient_id, wanted, program, guard)
+        try:
+            response = store.transaction(bundle)
+        except FhirError as err:
+            if err.status in (409, 412):  # the List changed since we read it
+                continue
+            raise
+        location = response["entry"][0]["response"]["location"].split("/")
+        return store.read(location[0], location[1])
+    raise FhirError(409, f"The enrollments of Patient/{patient_id} changed during each of "
+                         f"{ATTEMPTS} attempts; try again", "conflict")
+
+
+def _referenced(store: FhirStore, reference: str, where: str) -> dict:
+    try:
+        return store.read(*reference.split("/", 1))
+    except FhirError as err:
+        if err.status in (404, 410):
+            raise invalid(f"{reference} is not on record", where) from None
+        raise
+
+
+def _enrollments_list(store: FhirStore, patient_id: str) -> dict:
+    """The member's enrollment List, created on their first `$enroll` (after the Patient is
+    known to exist). Two first requests may both write it: the content is the same."""
+    list_id = hh_enrollment.enrollments_list_id(patient_id)
+    try:
+        return store.read("List", list_id)
+    except FhirError as err:
+        if err.status not in (404, 410):
+            raise
+    store.read("Patient", patient_id)
+    try:
+        return store.update("List", list_id, hh_enrollment.enrollments_list(patient_id)).resource
+    except FhirError as err:
+        if err.status not in (409, 412):
+            raise
+        return store.read("List", list_id)
+
+
+def _enrollment_bundle(store: FhirStore, files: RuleFiles, patient_id: str,
+                       wanted: hh_enrollment.Request, program: hh_enrollment.Program,
+                       guard: dict) -> dict:
+    """The transaction of one enrollment: the EpisodeOfCare, what goes with it (consent,
+    override Provenance, care team, Regional Office referral, KanCare assignment letter) and
+    the List, rewritten If-Match its version read before the record was."""
+    record = member_record(store, patient_id, files)
+    programs = evaluate(record, None, wanted.start, files=files).programs
+    verdict = next((p for p in programs if p.code == wanted.program), None)
+    conditions = [r for r in record if r["resourceType"] == "Condition"]
+    episodes = _episodes(store, patient_id)
+    episode = hh_enrollment.enroll(record[0], wanted, program, verdict, conditions, episodes)
+    target, when, member = f"urn:uuid:{uuid.uuid4()}", now_instant()[0], f"Patient/{patient_id}"
+    entries = [{"fullUrl": target, "resource": episode,
+                "request": {"method": "POST", "url": "EpisodeOfCare"}}]
+
+    def add(resource: dict, full_url: str | None = None) -> None:
+        entries.append({**({"fullUrl": full_url} if full_url else {}), "resource": resource,
+                        "request": {"method": "POST", "url": resource["resourceType"]}})
+
+    if wanted.consent:
+        add(hh_enrollment.consent(member, wanted, program, target))
+    if wanted.override_reason:
+        add(hh_enrollment.override_provenance(target, member, wanted.override_reason, when))
+    coordination = hh_enrollment.coordination_episodes(program, episodes)
+    team = hh_enrollment.care_team(program, member, target, coordination)
+    if team:
+        add(team, f"urn:uuid:{uuid.uuid4()}")
+        episode["team"] = [{"reference": entries[-1]["fullUrl"]}]
+    if hh_enrollment.dd_referral_needed(program, record[0], conditions, coordination):
+        add(hh_enrollment.dd_referral(program, record[0], when))
+    if hh_enrollment.sends_letter(program, wanted.source):
+        provider = store.read(*wanted.provider.split("/", 1))
+        add(hh_enrollment.assignment_letter(record[0], target, program, verdict, provider,
+                                            when))
+    entries.append({"resource": hh_enrollment.enrollments_list(patient_id, target, when),
+                    "request": {"method": "PUT", "url": f"List/{guard['id']}",
+                                "ifMatch": f'W/"{guard["meta"]["versionId"]}"'}})
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def disenroll(store: FhirStore, files: RuleFiles, patient_id: str, program: str, reason: str,
+              end: date) -> dict:
+    """Close the member's active enrollment in `program`: one write, If-Match the version
+    read, so a concurrent change makes it fail rather than be overwritten. Returns the
+    EpisodeOfCare as stored."""
+    store.read("Patient", patient_id)
+    episode = hh_enrollment.disenroll(_episodes(store, patient_id),
+                                      hh_enrollment.program(program, files), reason, end)
+    version = episode["meta"]["versionId"]
+    return store.update("EpisodeOfCare", episode["id"], episode, f'W/"{version}"').resource
+
+
+def _episodes(store: FhirStore, patient_id: str) -> list[dict]:
+    return store.search("EpisodeOfCare", [("patient", f"Patient/{patient_id}"),
+                                          ("_count", "1000")]).matches
