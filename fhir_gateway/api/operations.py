@@ -62,7 +62,7 @@ async def hh_eligibility_posted(request: Request) -> Response:
                       "Parameters.parameter")
     resources = [e["resource"] for e in bundle.get("entry", []) if isinstance(e.get("resource"), dict)]
     state = (params.get("state") or {}).get("valueCode")
-    when = _as_of((params.get("asOf") or {}).get("valueDate"))
+    when = _day((params.get("asOf") or {}).get("valueDate"), "asOf")
     result = evaluate(resources, state, when, files=_files(request))
     return _eligibility_response(request, result)
 
@@ -70,18 +70,10 @@ async def hh_eligibility_posted(request: Request) -> Response:
 @router.get("/Patient/{patient_id}/$hh-eligibility")
 async def hh_eligibility(request: Request, patient_id: str) -> Response:
     """Evaluate what the store holds for one member."""
-    query = request.query_params
+    state, as_of = request.query_params.get("state"), request.query_params.get("asOf")
     result = await run_in_threadpool(services.member_eligibility, request.app.state.store,
-                                     patient_id, query.get("state"), _as_of(query.get("asOf")),
-                                     _files(request))
+                                     patient_id, state, _day(as_of, "asOf"), _files(request))
     return _eligibility_response(request, result)
-
-
-def _as_of(as_of: str | None) -> date | None:
-    try:
-        return date.fromisoformat(as_of) if as_of else None
-    except ValueError:
-        raise invalid(f"asOf must be a date (YYYY-MM-DD), not '{as_of}'", "asOf") from None
 
 
 def _eligibility_response(request: Request, result: Evaluation) -> Response:
@@ -104,16 +96,19 @@ def _parameters(body: object) -> dict[str, dict]:
     return {p.get("name"): p for p in body.get("parameter", [])}
 
 
-def _date(params: dict, name: str, required: bool = True) -> date | None:
-    value = (params.get(name) or {}).get("valueDate")
-    if value is None:
-        if required:
-            raise invalid(f"Parameter '{name}' (valueDate) is required", name)
-        return None
+def _day(value: str | None, name: str) -> date | None:
+    """A date parameter, None when absent or empty; not a date is a 400 that names it."""
     try:
-        return date.fromisoformat(value)
+        return date.fromisoformat(value) if value else None
     except ValueError:
         raise invalid(f"Parameter '{name}' must be a date (YYYY-MM-DD), not '{value}'", name) from None
+
+
+def _date(params: dict, name: str) -> date:
+    value = (params.get(name) or {}).get("valueDate")
+    if not value:
+        raise invalid(f"Parameter '{name}' (valueDate) is required", name)
+    return _day(value, name)
 
 
 def _code(params: dict, name: str) -> str:

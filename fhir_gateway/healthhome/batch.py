@@ -17,6 +17,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from datetime import date
+from functools import partial
 from itertools import islice
 from pathlib import Path
 
@@ -117,16 +118,17 @@ def rows(members: Iterable[list[dict]], state: str | None, as_of: date | None,
         yield from member_rows(resources, state, as_of, files)
 
 
-def _run_rows(run: tuple[str, list, int], state, as_of, files: RuleFiles) -> list[dict]:
+def _run_rows(run: tuple[str, list, int], judge) -> list[dict]:
     owner, resources, _ = run
     if not owner:  # a line that is not a resource
         return [{"patient": "", "error": resources[0]}]
-    return member_rows(resources, state, as_of, files)
+    return judge(resources)
 
 
-def _judge_chunk(lines: list[bytes], first_line: int, state, as_of, files: RuleFiles):
+def _judge_chunk(lines: list[bytes], first_line: int, judge):
     """Worker: (first run, rows of the inner runs as JSON, inner runs' owners and lines,
     last run). Rows travel as JSON: between processes, far cheaper than pickled dicts.
+    `judge`: `member_rows` with the state, date and rule files bound.
 
     A run is one owner's consecutive lines, (owner, resources, line); a line that is not a
     resource is a run of its own, ("", [error], line). The first and last runs come back
@@ -148,7 +150,7 @@ def _judge_chunk(lines: list[bytes], first_line: int, state, as_of, files: RuleF
             first = run
         else:
             inner.append((run[0], run[2]))
-            rows.extend(_run_rows(run, state, as_of, files))
+            rows.extend(_run_rows(run, judge))
 
     for number, line in enumerate(lines, first_line):
         if not line.strip():
@@ -186,8 +188,8 @@ def _chunks(path: Path) -> Iterator[tuple[list[bytes], int]]:
 class _Stitcher:
     """Joins runs cut by chunk boundaries and notices a member seen twice."""
 
-    def __init__(self, state, as_of, files: RuleFiles):
-        self.state, self.as_of, self.files = state, as_of, files
+    def __init__(self, judge):
+        self.judge = judge
         self.seen: set[str] = set()
         self.open: tuple[str, list, int] | None = None  # the last run so far: it may go on
 
@@ -202,7 +204,7 @@ class _Stitcher:
         if run is None:
             return []
         self.mark(run[0], run[2])
-        return _run_rows(run, self.state, self.as_of, self.files)
+        return _run_rows(run, self.judge)
 
     def add(self, result) -> list[dict]:
         first, inner_rows, inner_owners, last = result
@@ -231,11 +233,12 @@ def rows_from_ndjson(path: Path, state: str | None, as_of: date | None,
     caller then starts over with `rows(members_from_ndjson(path), ...)`.
     """
     workers = workers or max(1, min(4, os.cpu_count() or 1))
-    stitcher = _Stitcher(state, as_of, files)
+    judge = partial(member_rows, state=state, as_of=as_of, files=files)
+    stitcher = _Stitcher(judge)
     with ProcessPoolExecutor(workers) as pool:
         in_flight: deque = deque()
         for lines, first in _chunks(path):
-            in_flight.append(pool.submit(_judge_chunk, lines, first, state, as_of, files))
+            in_flight.append(pool.submit(_judge_chunk, lines, first, judge))
             if len(in_flight) >= 2 * workers:  # bounded: memory stays flat
                 yield from stitcher.add(in_flight.popleft().result())
         while in_flight:

@@ -106,7 +106,7 @@ class RuleFiles:
     @classmethod
     def of(cls, settings) -> RuleFiles:
         """The files a `Settings` names (`hh_rules`, `hh_enrollment`, `profiles`)."""
-        return cls(str(settings.hh_rules), str(settings.hh_enrollment), str(settings.profiles))
+        return cls(settings.hh_rules, settings.hh_enrollment, settings.profiles)
 
     def rules(self) -> RuleSet:
         return load_rules(self.eligibility, self.package)

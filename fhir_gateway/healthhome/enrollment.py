@@ -80,7 +80,8 @@ def _load_policy(path: str) -> dict:
     return yaml.safe_load(Path(path).read_text())
 
 
-def program(code: str, files: RuleFiles) -> Program:
+def find_program(code: str, files: RuleFiles) -> Program:
+    """The program `code` with what enrollment reads about it under `files`."""
     rules = files.rules()
     state, name = next(((state, p.get("name") or code) for state, doc in rules.states.items()
                         for p in doc["programs"] if p["code"] == code), (None, code))

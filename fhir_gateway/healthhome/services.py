@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 
 from fhir_gateway.healthhome import enrollment as hh_enrollment
-from fhir_gateway.healthhome import status as hh_status
 from fhir_gateway.healthhome.eligibility import (
     PRIMARY_SOURCES,
     Evaluation,
@@ -23,6 +22,7 @@ from fhir_gateway.healthhome.eligibility import (
     evaluate,
     observation_codes,
 )
+from fhir_gateway.healthhome.status import SourceStatus, from_cimor, from_cyberaccess, from_store
 from fhir_gateway.identifiers import LOINC, MO_HEALTHNET_DCN
 from fhir_gateway.outcome import FhirError, invalid
 from fhir_gateway.search.dates import now_instant
@@ -75,7 +75,7 @@ def member_eligibility(store: FhirStore, patient_id: str, state: str | None,
 # -- status as each source sees it ----------------------------------------------------------
 
 def member_status(store: FhirStore, lookups: dict, patient_id: str | None,
-                  identifier: str | None) -> list[hh_status.SourceStatus]:
+                  identifier: str | None) -> list[SourceStatus]:
     """CIMOR's, CyberAccess's and the store's view of the member (by id, or by identifier
     `system|value`), the two live lookups asked in parallel."""
     patient = _patient(store, patient_id, identifier)
@@ -100,30 +100,27 @@ def _patient(store: FhirStore, patient_id: str | None, identifier: str | None) -
     return found[0]
 
 
-def _ask(client, name: str, dcn: str | None) -> hh_status.SourceStatus:
+def _ask(client, name: str, dcn: str | None) -> SourceStatus:
     """One live lookup; a source that is down or not configured is reported, not raised."""
-    reduce = hh_status.from_cimor if name == "cimor" else hh_status.from_cyberaccess
+    reduce = from_cimor if name == "cimor" else from_cyberaccess
     if client is None:
-        return hh_status.SourceStatus(name, reachable=False,
-                                      problem="no lookup endpoint configured")
+        return SourceStatus(name, reachable=False, problem="no lookup endpoint configured")
     if dcn is None:
-        return hh_status.SourceStatus(name, reachable=False,
-                                      problem="the member has no MO HealthNet DCN")
+        return SourceStatus(name, reachable=False, problem="the member has no MO HealthNet DCN")
     try:
         record = client.lookup(dcn)
     except Exception as exc:  # SourceUnavailable, or anything the client did not expect
-        return hh_status.SourceStatus(name, reachable=False,
-                                      problem=str(exc) or type(exc).__name__)
+        return SourceStatus(name, reachable=False, problem=str(exc) or type(exc).__name__)
     return reduce(record.data if record else None)
 
 
-def _held(store: FhirStore, patient_id: str) -> hh_status.SourceStatus:
+def _held(store: FhirStore, patient_id: str) -> SourceStatus:
     result = store.search("EpisodeOfCare", [("patient", f"Patient/{patient_id}"),
                                             ("_include", "EpisodeOfCare:organization"),
                                             ("_count", "100")])
     names = {f"Organization/{o['id']}": o.get("name") for o in result.included
              if o.get("resourceType") == "Organization" and o.get("name")}
-    return hh_status.from_store(result.matches, names)
+    return from_store(result.matches, names)
 
 
 # -- enrollment and disenrollment -----------------------------------------------------------
@@ -137,7 +134,7 @@ def enroll(store: FhirStore, files: RuleFiles, patient_id: str,
     Returns the EpisodeOfCare as stored."""
     if wanted.consent and wanted.consent.by.startswith("RelatedPerson/"):
         wanted.consent.guardian = _referenced(store, wanted.consent.by, "consent.agreedBy")
-    program = hh_enrollment.program(wanted.program, files)
+    program = hh_enrollment.find_program(wanted.program, files)
     for _ in range(ATTEMPTS):
         guard = _enrollments_list(store, patient_id)
         bundle = _enrollment_bundle(store, files, patient_id, wanted, program, guard)
@@ -228,7 +225,7 @@ def disenroll(store: FhirStore, files: RuleFiles, patient_id: str, program: str,
     EpisodeOfCare as stored."""
     store.read("Patient", patient_id)
     episode = hh_enrollment.disenroll(_episodes(store, patient_id),
-                                      hh_enrollment.program(program, files), reason, end)
+                                      hh_enrollment.find_program(program, files), reason, end)
     version = episode["meta"]["versionId"]
     return store.update("EpisodeOfCare", episode["id"], episode, f'W/"{version}"').resource
 
