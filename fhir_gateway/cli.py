@@ -34,7 +34,9 @@ def main(ctx: typer.Context) -> None:
     try:
         ctx.obj = Settings()
     except ValidationError as err:
-        console.print(f"[red]error:[/red] {escape(str(err))}")
+        for problem in err.errors():
+            console.print(f"[red]error:[/red] FHIR_GATEWAY_{str(problem['loc'][0]).upper()}: "
+                          f"{escape(problem['msg'])}")
         raise typer.Exit(2) from None
 
 

@@ -108,7 +108,7 @@ def test_a_bad_setting_is_one_clear_error_before_any_command():
                            str(ROOT / "pyproject.toml")], capture_output=True, text=True,
                           cwd=ROOT, timeout=60,
                           env={**os.environ, "FHIR_GATEWAY_LOOKUP_TIMEOUT": "soon"})
-    assert done.returncode == 2 and "lookup_timeout" in done.stderr
+    assert done.returncode == 2 and "FHIR_GATEWAY_LOOKUP_TIMEOUT" in done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -52,10 +52,7 @@ async def _hh_status(request: Request, patient_id: str | None, identifier: str |
 @router.post("/Patient/$hh-eligibility")
 async def hh_eligibility_posted(request: Request) -> Response:
     """Evaluate the resources of a posted Parameters(`bundle`, `state`?, `asOf`?)."""
-    body = await read_body(request)
-    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
-        raise invalid("$hh-eligibility takes a Parameters resource", "resourceType")
-    params = {p.get("name"): p for p in body.get("parameter", [])}
+    params = _parameters(await read_body(request))
     bundle = (params.get("bundle") or {}).get("resource")
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise invalid("Parameters needs a 'bundle' parameter holding a Bundle",

@@ -23,6 +23,7 @@ import yaml
 
 from fhir_gateway.healthhome import eligibility
 from fhir_gateway.healthhome.eligibility import RuleFiles, RuleSet
+from fhir_gateway.healthhome.status import OPEN, episode_program
 from fhir_gateway.identifiers import CANONICAL_BASE, HH_PROGRAM
 from fhir_gateway.outcome import FhirError
 
@@ -30,7 +31,6 @@ SD = f"{CANONICAL_BASE}/StructureDefinition"
 CS = f"{CANONICAL_BASE}/CodeSystem"
 SOURCES = ("referral", "mco-assignment", "claims-list", "self")
 REASONS = ("opt-out", "moved", "lost-eligibility", "deceased", "other")
-OPEN = ("active", "onhold", "waitlist")
 _ISSUE_CODES = {409: "conflict", 422: "business-rule", 404: "not-found"}
 
 
@@ -94,12 +94,7 @@ def _system(name: str) -> str:
 
 
 def active_enrollments(episodes: list[dict]) -> list[dict]:
-    return [e for e in episodes if e.get("status") in OPEN and _program(e)]
-
-
-def _program(episode: dict) -> str | None:
-    return next((c.get("code") for t in episode.get("type", []) for c in t.get("coding", [])
-                 if c.get("system") == HH_PROGRAM), None)
+    return [e for e in episodes if e.get("status") in OPEN and episode_program(e)]
 
 
 def enroll(patient: dict, request: Request, program: Program, verdict, conditions: list[dict],
@@ -113,7 +108,7 @@ def enroll(patient: dict, request: Request, program: Program, verdict, condition
     _check_consent(patient, request, program)
     current = active_enrollments(episodes)
     if current:
-        raise EnrollmentRefused(409, f"Already actively enrolled in {_program(current[0])} "
+        raise EnrollmentRefused(409, f"Already actively enrolled in {episode_program(current[0])} "
                                      f"(EpisodeOfCare/{current[0].get('id')}): one Health Home "
                                      "at a time; disenroll first")
     if not verdict.eligible and not request.override_reason:
@@ -234,7 +229,7 @@ def disenroll(episodes: list[dict], program: Program, reason: str, end: date) ->
     date where the program's state reassesses opt-outs (KanCare, manual 4.2)."""
     if reason not in REASONS:
         raise EnrollmentRefused(400, f"reason must be one of {', '.join(REASONS)}", "reason")
-    current = [e for e in active_enrollments(episodes) if _program(e) == program.code]
+    current = [e for e in active_enrollments(episodes) if episode_program(e) == program.code]
     if not current:
         raise EnrollmentRefused(404, f"No active {program.code} enrollment to close", "program")
     episode = dict(current[0])

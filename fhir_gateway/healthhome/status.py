@@ -15,6 +15,8 @@ from fhir_gateway.identifiers import HH_PROGRAM
 PROGRAMS = {"CMHC": "mo-cmhc", "PCHH": "mo-pchh"}
 DD_PROVIDER_TYPES = ("15", "85")
 COMPARED = ("hhEnrolled", "program", "ddEpisodeOpen")
+#: the EpisodeOfCare statuses of an episode still open
+OPEN = ("active", "onhold", "waitlist")
 
 
 @dataclass
@@ -80,14 +82,20 @@ def from_cyberaccess(data: dict | None) -> SourceStatus:
     return status
 
 
+def episode_program(episode: dict) -> str | None:
+    """The Health Home program of an EpisodeOfCare (None: not an HH enrollment)."""
+    return next((c.get("code") for t in episode.get("type", []) for c in t.get("coding", [])
+                 if c.get("system") == HH_PROGRAM), None)
+
+
 def from_store(episodes: list[dict], provider_names: dict[str, str]) -> SourceStatus:
     """What the gateway holds: the member's active EpisodeOfCare resources."""
     status = SourceStatus("store", hh_enrolled=False, dd_episode_open=False)
     for episode in episodes:
-        if episode.get("status") not in ("active", "onhold", "waitlist"):
+        if episode.get("status") not in OPEN:
             continue
         codings = [c for t in episode.get("type", []) for c in t.get("coding", [])]
-        program = next((c["code"] for c in codings if c.get("system") == HH_PROGRAM), None)
+        program = episode_program(episode)
         dd_type = next((c["code"] for c in codings if c.get("code") in DD_PROVIDER_TYPES
                         and c.get("system", "").endswith("/mo-provider-type")), None)
         if program:
