@@ -69,7 +69,7 @@ async def hh_eligibility(request: Request, patient_id: str) -> Response:
     """Evaluate what the store holds for one member."""
     state, as_of = request.query_params.get("state"), request.query_params.get("asOf")
     result = await run_in_threadpool(services.member_eligibility, request.app.state.store,
-                                     patient_id, state, _day(as_of, "asOf"), _files(request))
+                                     _files(request), patient_id, state, _day(as_of, "asOf"))
     return _eligibility_response(request, result)
 
 

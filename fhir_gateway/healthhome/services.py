@@ -36,7 +36,7 @@ PAGE = 500
 
 # -- the member's record and eligibility --------------------------------------------------
 
-def member_record(store: FhirStore, patient_id: str, files: RuleFiles) -> list[dict]:
+def member_record(store: FhirStore, files: RuleFiles, patient_id: str) -> list[dict]:
     """The facts eligibility reads: the Patient, Conditions, the BMI, BMI-for-age and
     smoking Observations, Coverage, and what ranks diagnoses (the primary diagnosis):
     EpisodesOfCare, Encounters, Claims."""
@@ -60,16 +60,16 @@ def stored_members(store: FhirStore, files: RuleFiles) -> Iterator[list[dict]]:
         page = store.search("Patient", [("_count", str(PAGE)), ("_offset", str(offset)),
                                         ("_elements", "id")]).matches
         for patient in page:
-            yield member_record(store, patient["id"], files)
+            yield member_record(store, files, patient["id"])
         if len(page) < PAGE:
             return
         offset += PAGE
 
 
-def member_eligibility(store: FhirStore, patient_id: str, state: str | None,
-                       as_of: date | None, files: RuleFiles) -> Evaluation:
+def member_eligibility(store: FhirStore, files: RuleFiles, patient_id: str, state: str | None,
+                       as_of: date | None) -> Evaluation:
     """Eligibility on what the store holds for one member."""
-    return evaluate(member_record(store, patient_id, files), state, as_of, files=files)
+    return evaluate(member_record(store, files, patient_id), state, as_of, files=files)
 
 
 # -- status as each source sees it ----------------------------------------------------------
@@ -183,7 +183,7 @@ def _enrollment_bundle(store: FhirStore, files: RuleFiles, patient_id: str,
     """The transaction of one enrollment: the EpisodeOfCare, what goes with it (consent,
     override Provenance, care team, Regional Office referral, KanCare assignment letter) and
     the List, rewritten If-Match its version read before the record was."""
-    record = member_record(store, patient_id, files)
+    record = member_record(store, files, patient_id)
     programs = evaluate(record, None, wanted.start, files=files).programs
     verdict = next((p for p in programs if p.code == wanted.program), None)
     conditions = [r for r in record if r["resourceType"] == "Condition"]
