@@ -242,6 +242,7 @@ def eligibility(
     """Evaluate Health Home eligibility for every member; write a CSV or NDJSON report."""
     import csv
     from datetime import date
+    from functools import partial
 
     import orjson
 
@@ -275,12 +276,12 @@ def eligibility(
 
     settings = _settings(ctx, store=store)
     files = RuleFiles.of(settings)
+    rows_of = partial(batch.rows, state=state, as_of=when, files=files)
     if input_file is None:
-        count = report(batch.rows(stored_members(_open(settings), files), state, when, files))
+        count = report(rows_of(stored_members(_open(settings), files)))
     elif input_file.suffix == ".json":
         try:
-            count = report(batch.rows(batch.members_from_bundle(input_file), state, when,
-                                      files))
+            count = report(rows_of(batch.members_from_bundle(input_file)))
         except ValueError as err:
             console.print(f"[red]error:[/red] {escape(str(err))}")
             raise typer.Exit(2) from None
@@ -290,8 +291,7 @@ def eligibility(
         except batch.MembersInterleaved as err:
             console.print(f"{escape(str(input_file))} {escape(str(err))}: members' resources "
                           "are not together, so the file is grouped in memory")
-            count = report(batch.rows(batch.members_from_ndjson(input_file), state, when,
-                                      files))
+            count = report(rows_of(batch.members_from_ndjson(input_file)))
     console.print(f"{count} member(s) evaluated; report: {escape(str(out))}")
 
 
