@@ -32,8 +32,8 @@ def cardiovascular_counts(tmp_path) -> str:
     folder = tmp_path / "rules"
     shutil.copytree(RULES_DIR, folder)
     mo = yaml.safe_load((folder / "mo.yaml").read_text())
-    cmhc = next(p for p in mo["programs"] if p["code"] == "mo-cmhc")
-    cmhc["rules"][0]["when"] = "cardiovascular"
+    program = next(p for p in mo["programs"] if p["code"] == "mo-cmhc")
+    program["rules"][0]["when"] = "cardiovascular"
     (folder / "mo.yaml").write_text(yaml.safe_dump(mo))
     return str(folder)
 
@@ -41,10 +41,10 @@ def cardiovascular_counts(tmp_path) -> str:
 def cmhc(client: TestClient) -> bool:
     r = client.get(f"/fhir/Patient/m1/$hh-eligibility?asOf={AS_OF}")
     assert r.status_code == 200, r.text
-    return next(part["valueBoolean"] for p in r.json()["parameter"] if p["name"] == "program"
-                for parts in [{q["name"]: q for q in p["part"]}]
-                if parts["code"]["valueCode"] == "mo-cmhc"
-                for part in [parts["eligible"]])
+    programs = [{q["name"]: q for q in p["part"]} for p in r.json()["parameter"]
+                if p["name"] == "program"]
+    return next(p["eligible"]["valueBoolean"] for p in programs
+                if p["code"]["valueCode"] == "mo-cmhc")
 
 
 def store_member(store) -> None:
