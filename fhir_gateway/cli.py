@@ -309,12 +309,12 @@ def synth(
 
 
 @app.command()
-def reindex(store: StoreOption = "") -> None:
+def reindex(ctx: typer.Context, store: StoreOption = "") -> None:
     """Rebuild the embedded store's search index from its resources (after the index rules
     or the schema version change); HAPI keeps its own index."""
     from fhir_gateway.store.sqlite import SQLiteStore
 
-    url = Settings(store=store).store_url()
+    url = _settings(ctx, store=store).store_url()
     try:
         if not url.startswith("sqlite://"):
             raise StoreURLError(f"reindex rebuilds the embedded store's index (sqlite:///path.db), "
