@@ -35,8 +35,9 @@ def main(ctx: typer.Context) -> None:
         ctx.obj = Settings()
     except ValidationError as err:
         for problem in err.errors():
+            message = problem["msg"].removeprefix("Value error, ")
             console.print(f"[red]error:[/red] FHIR_GATEWAY_{str(problem['loc'][0]).upper()}: "
-                          f"{escape(problem['msg'])}")
+                          f"{escape(message)}", soft_wrap=True)
         raise typer.Exit(2) from None
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from platformdirs import user_data_dir
+from pydantic import AfterValidator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,6 +34,23 @@ DEFAULT_HH_RULES = str(_HEALTH_HOME / "rules")
 DEFAULT_HH_ENROLLMENT = str(_HEALTH_HOME / "enrollment.yaml")
 
 
+def _folder(value: str) -> str:
+    if not Path(value).is_dir():
+        raise ValueError(f"'{value}' is not a folder")
+    return value
+
+
+def _file(value: str) -> str:
+    if not Path(value).is_file():
+        raise ValueError(f"'{value}' is not a file")
+    return value
+
+
+#: a folder or file the gateway reads rules from: checked at start, not at first use
+Folder = Annotated[str, AfterValidator(_folder)]
+File = Annotated[str, AfterValidator(_file)]
+
+
 class Settings(BaseSettings):
     """Every option of the gateway, read once where a command or the app starts (the CLI's
     callback, `create_app`) and passed on from there: no module reads the environment."""
@@ -48,19 +67,19 @@ class Settings(BaseSettings):
     demo: bool = True
     log_level: str = "info"
     #: the IG package (folder with package.json) whose profiles writes are validated against
-    profiles: str = DEFAULT_PROFILES
+    profiles: Folder = DEFAULT_PROFILES
     #: hold every resource of a profiled type to its type's profiles, claimed or not
     validate_all: bool = False
     #: the folder of the declarative source -> FHIR mappings (`<system>.yaml`)
-    mappings: str = DEFAULT_MAPPINGS
+    mappings: Folder = DEFAULT_MAPPINGS
     #: live lookup services (`$hh-status`): CIMOR and CyberAccess, or their simulators
     cimor_url: str = ""
     cyberaccess_url: str = ""
     lookup_timeout: float = 2.0
     #: the folder of the Health Home eligibility rules
-    hh_rules: str = DEFAULT_HH_RULES
+    hh_rules: Folder = DEFAULT_HH_RULES
     #: the Health Home enrollment policy file
-    hh_enrollment: str = DEFAULT_HH_ENROLLMENT
+    hh_enrollment: File = DEFAULT_HH_ENROLLMENT
 
     def store_url(self) -> str:
         return self.store or default_store()

@@ -103,12 +103,20 @@ def test_the_rules_folder_setting_reaches_the_eligibility_command(tmp_path, sour
     assert eligible({**plain, "FHIR_GATEWAY_HH_RULES": cardiovascular_counts(tmp_path)}) == "True"
 
 
-def test_a_bad_setting_is_one_clear_error_before_any_command():
+@pytest.mark.parametrize("name, value, says", [
+    ("LOOKUP_TIMEOUT", "soon", "number"),
+    ("HH_RULES", "/no/such/rules", "'/no/such/rules' is not a folder"),
+    ("HH_ENROLLMENT", "/no/such/enrollment.yaml", "is not a file"),
+    ("PROFILES", "/no/such/package", "is not a folder"),
+])
+def test_a_bad_setting_is_one_clear_error_before_any_command(name, value, says):
+    """At start, not at first use (a rules folder that is not there was a 500 on the first
+    $hh-eligibility)."""
     done = subprocess.run([sys.executable, "-m", "fhir_gateway.cli", "validate",
                            str(ROOT / "pyproject.toml")], capture_output=True, text=True,
-                          cwd=ROOT, timeout=60,
-                          env={**os.environ, "FHIR_GATEWAY_LOOKUP_TIMEOUT": "soon"})
-    assert done.returncode == 2 and "FHIR_GATEWAY_LOOKUP_TIMEOUT" in done.stderr
+                          cwd=ROOT, timeout=60, env={**os.environ, f"FHIR_GATEWAY_{name}": value})
+    assert done.returncode == 2, done.stderr
+    assert f"FHIR_GATEWAY_{name}" in done.stderr and says in done.stderr
     assert "Traceback" not in done.stderr
 
 
