@@ -147,8 +147,11 @@ def _summary_elements(resource_type: str) -> frozenset[str]:
     return frozenset(name for name, summary in model_fields(resource_type).items() if summary)
 
 
-def at_entry(err: FhirError, index: int) -> FhirError:
-    """Point the error's issues at the entry (`Patient.name` -> `Bundle.entry[3].resource.name`)."""
+def at_entry(err: FhirError, index: int | None) -> FhirError:
+    """Point the error's issues at the entry (`Patient.name` -> `Bundle.entry[3].resource.name`);
+    as it is for no entry (None: a single REST request)."""
+    if index is None:
+        return err
     entry = f"Bundle.entry[{index}]"
     for issue in err.issues:
         issue.expression = [

@@ -69,17 +69,13 @@ def commit(store: Resolvable, entries: Entries, representation: bool = False) ->
                 try:
                     answers[position] = _process(store, entry, representation)
                 except FhirError as err:
-                    raise _named(err, index) from None
+                    raise bundles.at_entry(err, index) from None
     except FhirError as err:  # refused at commit: name the entry whose resource it was
         index = next((i for i, e in entries if err.source and "resource" in e
                       and (e["resource"].get("resourceType"), e.get("_id")) == err.source),
                      None)
-        raise _named(err, index) from None
+        raise bundles.at_entry(err, index) from None
     return [answers[position] for position in range(len(entries))]
-
-
-def _named(err: FhirError, index: int | None) -> FhirError:
-    return err if index is None else bundles.at_entry(err, index)
 
 
 def _assign_ids(store: Resolvable, entries: Entries) -> dict[str, str]:

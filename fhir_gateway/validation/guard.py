@@ -47,7 +47,7 @@ class ValidatingStore(BundleOperations):
                 try:
                     self.validator.check(entry["resource"])
                 except FhirError as err:
-                    raise (err if index is None else bundles.at_entry(err, index)) from None
+                    raise bundles.at_entry(err, index) from None
         return self.inner.commit(entries, representation)
 
     def transaction(self, bundle: dict, checked_by: Validator | None = None) -> dict:
