@@ -39,7 +39,6 @@ from fhir_gateway.validation.service import check_shape
 CHUNK = 100
 #: records that wait for each other are stored together, up to this many at once
 CYCLE_GROUP = 1000
-#: how both stores name a reference that resolves nowhere (HAPI-1094 and ours)
 #: problems kept in memory for the report; all of them go to the quarantine file
 SHOWN = 1000
 NDJSON = (".ndjson", ".jsonl")

@@ -61,10 +61,6 @@ def parse_range(value: str) -> tuple[float, float] | None:
     return start.timestamp(), end.timestamp()
 
 
-def is_valid(value: str) -> bool:
-    return parse_range(value) is not None
-
-
 def now_instant() -> tuple[str, float]:
     """The current time as a FHIR instant (millisecond precision) and epoch seconds."""
     now = datetime.now(timezone.utc)
