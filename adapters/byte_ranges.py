@@ -31,7 +31,7 @@ from lxml import etree
 
 from fhir_gateway.adapters.common import ExtractFormat, MalformedExtract, SourceRecord, iter_records
 
-SLICE_BYTES = 1 << 20  # about 400 CyberAccess or 1,000 CIMOR records
+RANGE_BYTES = 1 << 20  # about 400 CyberAccess or 1,000 CIMOR records
 #: libxml2 keeps an element's line in 16 bits: past line 65,535 lxml reports a nearby line
 #: instead. A range is parsed alone and its lines shifted, so byte ranges stay below that.
 MAX_LINES = 50_000
@@ -57,9 +57,9 @@ class ByteRange:
 
 
 def split(fmt: ExtractFormat, path: str | Path, size: int | None = None) -> Iterator[ByteRange]:
-    """The file's byte ranges, in order, each about `size` bytes (SLICE_BYTES); the file is
+    """The file's byte ranges, in order, each about `size` bytes (RANGE_BYTES); the file is
     read once."""
-    path, size = str(path), size or SLICE_BYTES
+    path, size = str(path), size or RANGE_BYTES
     pattern = re.compile(rb"\n[ \t]*<(?:[A-Za-z_][\w.-]*:)?" + re.escape(fmt.record.encode())
                          + rb"[\s>/]")
     with open(path, "rb") as fh:
@@ -160,7 +160,7 @@ def _root_name(head: bytes) -> str | None:
     return name
 
 
-class _SliceReader:
+class _RangeReader:
     """head + the range's bytes + tail, as the file-like object iterparse reads from."""
 
     def __init__(self, part: ByteRange):
@@ -193,7 +193,7 @@ def parse_range(fmt: ExtractFormat, part: ByteRange) -> Iterator[SourceRecord]:
     Raises `MalformedExtract` (after the range's complete records) when the range does not
     parse alone; for a range that is not the last, the caller then parses `part.rest()`.
     """
-    reader = _SliceReader(part)
+    reader = _RangeReader(part)
     try:
         yield from iter_records(fmt, reader, part.path, part.line_offset)
     finally:

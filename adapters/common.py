@@ -4,7 +4,8 @@ Both extracts have the same shape (one root element, one child element per perso
 streaming, per-record XSD validation and the element -> plain-data conversion live here
 once (a file is read in byte ranges by `byte_ranges.py`; lookups are `lookup.py`). Each
 system's modules only describe their format (`ExtractFormat`: namespace, root and record
-tags, id element, repeating elements) and their lookup route. The contract with the mappings is `adapters/RECORDS.md`.
+tags, id element, repeating elements) and their lookup route. The contract with the
+mappings is `adapters/RECORDS.md`.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def iter_records(fmt: ExtractFormat, source: str | IO[bytes], label: str,
     cleared and its already-processed siblings are deleted, so the tree never holds more
     than the record being read, whatever the size of the file. Entities are not resolved
     and nothing is fetched from the network (an extract is data, not a document to trust).
-    `line_offset` is added to every line reported (a slice of a file: `byte_ranges.py`).
+    `line_offset` is added to every line reported (a byte range of a file: `byte_ranges.py`).
     """
     schema = fmt.schema()
     root_tag, record_tag = fmt.tag(fmt.root), fmt.tag(fmt.record)

@@ -7,7 +7,7 @@ no conversion, no validation, no mapping). Stages:
 - parse+map: one process, record by record (the parsers and the mapping engine);
 - map: the mapping engine alone, CPU time per record (records parsed beforehand);
 - bundles: what the import prepares (parse, map, transaction Bundles; no validation), file
-  slices in worker processes (one per core, up to 4), in the file's order;
+  byte ranges in worker processes (one per core, up to 4), in the file's order;
 - import: into the embedded store (workers prepare and validate, the main process stores).
 
 Peak RSS is that of the largest process of the stage (the main one or a worker).

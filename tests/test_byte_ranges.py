@@ -1,4 +1,4 @@
-"""Extract files cut into slices (`adapters/byte_ranges.py`): the same records as one parse of
+"""Extract files cut into byte ranges (`adapters/byte_ranges.py`): the same records as one parse of
 the whole file, with the file's own line numbers, however the cuts fall."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from fhir_gateway.importer import prepare
 
 
 def whole(fmt, path: Path) -> list[tuple]:
-    """One parse of the whole file, as the parser did before slices."""
+    """One parse of the whole file, as the parser did before byte ranges."""
     return [(r.record_id, r.raw, r.data, r.errors) for r in iter_records(fmt, str(path), "f")]
 
 
@@ -27,8 +27,8 @@ def start_lines(fmt, path: Path) -> list[int]:
     return [data.count(b"\n", 0, m.start()) + 1 for m in tag.finditer(data)]
 
 
-def sliced(fmt, path: Path, size: int, monkeypatch) -> tuple[list[tuple], list[int]]:
-    monkeypatch.setattr(byte_ranges, "SLICE_BYTES", size)
+def in_ranges(fmt, path: Path, size: int, monkeypatch) -> tuple[list[tuple], list[int]]:
+    monkeypatch.setattr(byte_ranges, "RANGE_BYTES", size)
     records = list(byte_ranges.parse_file(fmt, path))
     return [(r.record_id, r.raw, r.data, r.errors) for r in records], [r.line for r in records]
 
@@ -40,15 +40,15 @@ def big(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("size", [1, 3_000, 200_000, 1 << 30])
-def test_slices_give_the_whole_files_records_with_its_line_numbers(big, size, monkeypatch):
+def test_ranges_give_the_whole_files_records_with_its_line_numbers(big, size, monkeypatch):
     for fmt, path in ((cimor.FORMAT, big[0]), (cyberaccess.FORMAT, big[1])):
-        records, lines = sliced(fmt, path, size, monkeypatch)
+        records, lines = in_ranges(fmt, path, size, monkeypatch)
         assert records == whole(fmt, path)
         assert lines == start_lines(fmt, path)
     assert max(lines) > 65_535  # where libxml2 alone reports a neighbouring line
 
 
-def test_a_big_file_is_cut_in_several_slices_of_few_enough_lines(big):
+def test_a_big_file_is_cut_in_several_ranges_of_few_enough_lines(big):
     parts = list(byte_ranges.split(cyberaccess.FORMAT, big[1], 200_000))
     assert len(parts) > 5 and parts[-1].last and not any(p.last for p in parts[:-1])
     assert [p.start for p in parts[1:]] == [p.end for p in parts[:-1]]
@@ -59,8 +59,8 @@ def test_a_big_file_is_cut_in_several_slices_of_few_enough_lines(big):
 
 
 def test_a_cut_inside_a_comment_changes_nothing(tmp_path, monkeypatch):
-    """A record line inside a comment looks like a place to cut: the slice that ends there
-    does not parse alone, and the file is parsed on from that slice's start in one go."""
+    """A record line inside a comment looks like a place to cut: the range that ends there
+    does not parse alone, and the file is parsed on from that range's start in one go."""
     path = synth.write_extracts(6, tmp_path)[0]
     text = path.read_text()
     starts = [m.start() for m in re.finditer(r"\n\s*<Consumer[\s>]", text)]
@@ -68,7 +68,7 @@ def test_a_cut_inside_a_comment_changes_nothing(tmp_path, monkeypatch):
     text = (text[:starts[1]] + "\n<!--" + text[starts[1]:starts[3]] + "\n-->"
             + text[starts[3]:])
     path.write_text(text)
-    records, lines = sliced(cimor.FORMAT, path, 1, monkeypatch)
+    records, lines = in_ranges(cimor.FORMAT, path, 1, monkeypatch)
     assert records == whole(cimor.FORMAT, path) and len(records) == 4
     assert lines == [n for n in start_lines(cimor.FORMAT, path) if n not in _commented(text)]
 
@@ -92,7 +92,7 @@ def test_a_record_line_in_a_comment_before_the_first_record_is_no_head(tmp_path,
     first = re.search(r"\n\s*<Consumer[\s>]", text).start()
     text = text[:first] + "\n<!-- an old record:\n  <Consumer>\n-->" + text[first:]
     path.write_text(text)
-    records, lines = sliced(cimor.FORMAT, path, 1, monkeypatch)
+    records, lines = in_ranges(cimor.FORMAT, path, 1, monkeypatch)
     assert records == whole(cimor.FORMAT, path) and len(records) == 4
     assert lines == [n for n in start_lines(cimor.FORMAT, path) if n not in _commented(text)]
 
@@ -104,19 +104,19 @@ def test_prefixed_names_are_cut_and_closed_as_the_file_spells_them(tmp_path, mon
     text = text.replace('xmlns="', 'xmlns:ca="')
     path.write_text(text)
     assert len(list(byte_ranges.split(cyberaccess.FORMAT, path, 1))) == 5
-    records, lines = sliced(cyberaccess.FORMAT, path, 1, monkeypatch)
+    records, lines = in_ranges(cyberaccess.FORMAT, path, 1, monkeypatch)
     assert records == whole(cyberaccess.FORMAT, path) and len(records) == 5
     assert lines == start_lines(cyberaccess.FORMAT, path)
 
 
-def test_a_file_broken_in_a_middle_slice_fails_as_the_whole_file_does(tmp_path, monkeypatch):
+def test_a_file_broken_in_a_middle_range_fails_as_the_whole_file_does(tmp_path, monkeypatch):
     path = synth.write_extracts(8, tmp_path)[1]
     text = path.read_text()
     cut = [m.start() for m in re.finditer(r"<Participant", text)][4]
     path.write_text(text[:cut] + "<Participant><DCN>1</DC\n" + text[cut:])
     with pytest.raises(MalformedExtract) as expected:
         list(iter_records(cyberaccess.FORMAT, str(path), str(path)))
-    monkeypatch.setattr(byte_ranges, "SLICE_BYTES", 1)
+    monkeypatch.setattr(byte_ranges, "RANGE_BYTES", 1)
     got = []
     with pytest.raises(MalformedExtract) as raised:
         for record in byte_ranges.parse_file(cyberaccess.FORMAT, path):

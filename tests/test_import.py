@@ -50,7 +50,7 @@ def stored_counts(store) -> Counter:
 def test_import_both_extracts_counts_every_resource_and_reimport_changes_nothing(store, extracts,
                                                                                  workers,
                                                                                  monkeypatch):
-    monkeypatch.setattr(byte_ranges, "SLICE_BYTES", 5_000)  # a few records a slice: many slices
+    monkeypatch.setattr(byte_ranges, "RANGE_BYTES", 5_000)  # a few records a range: many ranges
     cimor, cyberaccess = extracts
     first = [import_extract(store, "cimor", cimor, workers=workers),
              import_extract(store, "cyberaccess", cyberaccess, workers=workers)]
@@ -121,14 +121,14 @@ def test_a_broken_file_stops_at_its_line_and_keeps_the_records_before(store, ext
     assert store.search("Patient", [("_summary", "count")]).total == complete
 
 
-def test_a_file_broken_in_a_middle_slice_imports_as_in_one_process(extracts, tmp_path,
+def test_a_file_broken_in_a_middle_range_imports_as_in_one_process(extracts, tmp_path,
                                                                    monkeypatch):
-    """Slices after the break are prepared by the workers too, and must not be stored."""
+    """Byte ranges after the break are prepared by the workers too, and must not be stored."""
     text = extracts[1].read_text()
     cut = text.index("<Participant", len(text) // 3)
     broken = tmp_path / "broken.xml"
     broken.write_text(text[:cut] + "<Participant><DCN>1</DCN>\n" + text[cut:])
-    monkeypatch.setattr(byte_ranges, "SLICE_BYTES", 5_000)
+    monkeypatch.setattr(byte_ranges, "RANGE_BYTES", 5_000)
     results = []
     for workers in (0, 2):
         store = open_store(f"sqlite:///{tmp_path / f'{workers}.db'}")
@@ -173,8 +173,8 @@ def test_cli_synth_then_import_twice_changes_nothing_the_second_time(tmp_path):
 
 
 def test_the_workers_validator_is_built_once_per_process(tmp_path):
-    """Each slice sent to a worker carries the store's validator by value; rebuilding it
-    there must find the one already built (loading the IG package per slice cost memory
+    """Each byte range sent to a worker carries the store's validator by value; rebuilding it
+    there must find the one already built (loading the IG package per range cost memory
     and time), whatever checks are registered with it."""
     import pickle
 
