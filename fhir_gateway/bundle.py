@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 
 import orjson
 
-from fhir_gateway.outcome import FhirError
+from fhir_gateway.outcome import FhirError, operation_outcome
 from fhir_gateway.search.dates import now_instant
 from fhir_gateway.store.base import HistoryResult, SearchResult, StoredSearchset
 
@@ -36,9 +36,8 @@ def searchset(result: SearchResult, base: str, resource_type: str,
         entries += [_entry(project(r, result.summary, result.elements), prefix, "include")
                     for r in result.included]
         if result.warnings:
-            outcome = {"resourceType": "OperationOutcome",
-                       "issue": [w.to_fhir() for w in result.warnings]}
-            entries.append({"resource": outcome, "search": {"mode": "outcome"}})
+            entries.append({"resource": operation_outcome(result.warnings),
+                            "search": {"mode": "outcome"}})
         if entries:
             bundle["entry"] = entries
     return bundle

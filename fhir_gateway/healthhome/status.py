@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fhir_gateway.identifiers import HH_PROGRAM
+from fhir_gateway.outcome import Issue, operation_outcome
 
 #: source program codes -> Health Home program codes (the IG's hh-program CodeSystem)
 PROGRAMS = {"CMHC": "mo-cmhc", "PCHH": "mo-pchh"}
@@ -150,10 +151,8 @@ def to_parameters(statuses: list[SourceStatus]) -> dict:
             if s.support_coordinator:
                 parts.append({"name": "supportCoordinator", "valueString": s.support_coordinator})
         else:
-            parts.append({"name": "outcome", "resource": {
-                "resourceType": "OperationOutcome",
-                "issue": [{"severity": "warning", "code": "transient",
-                           "diagnostics": f"{s.system} could not be asked: {s.problem}"}]}})
+            problem = Issue(f"{s.system} could not be asked: {s.problem}", "transient", "warning")
+            parts.append({"name": "outcome", "resource": operation_outcome([problem])})
         parameters.append({"name": "source", "part": parts})
     parameters += [{"name": "discrepancy", "valueString": d} for d in discrepancies(statuses)]
     return {"resourceType": "Parameters", "parameter": parameters}
