@@ -106,6 +106,13 @@ class FhirStore(Protocol):
     def history(self, resource_type: str | None = None, resource_id: str | None = None,
                 since: str | None = None, count: int = 20, offset: int = 0) -> HistoryResult: ...
 
+    def commit(self, entries: list[tuple[int | None, dict]], representation: bool = False
+               ) -> list[dict]:
+        """Bundle entries (index, entry) as one atomic unit, one answer per entry: the one
+        write primitive that transactions, batches and conditional operations run on
+        (`units.py`)."""
+        ...
+
     def transaction(self, bundle: dict) -> dict: ...
 
     def batch(self, bundle: dict) -> dict: ...
