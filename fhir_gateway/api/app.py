@@ -10,9 +10,10 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from fhir_gateway import __version__
-from fhir_gateway.api import operations, rest
+from fhir_gateway.api import exchange, operations, rest
 from fhir_gateway.api.http import outcome_response
 from fhir_gateway.config import Settings
+from fhir_gateway.exchange.messages import Rules as MessageRules
 from fhir_gateway.healthhome.checks import health_home_validator
 from fhir_gateway.outcome import FhirError
 from fhir_gateway.store.base import FhirStore
@@ -29,7 +30,9 @@ def create_app(store: FhirStore, settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings = settings or Settings()
     app.state.validator = health_home_validator(settings.profiles, settings.validate_all)
     app.state.lookups = lookup_clients(settings)
+    app.state.message_rules = MessageRules.load()
     app.include_router(operations.router)  # before rest: `Patient/$hh-status` is no id
+    app.include_router(exchange.router)  # before rest: `$process-message` is no type
     app.include_router(rest.router)
 
     @app.exception_handler(FhirError)

@@ -37,6 +37,8 @@ def capability_statement(base: str, validator=None) -> dict:
             "resource": [_resource(t, validator) for t in sorted(resource_types())],
             "interaction": [{"code": "transaction"}, {"code": "batch"},
                             {"code": "history-system"}],
+            "operation": [{"name": "process-message", "definition":
+                           "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message"}],
         }],
     }
 

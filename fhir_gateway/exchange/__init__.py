@@ -1,0 +1,1 @@
+"""Exchange with the health information exchanges (KHIN, LACIE): FHIR messages in."""
