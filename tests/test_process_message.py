@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import copy
+import re
+from pathlib import Path
 
 import orjson
 import pytest
@@ -232,9 +234,12 @@ def test_a_resource_the_store_refuses_leaves_nothing_half_stored(client):
     send(client, copy.deepcopy(message("admit", [dcn(), mrn()])))  # a good copy then passes
 
 
-def test_not_a_bundle_is_400(client):
+def test_not_a_bundle_is_400_and_asynchronous_processing_422(client):
     outcome = send(client, {"resourceType": "Patient"}, 400)
     assert outcome["issue"][0]["expression"] == ["Bundle"]
+    r = client.post(URL + "?async=true", json=message("admit", [dcn()]))
+    assert r.status_code == 422 and r.json()["issue"][0]["expression"] == ["async"]
+    assert set(stored_counts(client).values()) == {0}
 
 
 def test_the_capability_statement_lists_the_operation(client):
@@ -242,3 +247,12 @@ def test_the_capability_statement_lists_the_operation(client):
     assert {"name": "process-message",
             "definition": "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message"
             } in statement["rest"][0]["operation"]
+
+
+def test_the_readme_message_is_processed(client):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    body = re.search(r"process-message\" -H 'Content-Type: application/fhir\+json' -d '(.*?)'\n",
+                     readme, re.S).group(1)
+    answer = send(client, orjson.loads(body))
+    assert answer["entry"][0]["resource"]["response"]["code"] == "ok"
+    assert total(client, "Encounter") == 1

@@ -25,5 +25,6 @@ async def process_message(request: Request) -> Response:
                         "not-supported", "async")
     body = await read_body(request)
     answer = await run_in_threadpool(messages.process, request.app.state.store, body,
-                                     base_url(request), request.app.state.message_rules)
+                                     base_url(request), request.app.state.message_rules,
+                                     request.app.state.validator)
     return fhir_response(answer, pretty=is_pretty(request))

@@ -20,7 +20,6 @@ Why this shape (R4 messaging, hl7.fhir.us.davinci-alerts STU1.1):
 from __future__ import annotations
 
 import base64
-import copy
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -32,8 +31,10 @@ import yaml
 
 from fhir_gateway.exchange.patient_match import candidates, identifier_pairs
 from fhir_gateway.identifiers import CANONICAL_BASE
+from fhir_gateway.bundle import at_entry
 from fhir_gateway.outcome import FhirError, Issue, operation_outcome
 from fhir_gateway.store.base import FhirStore
+from fhir_gateway.validation.service import Validator
 
 RULES = Path(__file__).with_name("messages.yaml")
 #: namespace of the ids the gateway derives (uuid5) for what a message writes
@@ -84,8 +85,12 @@ class Message:
 
 # -- checks ----------------------------------------------------------------------------
 
-def check(bundle: object, rules: Rules) -> Message:
-    """The message, or the first reason it cannot be processed (4xx naming where)."""
+def check(bundle: object, rules: Rules, validator: Validator) -> Message:
+    """The message, or the first reason it cannot be processed (4xx naming where).
+
+    Every resource gets the validator's verdict first (the one the store guard gives again
+    to what is written): the rest reads checked structure, and an invalid resource is named
+    by its place in the message."""
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise FhirError(400, "$process-message takes a Bundle of type 'message'", "structure",
                         "Bundle")
@@ -96,7 +101,7 @@ def check(bundle: object, rules: Rules) -> Message:
     if not isinstance(entries, list) or len(entries) < 2:
         raise FhirError(400, "A message needs a MessageHeader and its focus (2 entries or more)",
                         "structure", "Bundle.entry")
-    resources = [_resource(entry, i) for i, entry in enumerate(entries)]
+    resources = [_resource(entry, i, validator) for i, entry in enumerate(entries)]
     header = resources[0]
     if header["resourceType"] != "MessageHeader":
         raise FhirError(400, "The first entry of a message must be its MessageHeader",
@@ -129,12 +134,15 @@ def event_code(header: dict, rules: Rules) -> str:
     return event
 
 
-def _resource(entry: object, index: int) -> dict:
+def _resource(entry: object, index: int, validator: Validator) -> dict:
     resource = entry.get("resource") if isinstance(entry, dict) else None
-    if not isinstance(resource, dict) or not isinstance(resource.get("resourceType"), str):
+    if not isinstance(resource, dict):
         raise FhirError(400, f"Bundle.entry[{index}] has no resource", "required",
                         f"Bundle.entry[{index}].resource")
-    return resource
+    try:
+        return validator.check(resource)
+    except FhirError as err:
+        raise at_entry(err, index) from None
 
 
 def _keys(entries: list[dict], resources: list[dict]) -> dict[str, int]:
@@ -172,9 +180,10 @@ def _focus(header: dict, keys: dict[str, int], resources: list[dict], rules: Rul
 
 # -- processing ---------------------------------------------------------------------------
 
-def process(store: FhirStore, bundle: object, base: str, rules: Rules) -> dict:
+def process(store: FhirStore, bundle: object, base: str, rules: Rules,
+            validator: Validator) -> dict:
     """Check and apply one message; the response message Bundle."""
-    message = check(bundle, rules)
+    message = check(bundle, rules, validator)
     answered = _answered(store, message, base)
     if answered is not None:
         return answered
@@ -182,8 +191,7 @@ def process(store: FhirStore, bundle: object, base: str, rules: Rules) -> dict:
     if len(found) > 1:
         return _hold(store, message, sorted(found), base, rules)
     targets = _targets(store, message, found)
-    entries = [(index, {"fullUrl": f"{rtype}/{rid}", "resource": resource,
-                        "request": {"method": "PUT", "url": f"{rtype}/{rid}"}})
+    entries = [(index, {"resource": resource, "request": {"method": "PUT", "url": f"{rtype}/{rid}"}})
                for index, (rtype, rid, resource) in enumerate(
                    _contents(message, targets, rules))]
     stored = store.commit(entries, representation=True)[0]["resource"]
@@ -252,7 +260,7 @@ def _contents(message: Message, targets: list[tuple[str, dict | None]], rules: R
             for key, i in message.keys.items()}
     out = []
     for index, (resource, (rid, stored)) in enumerate(zip(message.resources, targets)):
-        incoming = _rewrite(copy.deepcopy(resource), refs)
+        incoming = _rewrite(orjson.loads(orjson.dumps(resource)), refs)  # a copy, fast
         incoming["id"] = rid
         if index == message.focus:
             merged = merge_encounter(stored, incoming, _key(message), rules.status_rank)

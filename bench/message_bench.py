@@ -1,0 +1,101 @@
+"""Notifications through `POST /fhir/$process-message` on the embedded store, messages/s,
+next to a same-run baseline: the same resources sent as plain transactions (`POST /fhir`,
+each entry a PUT of its own id), which skips what a message adds (the checks, patient
+matching, the Encounter merge, the replay check, deterministic ids).
+
+Each stay is admit, transfer and discharge of one synthetic patient (half of them members
+already stored with a DCN, the others known to the hospital by an MRN only); in-process
+(the ASGI app through Starlette's TestClient, one client), a fresh store per run.
+
+    .venv/bin/python bench/message_bench.py [--stays 300]
+
+Target (issue 14): >= 300 messages/s on the embedded store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from exchange_messages import dcn, message, mrn  # noqa: E402
+from fhir_gateway.api.app import create_app  # noqa: E402
+from fhir_gateway.config import DEFAULT_PROFILES  # noqa: E402
+from fhir_gateway.healthhome.checks import health_home_validator  # noqa: E402
+from fhir_gateway.store.sqlite import SQLiteStore  # noqa: E402
+from fhir_gateway.validation.guard import ValidatingStore  # noqa: E402
+
+KINDS = ("admit", "transfer", "discharge")
+
+
+def identifiers(stay: int) -> list[dict]:
+    ids = [mrn(f"MRN-{stay:06d}")]
+    return [dcn(f"9{stay:08d}"), *ids] if stay % 2 == 0 else ids
+
+
+def messages(stays: int, plain_ids: bool) -> list[dict]:
+    return [message(kind, identifiers(stay), stay=f"V{stay:06d}", plain_ids=plain_ids)
+            for stay in range(stays) for kind in KINDS]
+
+
+def as_transaction(bundle: dict) -> dict:
+    """The message's resources as a transaction of PUTs (references are plain Type/ids)."""
+    entries = [{"resource": e["resource"], "request": {
+        "method": "PUT", "url": f"{e['resource']['resourceType']}/{e['resource']['id']}"}}
+        for e in copy.deepcopy(bundle["entry"])]
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+
+def client(folder: str, stays: int) -> TestClient:
+    """A fresh store with the members (even stays) already stored by DCN."""
+    store = ValidatingStore(SQLiteStore(Path(folder) / "bench.db"),
+                            health_home_validator(DEFAULT_PROFILES))
+    c = TestClient(create_app(store), base_url="http://gateway.test")
+    for stay in range(0, stays, 2):
+        r = c.put(f"/fhir/Patient/m{stay}", json={
+            "resourceType": "Patient", "id": f"m{stay}", "identifier": [dcn(f"9{stay:08d}")],
+            "name": [{"family": "Member"}], "gender": "female", "birthDate": "1980-02-02"})
+        assert r.status_code == 201, r.text
+    return c
+
+
+def run(stays: int, kind: str) -> float:
+    with tempfile.TemporaryDirectory() as folder:
+        c = client(folder, stays)
+        if kind == "message":
+            work = [("/fhir/$process-message", m) for m in messages(stays, plain_ids=False)]
+        else:
+            work = [("/fhir", as_transaction(m)) for m in messages(stays, plain_ids=True)]
+        started = time.perf_counter()
+        for path, body in work:
+            r = c.post(path, json=body)
+            assert r.status_code == 200, r.text
+        elapsed = time.perf_counter() - started
+        c.close()
+    return len(work) / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stays", type=int, default=300)
+    args = parser.parse_args()
+    baseline = run(args.stays, "transaction")
+    processed = run(args.stays, "message")
+    print(f"{args.stays * 3} messages ({args.stays} stays x admit/transfer/discharge), "
+          "embedded store, in-process")
+    print(f"  plain transaction (baseline)  {baseline:8.0f} /s")
+    print(f"  $process-message              {processed:8.0f} /s   "
+          f"ratio {processed / baseline:.2f}   target >= 300/s: "
+          f"{'met' if processed >= 300 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
