@@ -5,7 +5,9 @@ matching, the Encounter merge, the replay check, deterministic ids).
 
 Each stay is admit, transfer and discharge of one synthetic patient (half of them members
 already stored with a DCN, the others known to the hospital by an MRN only); in-process
-(the ASGI app through Starlette's TestClient, one client), a fresh store per run.
+(the ASGI app through httpx's ASGITransport, one client sending one message at a time:
+Starlette's TestClient costs several milliseconds a request on its own), a fresh store
+per run.
 
     .venv/bin/python bench/message_bench.py [--stays 300]
 
@@ -15,6 +17,7 @@ Target (issue 14): >= 300 messages/s on the embedded store.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import copy
 import sys
 import tempfile
@@ -24,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from fastapi.testclient import TestClient  # noqa: E402
+import httpx  # noqa: E402
 
 from exchange_messages import dcn, message, mrn  # noqa: E402
 from fhir_gateway.api.app import create_app  # noqa: E402
@@ -54,32 +57,30 @@ def as_transaction(bundle: dict) -> dict:
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
-def client(folder: str, stays: int) -> TestClient:
-    """A fresh store with the members (even stays) already stored by DCN."""
-    store = ValidatingStore(SQLiteStore(Path(folder) / "bench.db"),
-                            health_home_validator(DEFAULT_PROFILES))
-    c = TestClient(create_app(store), base_url="http://gateway.test")
-    for stay in range(0, stays, 2):
-        r = c.put(f"/fhir/Patient/m{stay}", json={
-            "resourceType": "Patient", "id": f"m{stay}", "identifier": [dcn(f"9{stay:08d}")],
-            "name": [{"family": "Member"}], "gender": "female", "birthDate": "1980-02-02"})
-        assert r.status_code == 201, r.text
-    return c
-
-
-def run(stays: int, kind: str) -> float:
+async def run(stays: int, kind: str) -> float:
+    """Messages/s of one kind of work over a fresh store holding the members (even stays,
+    by DCN)."""
     with tempfile.TemporaryDirectory() as folder:
-        c = client(folder, stays)
-        if kind == "message":
-            work = [("/fhir/$process-message", m) for m in messages(stays, plain_ids=False)]
-        else:
-            work = [("/fhir", as_transaction(m)) for m in messages(stays, plain_ids=True)]
-        started = time.perf_counter()
-        for path, body in work:
-            r = c.post(path, json=body)
-            assert r.status_code == 200, r.text
-        elapsed = time.perf_counter() - started
-        c.close()
+        store = ValidatingStore(SQLiteStore(Path(folder) / "bench.db"),
+                                health_home_validator(DEFAULT_PROFILES))
+        transport = httpx.ASGITransport(app=create_app(store))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as c:
+            for stay in range(0, stays, 2):
+                r = await c.put(f"/fhir/Patient/m{stay}", json={
+                    "resourceType": "Patient", "id": f"m{stay}",
+                    "identifier": [dcn(f"9{stay:08d}")], "name": [{"family": "Member"}],
+                    "gender": "female", "birthDate": "1980-02-02"})
+                assert r.status_code == 201, r.text
+            if kind == "message":
+                work = [("/fhir/$process-message", m) for m in messages(stays, plain_ids=False)]
+            else:
+                work = [("/fhir", as_transaction(m)) for m in messages(stays, plain_ids=True)]
+            started = time.perf_counter()
+            for path, body in work:
+                r = await c.post(path, json=body)
+                assert r.status_code == 200, r.text
+            elapsed = time.perf_counter() - started
+        store.close()
     return len(work) / elapsed
 
 
@@ -87,8 +88,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stays", type=int, default=300)
     args = parser.parse_args()
-    baseline = run(args.stays, "transaction")
-    processed = run(args.stays, "message")
+    baseline = asyncio.run(run(args.stays, "transaction"))
+    processed = asyncio.run(run(args.stays, "message"))
     print(f"{args.stays * 3} messages ({args.stays} stays x admit/transfer/discharge), "
           "embedded store, in-process")
     print(f"  plain transaction (baseline)  {baseline:8.0f} /s")

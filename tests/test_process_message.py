@@ -256,3 +256,16 @@ def test_the_readme_message_is_processed(client):
     answer = send(client, orjson.loads(body))
     assert answer["entry"][0]["resource"]["response"]["code"] == "ok"
     assert total(client, "Encounter") == 1
+
+
+def test_a_resource_whose_identifier_names_two_stored_ones_is_422(client):
+    hospital = {"resourceType": "Organization", "name": "Test Hospital",
+                "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "9999999992"}]}
+    for _ in range(2):
+        assert client.post("/fhir/Organization", json=hospital).status_code == 201
+    outcome = send(client, message("admit", [dcn(), mrn()]), 422)
+    issue = outcome["issue"][0]
+    assert issue["code"] == "multiple-matches"
+    assert issue["expression"] == ["Bundle.entry[5].resource.identifier[0]"]
+    counts = stored_counts(client)
+    assert counts.pop("Organization") == 2 and set(counts.values()) == {0}

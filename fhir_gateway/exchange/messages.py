@@ -29,7 +29,7 @@ from pathlib import Path
 import orjson
 import yaml
 
-from fhir_gateway.exchange.patient_match import candidates, identifier_pairs
+from fhir_gateway.exchange.patient_match import candidates, identifier_pairs, token
 from fhir_gateway.identifiers import CANONICAL_BASE
 from fhir_gateway.bundle import at_entry
 from fhir_gateway.outcome import FhirError, Issue, operation_outcome
@@ -228,24 +228,30 @@ def _targets(store: FhirStore, message: Message, patients: dict[str, dict]
             (pid, patient), = patients.items()
             targets.append((pid, patient))
         else:
-            targets.append(_by_identifier(store, resource, scope, index == message.patient))
+            local = resource.get("id") or message.bundle["entry"][index].get("fullUrl") or index
+            targets.append(_by_identifier(store, resource, f"{scope}|{local}", index,
+                                          index == message.patient))
     return targets
 
 
-def _by_identifier(store: FhirStore, resource: dict, scope: str, is_patient: bool
+def _by_identifier(store: FhirStore, resource: dict, local: str, index: int, is_patient: bool
                    ) -> tuple[str, dict | None]:
-    """A stored resource of the type with the resource's first identifier, else a new id
-    derived from that identifier (or, with none, from the sender and the entry's id)."""
+    """The stored resource of the type with the resource's first identifier, else a new id
+    derived from that identifier (or, with none, from the sender and the entry's own id)."""
     rtype = resource["resourceType"]
     pairs = identifier_pairs(resource)
     if not pairs:
-        return _derived(scope, rtype, resource.get("id", "")), None
-    system, value = pairs[0]
+        return _derived(rtype, local), None
     if not is_patient:  # a Patient was already looked for, by every identifier
-        hits = store.search(rtype, [("identifier", f"{system}|{value}"), ("_count", "2")]).matches
-        if len(hits) == 1:
+        hits = store.search(rtype, [("identifier", token(*pairs[0])), ("_count", "2")]).matches
+        if len(hits) > 1:
+            raise FhirError(422, f"Several stored {rtype} resources have the identifier "
+                                 f"{token(*pairs[0])}: which one this is, is for a person to "
+                                 "say", "multiple-matches",
+                            f"Bundle.entry[{index}].resource.identifier[0]")
+        if hits:
             return hits[0]["id"], hits[0]
-    return _derived("", rtype, f"{system}|{value}"), None
+    return _derived("", rtype, "|".join(pairs[0])), None
 
 
 def _derived(*parts: str) -> str:

@@ -15,20 +15,23 @@ def candidates(store: FhirStore, patient: dict, tiers: tuple[tuple[str, ...] | N
                never_match: frozenset[str]) -> dict[str, dict]:
     """The stored Patients (id -> resource) the message's Patient may be: none, one or more.
 
-    `tiers`: per tier its identifier systems, None for "any system not in an earlier tier"."""
+    `tiers`: per tier its identifier systems, None for "any system not in an earlier tier".
+    One search for every identifier of every tier; each hit is then placed in the first
+    tier whose identifiers it shares."""
     pairs = _pairs(patient, never_match)
+    if not pairs:
+        return {}
+    hits = _search(store, pairs)
     found: dict[str, dict] = {}
     earlier: set[str] = set()
     for systems in tiers:
-        tier = [(s, v) for s, v in pairs
-                if (s in systems if systems is not None else s not in earlier)]
+        tier = {(s, v) for s, v in pairs
+                if (s in systems if systems is not None else s not in earlier)}
         earlier |= set(systems or ())
-        if not tier:
-            continue
-        hits = _search(store, tier)
-        if found and not set(hits) <= set(found):
-            return {**found, **hits}  # a later tier names someone else: ambiguous
-        found = found or hits
+        in_tier = {pid: p for pid, p in hits.items() if tier & set(identifier_pairs(p))}
+        if found and not set(in_tier) <= set(found):
+            return {**found, **in_tier}  # a later tier names someone else: ambiguous
+        found = found or in_tier
     return found
 
 
@@ -44,12 +47,17 @@ def _pairs(patient: dict, never_match: frozenset[str]) -> list[tuple[str, str]]:
 
 
 def _search(store: FhirStore, pairs: list[tuple[str, str]]) -> dict[str, dict]:
-    """One search for every pair of a tier (a comma is OR in FHIR search)."""
-    tokens = ",".join(f"{_escape(s)}|{_escape(v)}" for s, v in pairs)
+    """One search for every pair (a comma is OR in FHIR search)."""
+    tokens = ",".join(token(s, v) for s, v in pairs)
     result = store.search("Patient", [("identifier", tokens), ("_count", "50")])
     return {p["id"]: p for p in result.matches}
 
 
+def token(system: str, value: str) -> str:
+    """`system|value` for a token search, escaped so that a `,`, `|` or `$` in either stays
+    part of it."""
+    return f"{_escape(system)}|{_escape(value)}"
+
+
 def _escape(text: str) -> str:
-    """FHIR search escaping, so a value holding `,`, `|` or `$` stays one value."""
     return text.replace("\\", "\\\\").replace(",", "\\,").replace("|", "\\|").replace("$", "\\$")
