@@ -114,13 +114,17 @@ def test_out_of_order_delivery_ends_in_the_same_state(client, order):
     assert state("SHUFFLED")["status"] == "finished"
 
 
-def test_a_member_is_matched_by_dcn_before_the_mrn(client):
-    member(client, dcn())
+def test_a_member_is_matched_by_dcn_and_gains_the_mrn_once(client):
+    member(client, {**mrn(), "type": {"text": "MRN"}}, dcn())
     member(client, kancare(), pid="other")  # shares nothing with the message
-    send(client, message("admit", [mrn(), dcn()]))
+    send(client, message("admit", [dcn(), mrn("MRN-OTHER-HOSPITAL")]))
+    send(client, message("discharge", [mrn(), dcn(), mrn("MRN-OTHER-HOSPITAL")]))
     (stay,) = encounters(client, "V1001")
     assert stay["subject"] == {"reference": "Patient/member1"}
     assert total(client, "Patient") == 2
+    patient = client.get("/fhir/Patient/member1").json()
+    assert [i["value"] for i in patient["identifier"]] == ["MRN-0001", "900000001",
+                                                          "MRN-OTHER-HOSPITAL"]
 
 
 def test_a_patient_is_matched_by_mrn_and_updated_not_duplicated(client):

@@ -271,7 +271,7 @@ def _contents(message: Message, targets: list[tuple[str, dict | None]], rules: R
         if index == message.focus:
             merged = merge_encounter(stored, incoming, _key(message), rules.status_rank)
         elif index == message.patient:
-            merged = _merge(incoming, stored)  # the stored demographics stay
+            merged = _merge(stored, incoming, stored_wins=True)  # demographics stay ours
         else:
             merged = _merge(stored, incoming)
         out.append((resource["resourceType"], rid, _plain_meta(merged)))
@@ -291,13 +291,17 @@ def _rewrite(node, refs: dict[str, str]):
     return node
 
 
-def _merge(low: dict | None, high: dict | None) -> dict:
-    """`high`'s elements over `low`'s, identifiers the union of both."""
-    if low is None or high is None:
-        return low or high
-    merged = {**low, **high}
-    identifiers = list(low.get("identifier") or [])
-    identifiers += [i for i in high.get("identifier") or [] if i not in identifiers]
+def _merge(stored: dict | None, incoming: dict, stored_wins: bool = False) -> dict:
+    """The message's elements over the stored ones (or, `stored_wins`, the other way round);
+    identifiers the stored ones and then those of the message's that are new (by
+    system|value)."""
+    if stored is None:
+        return incoming
+    merged = {**incoming, **stored} if stored_wins else {**stored, **incoming}
+    identifiers = list(stored.get("identifier") or [])
+    known = {(i.get("system"), i.get("value")) for i in identifiers}
+    identifiers += [i for i in incoming.get("identifier") or []
+                    if (i.get("system"), i.get("value")) not in known]
     if identifiers:
         merged["identifier"] = identifiers
     return merged
