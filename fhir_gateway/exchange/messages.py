@@ -373,7 +373,7 @@ def _hold(store: FhirStore, message: Message, patient_ids: list[str], base: str,
     header_id = message.header["id"]
     task = {
         "resourceType": "Task", "id": _review_id(header_id), "status": "requested",
-        "intent": "order", "priority": "urgent", "code": {"coding": [rules.review_code]},
+        "intent": "order", "code": {"coding": [rules.review_code]},
         "identifier": [{"system": REVIEW_SYSTEM, "value": header_id}],
         "description": f"The Patient of message {header_id} matches {len(patient_ids)} "
                        "Patients by identifier; say which one it is (nothing was stored).",
