@@ -7,10 +7,16 @@ from __future__ import annotations
 import base64
 import copy
 import re
+import threading
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
+import uvicorn
+
+from conftest import free_port
+from fhir_gateway.api.app import create_app
 
 from exchange_messages import dcn, kancare, message, mrn
 from fhir_gateway.identifiers import MO_HEALTHNET_DCN
@@ -273,3 +279,46 @@ def test_a_resource_whose_identifier_names_two_stored_ones_is_422(client):
     assert issue["expression"] == ["Bundle.entry[5].resource.identifier[0]"]
     counts = stored_counts(client)
     assert counts.pop("Organization") == 2 and set(counts.values()) == {0}
+
+
+@pytest.fixture
+def live(store):
+    """The gateway over the test's store, served by uvicorn in a thread: concurrent HTTP
+    requests, each message in its own worker thread, as in production."""
+    server = uvicorn.Server(uvicorn.Config(create_app(store), port=free_port(),
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        thread.join(0.05)
+    with httpx.Client(base_url=f"http://127.0.0.1:{server.config.port}", timeout=120) as http:
+        yield http
+    server.should_exit = True
+    thread.join()
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_the_messages_of_a_stay_sent_at_once_end_discharged(live, round_):
+    """Admit, transfer and discharge of each stay sent together: whatever the interleaving,
+    one Encounter per stay, finished (each message reads the Encounter, then writes it)."""
+    member(live, dcn())
+    stays = [f"R{round_}-{n}" for n in range(4)]
+    work = [message(kind, [dcn(), mrn()], stay=stay) for stay in stays
+            for kind in ("admit", "transfer", "discharge")]
+    start, answers = threading.Barrier(len(work)), []
+
+    def post(bundle: dict) -> None:
+        start.wait()
+        answers.append(live.post(URL, json=bundle))
+
+    threads = [threading.Thread(target=post, args=(bundle,)) for bundle in work]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.status_code for r in answers) == [200] * len(work), \
+        [r.text[:300] for r in answers if r.status_code != 200]
+    for stay in stays:
+        (encounter,) = encounters(live, stay)
+        assert (encounter["status"], encounter["class"]["code"]) == ("finished", "IMP")
+    assert total(live, "Patient") == 1

@@ -20,6 +20,7 @@ Why this shape (R4 messaging, hl7.fhir.us.davinci-alerts STU1.1):
 from __future__ import annotations
 
 import base64
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -42,7 +43,10 @@ NAMESPACE = uuid.UUID("6f1c3c52-8d0e-4f4e-9a41-0b7e2f6c1d35")
 #: which message last set an Encounter's state: "<Bundle.timestamp>|<MessageHeader.id>"
 MESSAGE_KEY = f"{CANONICAL_BASE}/StructureDefinition/hie-message-key"
 REVIEW_SYSTEM = f"{CANONICAL_BASE}/sid/hie-message"
-RESPONSE_CODES = "http://hl7.org/fhir/response-code"
+#: how often a message is decided again after what it read changed before its write
+ATTEMPTS = 3
+#: the messages of one stay take turns (striped: a stay's lock is one of these)
+_LOCKS = tuple(threading.Lock() for _ in range(64))
 
 
 @dataclass(frozen=True)
@@ -182,8 +186,28 @@ def _focus(header: dict, keys: dict[str, int], resources: list[dict], rules: Rul
 
 def process(store: FhirStore, bundle: object, base: str, rules: Rules,
             validator: Validator) -> dict:
-    """Check and apply one message; the response message Bundle."""
+    """Check and apply one message; the response message Bundle.
+
+    Each message reads what it updates (the Patient, the Encounter) and writes it back: the
+    messages of one stay take turns in this process (a lock per stay), and every update
+    carries If-Match, so a change made between the read and the write by anyone else fails
+    the unit, which is then decided again from what is stored (`ATTEMPTS` times)."""
     message = check(bundle, rules, validator)
+    with _stay_lock(message):
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                return _apply(store, message, base, rules)
+            except FhirError as err:
+                if err.status not in (409, 412) or attempt == ATTEMPTS:
+                    raise
+
+
+def _stay_lock(message: Message) -> threading.Lock:
+    stay = "|".join(identifier_pairs(message.resources[message.focus])[0])
+    return _LOCKS[hash(stay) % len(_LOCKS)]
+
+
+def _apply(store: FhirStore, message: Message, base: str, rules: Rules) -> dict:
     answered = _answered(store, message, base)
     if answered is not None:
         return answered
@@ -191,11 +215,20 @@ def process(store: FhirStore, bundle: object, base: str, rules: Rules,
     if len(found) > 1:
         return _hold(store, message, sorted(found), base, rules)
     targets = _targets(store, message, found)
-    entries = [(index, {"resource": resource, "request": {"method": "PUT", "url": f"{rtype}/{rid}"}})
-               for index, (rtype, rid, resource) in enumerate(
-                   _contents(message, targets, rules))]
+    entries = [(index, {"resource": resource, "request": _put(rtype, rid, stored)})
+               for index, ((rtype, rid, resource), (_, stored)) in enumerate(
+                   zip(_contents(message, targets, rules), targets))]
     stored = store.commit(entries, representation=True)[0]["resource"]
     return response(message.header, stored["meta"]["lastUpdated"], base, stored.get("focus"))
+
+
+def _put(rtype: str, rid: str, stored: dict | None) -> dict:
+    """A PUT, on the version read when it updates a stored resource."""
+    request = {"method": "PUT", "url": f"{rtype}/{rid}"}
+    version = ((stored or {}).get("meta") or {}).get("versionId")
+    if version:
+        request["ifMatch"] = f'W/"{version}"'
+    return request
 
 
 def _answered(store: FhirStore, message: Message, base: str) -> dict | None:
