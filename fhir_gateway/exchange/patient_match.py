@@ -16,8 +16,8 @@ def candidates(store: FhirStore, patient: dict, tiers: tuple[tuple[str, ...] | N
     """The stored Patients (id -> resource) the message's Patient may be: none, one or more.
 
     `tiers`: per tier its identifier systems, None for "any system not in an earlier tier".
-    One search for every identifier of every tier; each hit is then placed in the first
-    tier whose identifiers it shares."""
+    One search for every identifier of every tier; a tier's candidates are then the hits
+    that share one of its identifiers."""
     pairs = _pairs(patient, never_match)
     if not pairs:
         return {}
