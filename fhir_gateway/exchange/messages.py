@@ -30,9 +30,9 @@ from pathlib import Path
 import orjson
 import yaml
 
+from fhir_gateway.bundle import at_entry
 from fhir_gateway.exchange.patient_match import candidates, identifier_pairs, token
 from fhir_gateway.identifiers import CANONICAL_BASE
-from fhir_gateway.bundle import at_entry
 from fhir_gateway.outcome import FhirError, Issue, operation_outcome
 from fhir_gateway.store.base import FhirStore
 from fhir_gateway.validation.service import Validator
