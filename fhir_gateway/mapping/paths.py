@@ -198,6 +198,65 @@ def _steps(rest: str) -> list[tuple[str, bool]]:
     return [(step.removesuffix("[]"), step.endswith("[]")) for step in rest.split(".")]
 
 
+class _Astray(Exception):
+    """A step `_reach` would fail at: it is asked again, to raise the error it names."""
+
+
+# One step of a path walked depth first: (context of the enclosing `[]` item, value, where,
+# what is found) -> None, the next step called for each value the step reaches.
+Step = Callable[[Context, Any, Any, list], None]
+
+
+def _walk_steps(steps: list[tuple[str, bool]], last: Step, contexts: bool) -> Getter:
+    """What `_reach` finds, as `last` appends it, by one nested call per step and item:
+    depth first, the same items in the same order, without its lists of triples. A step
+    that would be an error leaves to `_reach`, which raises the error it names."""
+    step = last
+    for key, many in reversed(steps):
+        step = (_each if many else _plain)(key, step, contexts)
+
+    def walk(ctx: Context) -> list:
+        found: list = []
+        try:
+            step(ctx, ctx.item, ctx._at, found)
+        except _Astray:
+            _reach(ctx, steps, contexts)
+        return found
+    return walk
+
+
+def _plain(key: str, step: Step, _contexts: bool) -> Step:
+    def plain(level: Context, item: Any, at: Any, found: list) -> None:
+        if item.__class__ is dict or isinstance(item, dict):
+            value = item.get(key)
+            if value is not None:
+                if value.__class__ is list or isinstance(value, list):
+                    raise _Astray
+                step(level, value, (at, key), found)
+    return plain
+
+
+def _each(key: str, step: Step, contexts: bool) -> Step:
+    def each(level: Context, item: Any, at: Any, found: list) -> None:
+        if item.__class__ is dict or isinstance(item, dict):
+            values = item.get(key)
+            if values is None:
+                return
+            if values.__class__ is not list and not isinstance(values, list):
+                raise _Astray
+            if not contexts:  # values only: no contexts, no source paths
+                for v in values:
+                    if v is not None:
+                        step(level, v, None, found)
+                return
+            where = (at, key)
+            for i, v in enumerate(values):
+                if v is not None:
+                    at_i = (where, i)
+                    step(Context(v, level, at_i), v, at_i, found)
+    return each
+
+
 @cache
 def finder(path: str) -> Finder:
     """`items` for one path, worked out once."""
@@ -205,14 +264,12 @@ def finder(path: str) -> Finder:
     if rest in ("", "."):
         return (lambda ctx: [start(ctx)]) if start else (lambda ctx: [ctx])
     steps = _steps(rest)
-    item_last = steps[-1][1]
-
-    def find(ctx: Context) -> list[Context]:
-        found = _reach(start(ctx) if start else ctx, steps, True)
-        if item_last:
-            return [c for c, _, _ in found]
-        return [Context(v, c, where, False) for c, v, where in found]
-    return find
+    if steps[-1][1]:  # the items themselves
+        walk = _walk_steps(steps, lambda level, v, at, found: found.append(level), True)
+    else:
+        walk = _walk_steps(steps, lambda level, v, at, found: found.append(
+            Context(v, level, at, False)), True)
+    return (lambda ctx: walk(start(ctx))) if start else walk
 
 
 def items(ctx: Context, path: str) -> list[Context]:
@@ -226,12 +283,12 @@ def getter(path: str) -> Getter:
     if "[]" not in path:
         return _walker(path, False)
     start, rest = _start(path)
-    steps = _steps(rest)
 
-    def values(ctx: Context) -> list:
-        found = _reach(start(ctx) if start else ctx, steps, False)
-        return [v for _, v, _ in found if v != ""]
-    return values
+    def value(level: Context, v: Any, at: Any, found: list) -> None:
+        if v != "":
+            found.append(v)
+    walk = _walk_steps(_steps(rest), value, False)
+    return (lambda ctx: walk(start(ctx))) if start else walk
 
 
 def resolve(ctx: Context, path: str) -> Any:
