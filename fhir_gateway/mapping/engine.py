@@ -569,10 +569,14 @@ class Mapping:
 
         def concat(ctx: Context, required: bool = False) -> Any:
             values = [literal if fn is None else fn(ctx) for fn, literal in parts]
-            if MISSING in values:
-                absent = [s for s, v in zip(sources, values) if v is MISSING]  # named in errors
-                return to_value(ctx, None, " + ".join(absent) or source, required)
-            return to_value(ctx, "".join(map(str, values)), source, required)
+            try:
+                joined = "".join(values)  # the usual: every part a text
+            except TypeError:  # MISSING, or a value that is not text
+                if any(v is MISSING for v in values):
+                    absent = [s for s, v in zip(sources, values) if v is MISSING]  # named
+                    return to_value(ctx, None, " + ".join(absent) or source, required)
+                joined = "".join(map(str, values))
+            return to_value(ctx, joined, source, required)
         return concat
 
     def _first(self, nodes: list, to_value: Callable, source: str, where: str) -> Value:
@@ -597,7 +601,15 @@ class Mapping:
         required_here = bool(node.get("required"))
         steps = self._steps(node)
 
+        only = steps[0] if len(steps) == 1 else None
+
         def to_value(ctx: Context, value: Any, source: str, required: bool) -> Any:
+            if only is not None and value.__class__ is str:  # the usual: one text, one step
+                try:
+                    value = only[0](value, only[1])
+                except TransformError as err:
+                    raise MappingError(located(ctx, source), str(err)) from None
+                return MISSING if value is None or value == [] else value
             if value is None or value == []:
                 if required or required_here:
                     raise MappingError(located(ctx, source or "?"), "is required")
