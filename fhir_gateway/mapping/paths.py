@@ -125,6 +125,16 @@ def _walker(path: str, as_text: bool, absent: Any = None) -> Getter:
         if start is not None:
             ctx = start(ctx)
         value = ctx.item
+        for key in steps:  # the usual: dicts down to a text
+            if value.__class__ is not dict:
+                return walk_any(ctx)
+            value = value.get(key)
+        if value.__class__ is str:
+            return value or absent
+        return walk_any(ctx)
+
+    def walk_any(ctx: Context) -> Any:
+        value = ctx.item
         for key in steps:
             if value.__class__ is not dict and not isinstance(value, dict):
                 return absent
