@@ -39,7 +39,7 @@ import hashlib
 import re
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -108,7 +108,7 @@ class MappedResource:
 
     @property
     def reference(self) -> str:
-        return f"{self.type}?{self.search}"
+        return conditional_reference(self.type, *self.identifier)
 
 
 _SEARCH_ESCAPES = re.compile(r"([\\,|$])")
@@ -125,6 +125,12 @@ def identifier_search(system: str, value: str) -> str:
     if not _PLAIN_VALUE.fullmatch(value):  # most values (DCNs, NPIs, codes) are plain
         value = quote(_SEARCH_ESCAPES.sub(r"\\\1", value), safe="/")
     return f"identifier={_encoded_system(system)}|{value}"
+
+
+@lru_cache(maxsize=1 << 14)
+def conditional_reference(rtype: str, system: str, value: str) -> str:
+    """`Type?identifier=system|value`, cached: what every reference to a resource says."""
+    return f"{rtype}?{identifier_search(system, value)}"
 
 
 @lru_cache(maxsize=256)
@@ -653,7 +659,8 @@ class Mapping:
                     return None  # the target's identifier does not exist here: no such target
                 if value is MISSING or (rtype, system, str(value)) not in at.root.produced:
                     return None
-            return f"{rtype}?{identifier_search(system, str(value))}"
+                value = str(value)
+            return conditional_reference(rtype, system, value)
         if not local:
             find = _remembered(find, ("ref", name))
 
@@ -730,15 +737,18 @@ def _identifier(spec: _Spec, ctx: Context, value: Any) -> str:
     return str(value)
 
 
-def _distinct(contexts: Iterable[Context]) -> Iterator[Context]:
+def _distinct(contexts: Iterable[Context]) -> list[Context]:
     """The contexts, each string item once (a repeated one would only add itself again)."""
-    seen = set()
+    seen: set = set()
+    out = []
     for ctx in contexts:
-        if ctx.item.__class__ is str:
-            if ctx.item in seen:
+        item = ctx.item
+        if item.__class__ is str:
+            if item in seen:
                 continue
-            seen.add(ctx.item)
-        yield ctx
+            seen.add(item)
+        out.append(ctx)
+    return out
 
 
 def _is_path(node: Any) -> bool:
