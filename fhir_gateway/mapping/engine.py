@@ -379,26 +379,37 @@ class Mapping:
             if kind is not _LITERAL:
                 computed.append((key, kind, fn, from_source))
 
+        # whether a `$path` or an expression member reads the source: known here
+        reads = any(fs for _, kind, _, fs in computed if kind is _SOURCE or kind is _VALUE)
+
         def build(ctx: Context) -> tuple[Any, bool]:
             if when is not None and not when(ctx):
                 return MISSING, False
-            out, reads_source, found_source = skeleton.copy(), False, False
+            out, reads_source, found_source = skeleton.copy(), reads, False
             for key, kind, fn, from_source in computed:
-                if kind is _COPY:  # a literal object or list: there, and not from the source
+                if kind is _SOURCE:
+                    value = fn(ctx)
+                    if value.__class__ is str:  # the usual member: a text of the record
+                        out[key] = value
+                        found_source = True
+                        continue
+                    if value is not MISSING:
+                        value = _fresh(value)  # not the record's own data
+                elif kind is _VALUE:
+                    value = fn(ctx)
+                elif kind is _COPY:  # a literal object or list: there, and not from the source
                     out[key] = fn()
                     continue
-                if kind is _BUILD:
-                    value, from_source = fn(ctx)
                 else:
-                    value = fn(ctx)
-                    if kind is _SOURCE and value.__class__ is not str and value is not MISSING:
-                        value = _fresh(value)  # not the record's own data
-                reads_source |= from_source
+                    value, from_source = fn(ctx)
+                    if from_source:
+                        reads_source = True
                 if value is MISSING:
                     del out[key]
                 else:
                     out[key] = value
-                    found_source |= from_source
+                    if from_source:
+                        found_source = True
             if not out or (reads_source and not found_source):
                 return MISSING, reads_source
             return out, reads_source

@@ -121,6 +121,14 @@ def _walker(path: str, as_text: bool, absent: Any = None) -> Getter:
     start, rest = _start(path)
     steps = () if rest in ("", ".") else tuple(rest.split("."))
 
+    def walk_one(ctx: Context) -> Any:  # the usual path: one key, here
+        item = ctx.item
+        if item.__class__ is dict:
+            value = item.get(only)
+            if value.__class__ is str:
+                return value or absent
+        return walk_any(ctx)
+
     def walk(ctx: Context) -> Any:
         if start is not None:
             ctx = start(ctx)
@@ -152,7 +160,8 @@ def _walker(path: str, as_text: bool, absent: Any = None) -> Getter:
             if value is None or (value == [] and absent is not None):
                 return absent
         return value
-    return walk
+    only = steps[0] if len(steps) == 1 and start is None else None
+    return walk if only is None else walk_one
 
 
 def _repeats(ctx: Context, steps: tuple[str, ...]) -> MappingError:
