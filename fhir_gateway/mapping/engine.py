@@ -454,6 +454,16 @@ class Mapping:
         def build(ctx: Context) -> tuple[Any, bool]:
             out, any_from_source = [], False
             for kind, part, from_source in parts:
+                if kind is _SOURCE:
+                    any_from_source = True
+                    value = part(ctx)
+                    if value.__class__ is str:  # the usual item: a text of the record
+                        out.append(value)
+                    elif isinstance(value, list):  # a path reaching several: spread
+                        out.extend(_fresh(value))
+                    elif value is not MISSING:
+                        out.append(_fresh(value))
+                    continue
                 if kind is _LITERAL:
                     out.append(part)
                     continue
@@ -468,13 +478,8 @@ class Mapping:
                     value, from_source = part(ctx)
                 else:
                     value = part(ctx)
-                    if kind is _SOURCE and value.__class__ is not str and value is not MISSING:
-                        value = _fresh(value)
-                if kind is _SOURCE and isinstance(value, list):  # a path reaching several
-                    out.extend(value)
+                if from_source:
                     any_from_source = True
-                    continue
-                any_from_source |= from_source
                 if value is not MISSING:
                     out.append(value)
             return (out if out else MISSING), any_from_source
