@@ -82,7 +82,7 @@ _LITERAL, _COPY, _SOURCE, _VALUE, _BUILD, _REPEAT = (
 _NOT_LITERAL = object()
 
 
-@dataclass
+@dataclass(slots=True)
 class MappedResource:
     """One FHIR resource a record maps to (no `id`: the store finds it by `identifier`).
 
@@ -173,7 +173,7 @@ def _remembered(fn: Callable[[Context], Any], key: Any) -> Callable[[Context], A
     return once
 
 
-@dataclass
+@dataclass(slots=True)
 class _Spec:
     key: str
     type: str
