@@ -780,3 +780,28 @@ def test_the_engine_knows_no_health_home_transform_unless_given_it(tmp_path):
     assert any(m.type == "Condition" for m in mapped)
     with pytest.raises(MappingError, match=r"transforms \['date'\] are generic ones"):
         load_mapping(MAPPINGS / "cimor.yaml", {**TRANSFORMS, "date": lambda v, _a: v})
+
+
+# Paths with `[]` are walked depth first; an extract that breaks one is named breadth first,
+# the first step that goes astray at the shallowest level (as before the walk changed).
+@pytest.mark.parametrize("path, data, expected", [
+    ("L[].B[]", {"L": [{"B": ["x"]}, {"B": "y"}]},
+     "L[1].B: expected a list (a repeating element)"),
+    ("L[].B.C[]", {"L": [{"B": {"C": ["1"]}}, {"B": [{"C": ["2"]}]}]},
+     "L[1].B: repeats: address it with '[]'"),
+    ("L[].M[].B", {"L": [{"M": [{"B": "x"}, {"B": ["z"]}]}, {"M": "q"}]},
+     "L[1].M: expected a list (a repeating element)"),
+])
+def test_a_path_that_goes_astray_names_the_shallowest_step(path, data, expected):
+    for reach in (items, resolve):
+        with pytest.raises(MappingError) as err:
+            reach(Context(data), path)
+        assert str(err.value) == expected
+
+
+def test_items_keep_the_source_order_and_paths():
+    data = {"L": [{"M": [{"B": "x"}]}, {"M": [None, "", {"B": "y"}]}]}
+    found = items(Context(data), "L[].M[].B")
+    assert [(c.item, c.where, c.parent.where) for c in found] == [
+        ("x", "L[0].M[0].B", "L[0].M[0]"), ("y", "L[1].M[2].B", "L[1].M[2]")]
+    assert resolve(Context(data), "L[].M[]") == [{"B": "x"}, {"B": "y"}]

@@ -175,42 +175,23 @@ def _repeats(ctx: Context, steps: tuple[str, ...]) -> MappingError:
     return MappingError(where, "repeats: address it with '[]'")
 
 
-Reached = list[tuple[Context | None, Any, Any]]  # (context, value, where: see Context._at)
-
-
-def _reach(ctx: Context, steps: list[tuple[str, bool]], contexts: bool) -> Reached:
-    """(context, value, source path) of everything the steps reach from ctx, breadth first.
-
-    Only `[]` items get a context (and only if asked for): plain steps are dict look-ups,
-    and `../` climbs over them anyway. An item's context has the item it is in as parent.
-    """
-    found: Reached = [(ctx, ctx.item, ctx._at)]
+def _astray(ctx: Context, steps: list[tuple[str, bool]]) -> None:
+    """Raise the error of a path whose walk went astray (a list where no `[]` is, or no
+    list where one is): the first such step breadth first, the error a record gets."""
+    found = [(ctx.item, ctx._at)]
     for key, many in steps:
-        nxt: Reached = []
-        for level, item, at in found:
-            if item.__class__ is not dict and not isinstance(item, dict):
-                continue
-            value = item.get(key)
+        nxt = []
+        for item, at in found:
+            value = item.get(key) if isinstance(item, dict) else None
             if value is None:
                 continue
-            where = (at, key)  # written out by `_written` if an error or a caller asks
-            is_list = value.__class__ is list or isinstance(value, list)
-            if not many:
-                if is_list:
-                    raise MappingError(_written(where), "repeats: address it with '[]'")
-                nxt.append((level, value, where))
-                continue
-            if not is_list:
-                raise MappingError(_written(where), "expected a list (a repeating element)")
-            if not contexts:
-                nxt += [(None, v, (where, i)) for i, v in enumerate(value) if v is not None]
-                continue
-            for i, v in enumerate(value):
-                if v is not None:
-                    at_i = (where, i)
-                    nxt.append((Context(v, level, at_i), v, at_i))
+            where = (at, key)  # written out by `_written` only for the error
+            if isinstance(value, list) != many:
+                raise MappingError(_written(where), "expected a list (a repeating element)"
+                                   if many else "repeats: address it with '[]'")
+            nxt += [(v, (where, i)) for i, v in enumerate(value) if v is not None] if many \
+                else [(value, where)]
         found = nxt
-    return found
 
 
 def _steps(rest: str) -> list[tuple[str, bool]]:
@@ -218,7 +199,7 @@ def _steps(rest: str) -> list[tuple[str, bool]]:
 
 
 class _Astray(Exception):
-    """A step `_reach` would fail at: it is asked again, to raise the error it names."""
+    """A step that went astray: `_astray` names the error."""
 
 
 # One step of a path walked depth first: (context of the enclosing `[]` item, value, where,
@@ -227,9 +208,11 @@ Step = Callable[[Context, Any, Any, list], None]
 
 
 def _walk_steps(steps: list[tuple[str, bool]], last: Step, contexts: bool) -> Getter:
-    """What `_reach` finds, as `last` appends it, by one nested call per step and item:
-    depth first, the same items in the same order, without its lists of triples. A step
-    that would be an error leaves to `_reach`, which raises the error it names."""
+    """What the steps reach from a context, as `last` appends it: one nested call per step
+    and item, depth first (the items in the order of the source). Only `[]` items get a
+    context (if asked for): plain steps are dict look-ups, and `../` climbs over them
+    anyway; an item's context has the item it is in as parent. A step that goes astray
+    hands over to `_astray`, which raises the error breadth first, as a record gets it."""
     step = last
     for key, many in reversed(steps):
         step = (_each if many else _plain)(key, step, contexts)
@@ -239,7 +222,7 @@ def _walk_steps(steps: list[tuple[str, bool]], last: Step, contexts: bool) -> Ge
         try:
             step(ctx, ctx.item, ctx._at, found)
         except _Astray:
-            _reach(ctx, steps, contexts)
+            _astray(ctx, steps)
         return found
     return walk
 
