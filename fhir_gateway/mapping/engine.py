@@ -242,7 +242,7 @@ class Mapping:
             raise MappingError(str(source), "two resources share a key")
         shared = Counter(spec.when for spec in self.specs)
         for spec in self.specs:
-            if spec.when and (spec.foreach is None or shared[spec.when] > 1):
+            if spec.when and shared[spec.when] > 1:  # a test asked once is not kept
                 spec.test = _remembered(spec.when.test, spec.when)  # asked again, same answer
             spec.build = self._template(spec.template, spec.where + ".resource")
             spec.more_identifiers = "identifier" in spec.template or any(
