@@ -165,10 +165,10 @@ class _Record(Context):
 def _remembered(fn: Callable[[Context], Any], key: Any) -> Callable[[Context], Any]:
     """fn(ctx), computed once per context of a record (the memo is the record's)."""
     def once(ctx: Context) -> Any:
-        memo = ctx.root.memo
-        found = memo.get((key, ctx), memo)  # the memo itself: not there yet
+        memo, at = ctx.root.memo, (key, ctx)
+        found = memo.get(at, memo)  # the memo itself: not there yet
         if found is memo:
-            found = memo[key, ctx] = fn(ctx)
+            found = memo[at] = fn(ctx)
         return found
     return once
 

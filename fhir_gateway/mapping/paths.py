@@ -127,6 +127,8 @@ def _walker(path: str, as_text: bool, absent: Any = None) -> Getter:
             value = item.get(only)
             if value.__class__ is str:
                 return value or absent
+            if value is None:
+                return absent
         return walk_any(ctx)
 
     def walk(ctx: Context) -> Any:
@@ -139,6 +141,8 @@ def _walker(path: str, as_text: bool, absent: Any = None) -> Getter:
             value = value.get(key)
         if value.__class__ is str:
             return value or absent
+        if value is None:
+            return absent
         return walk_any(ctx)
 
     def walk_any(ctx: Context) -> Any:
