@@ -85,6 +85,26 @@ def issue_code(on_hapi):
 
 
 @pytest.fixture
+def live(store):
+    """The gateway over the test's store, served by uvicorn in a thread: real concurrent
+    HTTP requests, each in its own worker thread, as in production."""
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(create_app(store), port=free_port(),
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        thread.join(0.05)
+    with httpx.Client(base_url=f"http://127.0.0.1:{server.config.port}", timeout=120) as http:
+        yield http
+    server.should_exit = True
+    thread.join()
+
+
+@pytest.fixture
 def client(store):
     with TestClient(create_app(store), base_url="http://gateway.test") as c:
         yield c

@@ -8,13 +8,11 @@ import base64
 import threading
 from pathlib import Path
 
-import httpx
 import pytest
-import uvicorn
 import yaml
 from fastapi.testclient import TestClient
 
-from conftest import FHIR_JSON, free_port
+from conftest import FHIR_JSON
 from fhir_gateway.api.app import create_app
 from test_eligibility_http import condition, coverage, member
 
@@ -342,22 +340,6 @@ def test_the_regional_office_referral_uses_the_county_and_a_configured_office(
 
 
 # -- one Health Home at a time, under concurrent requests ------------------------------------
-
-@pytest.fixture
-def live(store):
-    """The gateway over the test's store, served by uvicorn in a thread: real concurrent
-    HTTP requests, each `$enroll` in its own worker thread, as in production."""
-    server = uvicorn.Server(uvicorn.Config(create_app(store), port=free_port(),
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        thread.join(0.05)
-    with httpx.Client(base_url=f"http://127.0.0.1:{server.config.port}", timeout=120) as http:
-        yield http
-    server.should_exit = True
-    thread.join()
-
 
 #: (state, diagnoses, the two programs requested in turn, source, the search for what each
 #: enrollment writes besides the EpisodeOfCare)

@@ -10,13 +10,9 @@ import re
 import threading
 from pathlib import Path
 
-import httpx
 import orjson
 import pytest
-import uvicorn
 
-from conftest import free_port
-from fhir_gateway.api.app import create_app
 
 from exchange_messages import dcn, kancare, message, mrn
 from fhir_gateway.identifiers import MO_HEALTHNET_DCN
@@ -279,22 +275,6 @@ def test_a_resource_whose_identifier_names_two_stored_ones_is_422(client):
     assert issue["expression"] == ["Bundle.entry[5].resource.identifier[0]"]
     counts = stored_counts(client)
     assert counts.pop("Organization") == 2 and set(counts.values()) == {0}
-
-
-@pytest.fixture
-def live(store):
-    """The gateway over the test's store, served by uvicorn in a thread: concurrent HTTP
-    requests, each message in its own worker thread, as in production."""
-    server = uvicorn.Server(uvicorn.Config(create_app(store), port=free_port(),
-                                           log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        thread.join(0.05)
-    with httpx.Client(base_url=f"http://127.0.0.1:{server.config.port}", timeout=120) as http:
-        yield http
-    server.should_exit = True
-    thread.join()
 
 
 @pytest.mark.parametrize("round_", range(3))
