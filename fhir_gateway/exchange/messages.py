@@ -34,6 +34,7 @@ from fhir_gateway.bundle import at_entry
 from fhir_gateway.exchange.patient_match import candidates, identifier_pairs, token
 from fhir_gateway.identifiers import CANONICAL_BASE
 from fhir_gateway.outcome import FhirError, Issue, operation_outcome
+from fhir_gateway.search.values import each_reference
 from fhir_gateway.store.base import FhirStore
 from fhir_gateway.validation.service import Validator
 
@@ -311,16 +312,9 @@ def _contents(message: Message, targets: list[tuple[str, dict | None]], rules: R
     return out
 
 
-def _rewrite(node, refs: dict[str, str]):
-    if isinstance(node, dict):
-        ref = node.get("reference")
-        if isinstance(ref, str) and ref in refs:
-            node["reference"] = refs[ref]
-        for value in node.values():
-            _rewrite(value, refs)
-    elif isinstance(node, list):
-        for value in node:
-            _rewrite(value, refs)
+def _rewrite(node: dict, refs: dict[str, str]) -> dict:
+    for reference in each_reference(node):
+        reference["reference"] = refs.get(reference["reference"], reference["reference"])
     return node
 
 

@@ -8,7 +8,7 @@ ContactPoint, a code or a boolean, ...).
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from fhir_gateway.search.dates import MAX, MIN, parse_range
 
@@ -83,6 +83,23 @@ def references(nodes: Iterable) -> list[tuple[str, str | None, str | None]]:
         else:
             rows.append((ref, None, None))
     return rows
+
+
+def each_reference(node) -> Iterator[dict]:
+    """Every element under `node` that holds a `reference` text (a Reference), to read or
+    rewrite in place. A loop, not recursion: it visits every element of every entry of a
+    transaction."""
+    stack = [node]
+    push = stack.append
+    while stack:
+        node = stack.pop()
+        if node.__class__ is dict:
+            if node.get("reference").__class__ is str:
+                yield node
+            node = node.values()
+        for value in node:
+            if value.__class__ is dict or value.__class__ is list:
+                push(value)
 
 
 def reference_path(resource: dict, ttype: str, tid: str) -> str:

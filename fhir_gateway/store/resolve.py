@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl
 from fhir_gateway import bundle as bundles
 from fhir_gateway.outcome import FhirError, invalid
 from fhir_gateway.search.registry import params_for, resource_types
+from fhir_gateway.search.values import each_reference
 from fhir_gateway.store.base import FhirStore, Written, one_match
 from fhir_gateway.store.units import ORDER, Entries
 
@@ -231,17 +232,8 @@ def _rewrite_one(node: dict, ids: dict[str, str], resolve: Resolve, where: str) 
 
 
 def _rewrite(node, ids: dict[str, str], resolve: Resolve) -> None:
-    stack = [node]  # a loop, not recursion: this visits every element of every entry
-    push = stack.append
-    while stack:
-        node = stack.pop()
-        if node.__class__ is dict:
-            if node.get("reference").__class__ is str:
-                _rewrite_one(node, ids, resolve, "")
-            node = node.values()
-        for value in node:
-            if value.__class__ is dict or value.__class__ is list:
-                push(value)
+    for reference in each_reference(node):
+        _rewrite_one(reference, ids, resolve, "")
 
 
 def _rewrite_at(node, ids: dict[str, str], resolve: Resolve, where: str) -> None:
