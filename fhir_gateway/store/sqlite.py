@@ -271,13 +271,21 @@ class SQLiteStore(BundleOperations):
         self._pids = {(t, c): pid for pid, t, c in conn.execute("SELECT pid, type, code FROM param")}
 
     def pid(self, resource_type: str, code: str, create: bool = False) -> int:
+        """The row id of a search parameter, -1 for one nothing was ever indexed under.
+
+        Another process (an import into the file a gateway serves) may have registered it
+        since this one started: a miss asks the file before it is taken as unknown, and a
+        new registration cannot collide (the write transaction holds the file's lock)."""
         key = (resource_type, code)
         pid = self._pids.get(key)
         if pid is None:
-            if not create:
+            conn = self.connection()
+            row = conn.execute("SELECT pid FROM param WHERE type=? AND code=?", key).fetchone()
+            if row is None and not create:
                 return -1
-            cur = self.connection().execute("INSERT INTO param(type, code) VALUES (?, ?)", key)
-            pid = self._pids[key] = cur.lastrowid
+            pid = row[0] if row else conn.execute(
+                "INSERT INTO param(type, code) VALUES (?, ?)", key).lastrowid
+            self._pids[key] = pid
         return pid
 
     # -- reads --------------------------------------------------------------------------
