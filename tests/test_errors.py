@@ -116,3 +116,31 @@ def test_a_category_coding_without_a_code_is_judged_not_a_500_error(client):
         "category": [{"coding": [{"system": categories, "code": "smi"}, {"system": categories}]}]})
     assert r.status_code == 201, r.text  # a Coding may lack a code; the smi one is checked
     assert r.json()["category"][0]["coding"][0]["code"] == "smi"
+
+
+def _nested_extensions(depth: int) -> dict:
+    extension = {"url": "http://example.org/x", "valueString": "leaf"}
+    for _ in range(depth):
+        extension = {"url": "http://example.org/x", "extension": [extension]}
+    return extension
+
+
+@pytest.mark.parametrize("depth", [60, 150, 400])
+def test_a_resource_nested_too_deep_is_a_400_naming_where(client, depth):
+    """Legal but deep nesting was a 500 (RecursionError, then the serialiser's limit)."""
+    r = client.post("/fhir/Patient", json=patient(extension=[_nested_extensions(depth)]))
+    assert r.status_code == 400, r.text
+    issue = _issue(r)
+    assert "deeper than 100" in issue["diagnostics"]
+    # the path names the first level beyond the limit: Patient(1) extension(2) [0](3) ...
+    path = issue["expression"][0]
+    assert path.startswith("Patient.extension[0].extension[0]")
+    assert path.count(".") + path.count("[") == 100
+
+
+def test_nesting_within_the_limit_is_stored_and_read_back(client):
+    resource = patient(extension=[_nested_extensions(45)])
+    created = client.post("/fhir/Patient", json=resource)
+    assert created.status_code == 201, created.text
+    read = client.get(f"/fhir/Patient/{created.json()['id']}").json()
+    assert read["extension"] == resource["extension"]

@@ -146,3 +146,24 @@ def test_references_to_resources_already_in_the_store_resolve(tmp_path, store_ur
                  cwd=tmp_path)
     assert summary(second) == {"files": 1, "created": len(files["Encounter.000.ndjson"]),
                                "updated": 0, "failed": 0}, output(second)
+
+
+def test_one_deeply_nested_line_is_quarantined_and_the_others_load(tmp_path, store_url):
+    """A line nested beyond the limit crashed the whole load (0 of 3 stored)."""
+    deep = {"url": "http://example.org/x", "valueString": "leaf"}
+    for _ in range(200):
+        deep = {"url": "http://example.org/x", "extension": [deep]}
+    lines = [{"resourceType": "Organization", "id": f"deep-{n}", "name": f"Org {n}"}
+             for n in range(3)]
+    lines[1]["extension"] = [deep]
+    path = tmp_path / "Organization.ndjson"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    quarantine = tmp_path / "q.ndjson"
+    result = cli("load", "--store", store_url, "--quarantine", str(quarantine), str(path),
+                 cwd=tmp_path)
+    assert result.returncode == 1, output(result)
+    assert "Organization.ndjson line 2: " in output(result)
+    assert "deeper than 100" in output(result)
+    assert summary(result) == {"files": 1, "created": 2, "updated": 0, "failed": 1}
+    assert stored_count(store_url, "Organization") == 2
+    assert [json.loads(row)["record"] for row in quarantine.read_text().splitlines()] == ["line 2"]
