@@ -278,8 +278,14 @@ def validate(schema: etree.XMLSchema, element: etree._Element) -> list[str]:
     is checked against the schema's global record element without copying it. libxml2
     reports paths as positional steps (/*/*[9]/*[2]); they are turned back into names.
     """
-    if schema.validate(element):
-        return []
+    try:
+        if schema.validate(element):
+            return []
+    except etree.XMLSchemaValidateError:  # libxml2 cannot validate an unexpanded entity
+        entities = [f"{_path_of(element, e.getparent())}: entity reference {e.text} is not "
+                    "allowed in an extract (entities are never expanded)"
+                    for e in element.iter(etree.Entity)]
+        return entities or ["the record cannot be checked against the XSD"]
     problems = []
     for entry in schema.error_log:
         message = _ELEMENT_PREFIX.sub("", _CLARK.sub("", entry.message))
@@ -307,3 +313,14 @@ def _named_path(record: etree._Element, path: str | None) -> str:
         name = _local(node.tag)
         names.append(f"{name}[{same.index(node) + 1}]" if len(same) > 1 else name)
     return "/".join(names) or _local(record.tag)
+
+
+def _path_of(record: etree._Element, node: etree._Element) -> str:
+    """The path of `node` inside `record`, named as `_named_path` names libxml2's paths."""
+    names = []
+    while node is not None and node is not record:
+        same = [c for c in node.getparent() if c.tag == node.tag]
+        name = _local(node.tag)
+        names.append(f"{name}[{same.index(node) + 1}]" if len(same) > 1 else name)
+        node = node.getparent()
+    return "/".join(reversed(names)) or _local(record.tag)

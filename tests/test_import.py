@@ -9,6 +9,7 @@ import sys
 from collections import Counter
 
 import pytest
+from orjson import dumps as orjson_dumps
 
 from fhir_gateway.adapters import byte_ranges
 from fhir_gateway.adapters.cimor.parser import parse as parse_cimor
@@ -199,3 +200,42 @@ def test_the_guard_trusts_only_its_own_validator(tmp_path):
             store.transaction(bundle, checked_by=other)
         assert refused.value.status == 400 and "birthDate" in refused.value.issues[0].diagnostics
     store.close()
+
+
+def _with_entity(source, target, entity: str, declaration: str):
+    """The extract with a DOCTYPE declaring `entity`, used in the second record's text."""
+    head, _, body = source.read_text().partition("?>")
+    root = body.split("-->")[-1].split("<", 1)[1].split()[0]
+    first = body.find("<Last>")
+    second = body.find("<Last>", first + 1) + len("<Last>")
+    body = body[:second] + f"&{entity};" + body[second:]
+    target.write_text(f"{head}?>\n<!DOCTYPE {root} [{declaration}]>{body}")
+    return target
+
+
+@pytest.mark.parametrize("system", ["cimor", "cyberaccess"])
+@pytest.mark.parametrize("workers", [0, 2], ids=["inline", "worker-processes"])
+@pytest.mark.parametrize("entity, declaration", [
+    ("x", '<!ENTITY x "inside">'),
+    ("ext", '<!ENTITY ext SYSTEM "file:///etc/passwd">')], ids=["internal", "external"])
+def test_an_entity_reference_quarantines_its_record_and_the_others_import(
+        tmp_path, extracts, system, workers, entity, declaration):
+    """Was a traceback (XMLSchemaValidateError; with workers an unpicklable error log):
+    the record before the bad one lost, CyberAccess stored 0 of 10."""
+    source = extracts[0] if system == "cimor" else extracts[1]
+    damaged = _with_entity(source, tmp_path / f"{system}-entity.xml", entity, declaration)
+    store = open_store(f"sqlite:///{tmp_path / 'entity.db'}")
+    try:
+        summary = import_extract(store, system, damaged, workers=workers)
+        assert summary.malformed is None
+        assert summary.records == MEMBERS and summary.quarantined == 1
+        row = summary.quarantine[0]
+        assert row["reason"] == (f"Name/Last: entity reference &{entity}; is not allowed in an "
+                                 "extract (entities are never expanded)")
+        assert f"&{entity};" in row["raw"]
+        assert damaged.read_text().splitlines()[row["line"] - 1].lstrip().startswith("<")
+        assert store.search("Patient", [("_summary", "count")]).total == MEMBERS - 1
+        body = orjson_dumps(store.search("Patient", [("_count", "500")]).matches)
+        assert b"root:" not in body and b"inside" not in body  # nothing expanded, nothing leaked
+    finally:
+        store.close()
