@@ -24,7 +24,13 @@ from fhir_gateway.api.http import (
     written_response,
 )
 from fhir_gateway.outcome import FhirError, Issue, invalid, operation_outcome
-from fhir_gateway.search.query import DEFAULT_COUNT, MAX_COUNT, RESULT_PARAMS
+from fhir_gateway.search.query import (
+    DEFAULT_COUNT,
+    MAX_COUNT,
+    MAX_OFFSET,
+    RESULT_PARAMS,
+    whole_number,
+)
 from fhir_gateway.search.registry import resource_types
 from fhir_gateway.store.base import FhirStore, StoredSearchset
 from fhir_gateway.validation.service import check_shape, check_update_id
@@ -244,12 +250,11 @@ async def _history(request: Request, resource_type: str | None, resource_id: str
     check_accept(request)
     params = _params(request)
     query = dict(params)
-    count, offset = query.get("_count", str(DEFAULT_COUNT)), query.get("_offset", "0")
-    if not count.isdigit() or not offset.isdigit():
-        raise invalid("_count and _offset must be non-negative integers")
+    count = whole_number(query.get("_count", str(DEFAULT_COUNT)), "_count")
+    offset = whole_number(query.get("_offset", "0"), "_offset", MAX_OFFSET)
     result = await run_in_threadpool(
         _store(request).history, resource_type, resource_id, query.get("_since"),
-        min(int(count), MAX_COUNT), int(offset))
+        min(count, MAX_COUNT), offset)
     path = "/".join(p for p in (resource_type, resource_id, "_history") if p)
     body = bundles.history(result, base_url(request), path, params)
     return fhir_response(body, pretty=is_pretty(request))

@@ -15,6 +15,16 @@ from fhir_gateway.search.registry import SearchParam, params_for, resource_types
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 1000
+#: Limits of one search, each a 400 naming the parameter before the store is asked: the
+#: work a search costs grows with each (an AND per parameter, an OR per value, a join per
+#: chain level, an ORDER BY term per sort key), and SQLite refuses some of them far beyond
+#: (`Expression tree is too large`, `too many terms in ORDER BY`). Real searches stay well
+#: within; README "What the FHIR API does" lists them.
+MAX_PARAMETERS = 40   # search parameters (criteria, _include, _revinclude) in one search
+MAX_VALUES = 100      # comma-separated values of one parameter
+MAX_CHAIN = 3         # chained levels: subject:Patient.organization.partof.name is 3
+MAX_SORT = 5          # _sort keys
+MAX_OFFSET = 2**31 - 1
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 RESULT_PARAMS = {"_count", "_offset", "_sort", "_summary", "_elements", "_total", "_format",
                  "_pretty"}
@@ -78,6 +88,9 @@ def parse_query(resource_type: str, pairs: list[tuple[str, str]], strict: bool =
                 default_count: int = DEFAULT_COUNT, max_count: int = MAX_COUNT) -> SearchQuery:
     query = SearchQuery(resource_type, count=default_count)
     params = params_for(resource_type)
+    if sum(name not in RESULT_PARAMS for name, _ in pairs) > MAX_PARAMETERS:
+        raise FhirError(400, f"A search may have at most {MAX_PARAMETERS} parameters",
+                        "too-costly")
     for name, value in pairs:
         base = name.split(":")[0]
         if base in ("_include", "_revinclude"):
@@ -105,6 +118,8 @@ def _criterion(resource_type: str, params: dict[str, SearchParam], name: str,
                value: str) -> Criterion:
     head, _, chain = name.partition(".")
     code, _, modifier = head.partition(":")
+    if name.count(".") > MAX_CHAIN:
+        raise FhirError(400, f"A chain may have at most {MAX_CHAIN} levels", "too-costly", name)
     param = params.get(code)
     if param is None:
         raise _Unknown(f"Unknown search parameter '{code}' for resource type {resource_type}")
@@ -137,6 +152,9 @@ def _criterion(resource_type: str, params: dict[str, SearchParam], name: str,
             raise FhirError(400, f"Modifier ':{modifier}' on '{code}' is not supported by "
                                  "this server", "not-supported", name)
     values = _split(value)
+    if len(values) > MAX_VALUES:
+        raise FhirError(400, f"A search parameter may have at most {MAX_VALUES} values",
+                        "too-costly", name)
     if modifier == "missing":
         if value not in ("true", "false"):
             raise invalid(f"':missing' takes true or false, not '{value}'", name)
@@ -174,15 +192,16 @@ def _check_value(param: SearchParam, name: str, value: str) -> None:
 
 
 def _result_param(query: SearchQuery, name: str, value: str, max_count: int) -> None:
-    if name in ("_count", "_offset"):
-        if not value.isdigit():
-            raise invalid(f"{name} must be a non-negative integer, not '{value}'", name)
-        if name == "_count":
-            query.count = min(int(value), max_count)
-        else:
-            query.offset = int(value)
+    if name == "_count":
+        query.count = min(whole_number(value, name), max_count)
+    elif name == "_offset":
+        query.offset = whole_number(value, name, MAX_OFFSET)
     elif name == "_sort":
-        for key in filter(None, value.split(",")):
+        keys = list(filter(None, value.split(",")))
+        if len(keys) + len(query.sort) > MAX_SORT:
+            raise FhirError(400, f"_sort may have at most {MAX_SORT} keys", "too-costly",
+                            "_sort")
+        for key in keys:
             desc = key.startswith("-")
             code = key.lstrip("-")
             param = params_for(query.resource_type).get(code)
@@ -197,6 +216,16 @@ def _result_param(query: SearchQuery, name: str, value: str, max_count: int) -> 
         query.summary = None if value == "false" else value
     elif name == "_elements":
         query.elements.extend(e.strip() for e in value.split(",") if e.strip())
+
+
+def whole_number(value: str, name: str, maximum: int | None = None) -> int:
+    """A non-negative integer parameter, 400 naming it otherwise; a value above `maximum`
+    too (without one, any count of digits is read: callers cap it)."""
+    if not (value.isascii() and value.isdigit()):
+        raise invalid(f"{name} must be a non-negative integer, not '{value[:40]}'", name)
+    if maximum is not None and (len(value) > 19 or int(value) > maximum):
+        raise invalid(f"{name} must be at most {maximum}", name)
+    return int(value) if len(value) <= 19 else 10**19
 
 
 def parse_include(value: str, name: str) -> Include:

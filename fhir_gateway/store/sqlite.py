@@ -145,7 +145,7 @@ def parse_etag(value: str) -> int:
     if tag.startswith("W/"):
         tag = tag[2:]
     tag = tag.strip('"')
-    if not tag.isdigit():
+    if not (tag.isascii() and tag.isdigit() and len(tag) <= 18):
         raise invalid(f"Invalid If-Match value '{value}': expected W/\"<versionId>\"", "If-Match")
     return int(tag)
 
@@ -316,7 +316,7 @@ class SQLiteStore(BundleOperations):
         row = self.connection().execute(
             "SELECT v.body, v.method FROM version v JOIN resource r ON r.rid = v.rid "
             "WHERE r.type=? AND r.id=? AND v.version=?",
-            (resource_type, resource_id, int(version) if version.isdigit() else -1)).fetchone()
+            (resource_type, resource_id, int(version) if version.isascii() and version.isdigit() and len(version) <= 18 else -1)).fetchone()
         if row is None:
             raise FhirError(404, f"Version {version} of {resource_type}/{resource_id} is not "
                                  "known", "not-found")
