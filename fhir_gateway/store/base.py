@@ -135,6 +135,15 @@ class PassThroughStore(FhirStore, Protocol):
                    strict: bool = False) -> StoredSearchset | SearchResult: ...
 
 
+def version_number(resource_type: str, resource_id: str, version: str) -> int:
+    """A vread's version as a number; 404 for what no store could have written (HAPI
+    answers 500 to a version beyond 64 bits, SQLite cannot bind one)."""
+    if not (version.isascii() and version.isdigit() and len(version) <= 18):
+        raise FhirError(404, f"Version {version[:40]} of {resource_type}/{resource_id} is not "
+                             "known", "not-found")
+    return int(version)
+
+
 def one_match(ids: list[str], resource_type: str, what: str) -> str | None:
     """The one id a conditional operation found, None for none; 412 for several."""
     if len(ids) > 1:

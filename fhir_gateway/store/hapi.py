@@ -24,6 +24,7 @@ from fhir_gateway.store.base import (
     StoredResource,
     StoredSearchset,
     Written,
+    version_number,
 )
 from fhir_gateway.store.units import BundleOperations, Entries
 
@@ -87,12 +88,14 @@ class HapiStore(BundleOperations):
         return self._json(self._request("GET", f"{resource_type}/{resource_id}"))
 
     def vread(self, resource_type: str, resource_id: str, version: str) -> dict:
+        version_number(resource_type, resource_id, version)
         return self._json(self._request("GET", f"{resource_type}/{resource_id}/_history/{version}"))
 
     def read_raw(self, resource_type: str, resource_id: str) -> StoredResource:
         return self._stored(self._request("GET", f"{resource_type}/{resource_id}"))
 
     def vread_raw(self, resource_type: str, resource_id: str, version: str) -> StoredResource:
+        version_number(resource_type, resource_id, version)
         return self._stored(self._request("GET",
                                           f"{resource_type}/{resource_id}/_history/{version}"))
 

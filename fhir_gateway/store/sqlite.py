@@ -27,7 +27,7 @@ from fhir_gateway.search.fhirpath import element_names
 from fhir_gateway.search.query import SearchQuery, parse_query
 from fhir_gateway.search.registry import SearchParam, indexed_params, resource_types
 from fhir_gateway.store.base import (HistoryEntry, HistoryResult, SearchResult, StoreURLError,
-                                      Written, one_match)
+                                      Written, one_match, version_number)
 from fhir_gateway.store.resolve import commit as resolve_and_commit
 from fhir_gateway.store.sqlsearch import INDEX, INDEX_TABLES, matching_ids, run_query
 from fhir_gateway.store.units import BundleOperations, Entries
@@ -316,7 +316,8 @@ class SQLiteStore(BundleOperations):
         row = self.connection().execute(
             "SELECT v.body, v.method FROM version v JOIN resource r ON r.rid = v.rid "
             "WHERE r.type=? AND r.id=? AND v.version=?",
-            (resource_type, resource_id, int(version) if version.isascii() and version.isdigit() and len(version) <= 18 else -1)).fetchone()
+            (resource_type, resource_id, version_number(resource_type, resource_id, version))
+        ).fetchone()
         if row is None:
             raise FhirError(404, f"Version {version} of {resource_type}/{resource_id} is not "
                                  "known", "not-found")
