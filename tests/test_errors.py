@@ -65,14 +65,6 @@ def test_unknown_endpoint_and_method_are_outcomes(client):
     assert r.status_code == 405 and _issue(r)
 
 
-def test_xml_is_refused_clearly(client):
-    r = client.post("/fhir/Patient", content=b"<Patient/>",
-                    headers={"Content-Type": "application/fhir+xml"})
-    assert r.status_code == 415
-    r = client.get("/fhir/Patient", headers={"Accept": "application/fhir+xml"})
-    assert r.status_code == 406
-
-
 def test_bad_search_values_are_400_naming_the_parameter(client):
     r = client.get("/fhir/Patient?birthdate=1980-02-31x")
     assert r.status_code == 400 and _issue(r)["expression"] == ["birthdate"]

@@ -7,10 +7,12 @@ import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from fhir_gateway import __version__
 from fhir_gateway.api import exchange, operations, rest
+from fhir_gateway.api.formats import FhirFormats, outcome_body, wants_xml
 from fhir_gateway.api.http import outcome_response
 from fhir_gateway.config import Settings
 from fhir_gateway.exchange.messages import Rules as MessageRules
@@ -52,10 +54,14 @@ def create_app(store: FhirStore, settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception):
+        """Runs in Starlette's outermost middleware, past FhirFormats: renders XML itself."""
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return outcome_response(FhirError(500, f"Internal error ({type(exc).__name__}); "
-                                               "see the gateway log", "exception"))
+        err = FhirError(500, f"Internal error ({type(exc).__name__}); see the gateway log",
+                        "exception")
+        body, media = outcome_body(err, wants_xml(request))
+        return Response(body, status_code=500, media_type=media)
 
+    app.add_middleware(FhirFormats)
     app.add_middleware(AccessLog)
     return app
 

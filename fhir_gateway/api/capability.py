@@ -31,7 +31,7 @@ def capability_statement(base: str, validator=None) -> dict:
         "implementation": {"description": "Health Home FHIR Gateway (embedded store)",
                            "url": base},
         "fhirVersion": "4.0.1",
-        "format": ["application/fhir+json", "json"],
+        "format": ["application/fhir+xml", "xml", "application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
             "resource": [_resource(t, validator) for t in sorted(resource_types())],

@@ -278,6 +278,8 @@ def _check_json_types(node: dict, schema: dict, path: str, issues: list[Issue]) 
         items = value if isinstance(value, list) else [value]
         for i, item in enumerate(items):
             where = f"{path}.{key}" + (f"[{i}]" if isinstance(value, list) else "")
+            if item is None and _has_extension(node, key, i):
+                continue  # `"given": [null], "_given": [{"extension": ...}]` (R4 json.html)
             if kind in _JSON_OK:
                 if not _JSON_OK[kind](item):
                     issues.append(Issue(f"{where}: Expected a JSON {kind}, got {item!r}", "value",
@@ -289,6 +291,12 @@ def _check_json_types(node: dict, schema: dict, path: str, issues: list[Issue]) 
                 child = item.get("resourceType") if kind == "resource" else sub
                 if child:
                     _check_json_types(item, _schema(child), where, issues)
+
+
+def _has_extension(node: dict, key: str, i: int) -> bool:
+    """Whether item i of a primitive array has its id/extensions in the `_key` array."""
+    extras = node.get("_" + key)
+    return isinstance(extras, list) and i < len(extras) and extras[i] is not None
 
 
 def _issue(resource_type: str, err: dict) -> Issue:
