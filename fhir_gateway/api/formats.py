@@ -81,18 +81,19 @@ class FhirFormats:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = {k: v for k, v in scope["headers"]}
+        headers = dict(scope["headers"])
         content_type = headers.get(b"content-type", b"").decode("latin-1")
-        pairs = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-        formats = [v for k, v in pairs if k == "_format"]
-        pretty = ("_pretty", "true") in pairs
+        query = scope.get("query_string", b"")
+        pairs = parse_qsl(query.decode("latin-1"), keep_blank_values=True) \
+            if b"_format" in query else []
+        format_param = next((v for k, v in reversed(pairs) if k == "_format"), None)
         try:
-            fmt = negotiate(formats[-1] if formats else None,
-                            headers.get(b"accept", b"").decode("latin-1"), content_type)
+            fmt = negotiate(format_param, headers.get(b"accept", b"").decode("latin-1"),
+                            content_type)
         except FhirError as err:
             return await _send_outcome(send, err, "json")
         scope.setdefault("state", {})[STATE_KEY] = fmt
-        if formats:
+        if format_param is not None:
             scope["query_string"] = urlencode([p for p in pairs if p[0] != "_format"]).encode()
         if _media(content_type) in XML_TYPES:
             try:
@@ -100,7 +101,7 @@ class FhirFormats:
             except FhirError as err:
                 return await _send_outcome(send, err, fmt)
         if fmt == "xml":
-            send = _xml_sender(send, pretty, formats[-1] if formats else None)
+            send = _xml_sender(send, b"_pretty=true" in query, format_param)
         await self.app(scope, receive, send)
 
 
