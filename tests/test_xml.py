@@ -424,3 +424,15 @@ def test_a_primitive_array_with_an_extension_only_item_is_stored(client):
     r = client.put("/fhir/Patient/rich-json", json=rich)
     assert r.status_code == 201, r.text
     assert r.json()["name"][0]["_given"][1]["extension"][0]["valueCode"] == "unknown"
+
+
+def test_a_bad_value_in_a_list_names_its_index(client):
+    body = (b'<Patient xmlns="http://hl7.org/fhir"><name><given value="A"/><given value=""/>'
+            b'</name><name><family value="B"/></name><name><period><start value="x"/></period>'
+            b'<use value=""/></name></Patient>')
+    r = client.post("/fhir/Patient", content=body, headers=XML_IN)
+    assert r.status_code == 400
+    assert _value(_xml(r), "f:issue/f:expression") == "Patient.name[0].given[1]"
+    first = body.replace(b'<given value=""/>', b"")
+    r = client.post("/fhir/Patient", content=first, headers=XML_IN)
+    assert _value(_xml(r), "f:issue/f:expression") == "Patient.name[2].use"

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from operator import attrgetter
 from functools import cache
 from importlib.resources import files
 
@@ -28,6 +29,7 @@ from fhir_gateway.search.registry import resource_types
 NS = "http://hl7.org/fhir"
 XHTML = "http://www.w3.org/1999/xhtml"
 _F = "{" + NS + "}"
+_FLEN = len(_F)
 _DIV = "{" + XHTML + "}div"
 #: JSON kinds of the primitives that are not strings in FHIR JSON (everything else is a string)
 _KINDS = {"boolean": "boolean", "integer": "integer", "positiveInt": "integer",
@@ -48,6 +50,7 @@ class Child:
     kind: str        # primitive | complex | resource | xhtml
     many: bool
     attr: bool       # an XML attribute (Element.id, Extension.url, a primitive's value)
+    json_kind: str   # of a primitive: string | boolean | integer | decimal
 
 
 @cache
@@ -73,12 +76,8 @@ def children(key: str) -> dict[str, Child]:
             json_name = (name[:-3] + type_name[0].upper() + type_name[1:]
                          if name.endswith("[x]") else name)
             out[json_name] = Child(json_name, order, type_name, _kind(type_name),
-                                   bool(many), bool(attr))
+                                   bool(many), bool(attr), _KINDS.get(type_name, "string"))
     return out
-
-
-def primitive_kind(type_name: str) -> str:
-    return _KINDS.get(type_name, "string")
 
 
 # ---------------------------------------------------------------- JSON -> XML
@@ -89,65 +88,84 @@ def json_to_xml(body: bytes, pretty: bool = False) -> bytes:
 
 
 def to_xml(resource: dict, pretty: bool = False) -> bytes:
-    return etree.tostring(_resource_element(resource), encoding="UTF-8", xml_declaration=False,
-                          pretty_print=pretty)
+    """The resource as FHIR XML, written as text (about 3x faster than building an lxml
+    tree); only the narrative's XHTML goes through lxml, to check it is well-formed."""
+    out: list[str] = []
+    _resource_text(out, resource, ' xmlns="' + NS + '"')
+    text = "".join(out).encode()
+    return etree.tostring(etree.fromstring(text), pretty_print=True) if pretty else text
 
 
-def _resource_element(resource: dict) -> etree._Element:
-    resource_type = resource.get("resourceType")
+def _resource_text(out: list[str], resource: dict, xmlns: str = "") -> None:
+    resource_type = resource.get("resourceType") if isinstance(resource, dict) else None
     if resource_type not in resource_types():
         raise ValueError(f"not a FHIR resource: resourceType {resource_type!r}")
-    root = etree.Element(_F + resource_type, nsmap={None: NS})
-    _fill(root, resource, resource_type, resource_type)
-    return root
+    _element(out, resource_type, resource, resource_type, resource_type, xmlns)
 
 
-def _fill(element: etree._Element, obj: dict, key: str, path: str) -> None:
+def _element(out: list[str], tag: str, obj: dict, key: str, path: str, attrs: str = "") -> None:
+    """`<tag attrs>children</tag>`, the children in the table's order, never the dict's."""
     known = children(key)
-    present = {}
+    present = []
     for name in obj:
-        if name == "resourceType":
-            continue
-        child = known.get(name[1:] if name[0] == "_" else name)
-        if child is None:
-            raise ValueError(f"unknown element {path}.{name}")
-        present[child.name] = child
-    for child in sorted(present.values(), key=lambda c: c.order):
+        if name != "resourceType":
+            child = known.get(name[1:] if name[0] == "_" else name)
+            if child is None:
+                raise ValueError(f"unknown element {path}.{name}")
+            if name[0] != "_" or name[1:] not in obj:
+                present.append(child)
+    present.sort(key=_ORDER)
+    start = len(out)
+    out.append("")
+    for child in present:
         value, extra = obj.get(child.name), obj.get("_" + child.name)
         if child.attr:
-            element.set(child.name, _text(value))
+            attrs += f' {child.name}="{_attribute(value)}"'
         elif not child.many:
-            _emit(element, child, value, extra, f"{path}.{child.name}")
+            _emit(out, child, value, extra, f"{path}.{child.name}")
         else:
-            values, extras = value or [], extra or []
+            values, extras = value or (), extra or ()
             for i in range(max(len(values), len(extras))):
-                _emit(element, child, values[i] if i < len(values) else None,
+                _emit(out, child, values[i] if i < len(values) else None,
                       extras[i] if i < len(extras) else None, f"{path}.{child.name}")
+    if len(out) == start + 1:
+        out[start] = f"<{tag}{attrs}/>"
+    else:
+        out[start] = f"<{tag}{attrs}>"
+        out.append(f"</{tag}>")
 
 
-def _emit(parent: etree._Element, child: Child, value, extra: dict | None, path: str) -> None:
-    if child.kind == "xhtml":
-        parent.append(etree.fromstring(value, _PARSER))
-        return
-    element = etree.SubElement(parent, _F + child.name)
+def _emit(out: list[str], child: Child, value, extra: dict | None, path: str) -> None:
     if child.kind == "primitive":
         if extra:
-            _fill(element, extra, child.type, path)
-        if value is not None:
-            element.set("value", _text(value))
+            _element(out, child.name, extra if value is None else {**extra, "value": value},
+                     child.type, path)
+        elif value is not None:
+            out.append(f'<{child.name} value="{_attribute(value)}"/>')
+    elif child.kind == "complex":
+        _element(out, child.name, value, child.type, path)
     elif child.kind == "resource":
-        element.append(_resource_element(value))
-    else:
-        _fill(element, value, child.type, path)
+        out.append(f"<{child.name}>")
+        _resource_text(out, value)
+        out.append(f"</{child.name}>")
+    else:  # xhtml: a well-formed div, written as lxml reads it
+        out.append(etree.tostring(etree.fromstring(value, _PARSER), encoding=str))
 
 
-def _text(value) -> str:
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
-    return value if isinstance(value, str) else repr(value) if isinstance(value, float) \
+_ORDER = attrgetter("order")
+_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;",
+                          "\t": "&#9;", "\n": "&#10;", "\r": "&#13;"})
+#: what XML 1.0 cannot carry at all, even escaped
+_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+
+
+def _attribute(value) -> str:
+    text = "true" if value is True else "false" if value is False else \
+        value if isinstance(value, str) else repr(value) if isinstance(value, float) \
         else str(value)
+    if _ILLEGAL.search(text):
+        raise ValueError("a character XML 1.0 cannot carry")
+    return text.translate(_ESCAPES)
 
 
 # ---------------------------------------------------------------- XML -> JSON
@@ -182,6 +200,8 @@ def _resource(element: etree._Element, where: str) -> dict:
 
 
 def _read(element: etree._Element, key: str, path: str) -> dict:
+    """An element's attributes and children as JSON. Paths are only built for errors and
+    nested elements: a plain primitive (`<x value=".."/>`) is the common case, kept short."""
     known = children(key)
     out: dict = {}
     for name, value in element.attrib.items():
@@ -189,36 +209,44 @@ def _read(element: etree._Element, key: str, path: str) -> dict:
         if child is None or not child.attr:
             raise _bad(f"Unknown attribute '{name}'", path)
         out[name] = value
-    if element.text and element.text.strip():
+    if element.text and not element.text.isspace():
         raise _bad("Text content is not allowed here; FHIR values go in value attributes", path)
-    counts: dict[str, int] = {}
+    lists = False
     for sub in element:
         tag = sub.tag if isinstance(sub.tag, str) else "?"
-        name = "div" if tag == _DIV else tag[len(_F):] if tag.startswith(_F) else None
-        child = known.get(name) if name else None
-        where = f"{path}.{name or tag}"
+        name = tag[_FLEN:] if tag.startswith(_F) else "div" if tag == _DIV else tag
+        child = known.get(name)
         if child is None or child.attr:
-            raise _bad(f"Unknown element '{name or tag}'", where)
-        if sub.tail and sub.tail.strip():
+            raise _bad(f"Unknown element '{name}'", f"{path}.{name}")
+        if sub.tail and not sub.tail.isspace():
             raise _bad("Text content is not allowed here", path)
-        if child.many:
-            where = f"{where}[{counts.setdefault(name, 0)}]"
-            counts[name] += 1
-        elif name in out or "_" + name in out:
-            raise _bad(f"'{name}' may occur only once", where)
-        value, extra = _value(sub, child, where)
+        attrib = sub.attrib
+        if child.kind == "primitive" and len(attrib) == 1 and not len(sub) and "value" in attrib:
+            value, extra = _primitive(attrib["value"], child.json_kind, path,
+                                      (name, out, child.many)), None
+        else:
+            value, extra = _value(sub, child, _where(path, name, out, child.many))
         if child.many:
             out.setdefault(name, []).append(value)
             if child.kind == "primitive":
                 out.setdefault("_" + name, []).append(extra)
+                lists = True
         else:
+            if name in out or "_" + name in out:
+                raise _bad(f"'{name}' may occur only once", f"{path}.{name}")
             if value is not None:
                 out[name] = value
             if extra:
                 out["_" + name] = extra
-    for name in [n for n in out if n[0] == "_" and isinstance(out[n], list)]:
-        _tidy_primitive_list(out, name)
+    if lists:
+        for name in [n for n in out if n[0] == "_" and isinstance(out[n], list)]:
+            _tidy_primitive_list(out, name)
     return out
+
+
+def _where(path: str, name: str, out: dict, many: bool) -> str:
+    """The FHIRPath of the child being read (its index: how many came before it)."""
+    return f"{path}.{name}[{len(out.get(name, ()))}]" if many else f"{path}.{name}"
 
 
 def _tidy_primitive_list(out: dict, extra_name: str) -> None:
@@ -252,7 +280,7 @@ def _value(element: etree._Element, child: Child, where: str):
         if not extra:
             raise _bad("A primitive element needs a value attribute or an extension", where)
         return None, extra
-    return _primitive(text, primitive_kind(child.type), where), extra
+    return _primitive(text, child.json_kind, where), extra
 
 
 def _primitive_extra(element: etree._Element, attrs: dict, where: str) -> dict | None:
@@ -266,10 +294,10 @@ def _primitive_extra(element: etree._Element, attrs: dict, where: str) -> dict |
     return extra or None
 
 
-def _primitive(text: str, kind: str, where: str):
-    if kind == "string":
-        if not text:
-            raise _bad("An empty value attribute is not allowed", where)
+def _primitive(text: str, kind: str, path: str, child: tuple | None = None):
+    """The JSON value of a value attribute at `path` (or at the child of `path` that `child`,
+    (name, out, many), names: the caller builds no path unless there is an error)."""
+    if kind == "string" and text:
         return text
     if kind == "boolean" and text in ("true", "false"):
         return text == "true"
@@ -277,6 +305,9 @@ def _primitive(text: str, kind: str, where: str):
         return int(text)
     if kind == "decimal" and _DECIMAL.fullmatch(text):
         return orjson.Fragment(text.encode())
+    where = _where(path, *child) if child else path
+    if kind == "string":
+        raise _bad("An empty value attribute is not allowed", where)
     raise _bad(f"'{text}' is not a valid {kind}", where)
 
 
