@@ -436,3 +436,11 @@ def test_a_bad_value_in_a_list_names_its_index(client):
     first = body.replace(b'<given value=""/>', b"")
     r = client.post("/fhir/Patient", content=first, headers=XML_IN)
     assert _value(_xml(r), "f:issue/f:expression") == "Patient.name[2].use"
+
+
+def test_the_readme_xml_example_is_stored(client):
+    readme = (ROOT / "README.md").read_text()
+    body = re.search(r"<<'XML'\n(.*?)\nXML\n", readme, re.S).group(1).encode()
+    r = client.post("/fhir/Patient", content=body, headers=XML_IN)
+    assert r.status_code == 201, r.text
+    assert _value(_xml(r), "f:name/f:given") == "Xena"

@@ -153,19 +153,25 @@ def _emit(out: list[str], child: Child, value, extra: dict | None, path: str) ->
 
 
 _ORDER = attrgetter("order")
-_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;",
-                          "\t": "&#9;", "\n": "&#10;", "\r": "&#13;"})
+_ESCAPES = (("&", "&amp;"), ("<", "&lt;"), (">", "&gt;"), ('"', "&quot;"), ("\t", "&#9;"),
+            ("\n", "&#10;"), ("\r", "&#13;"))
 #: what XML 1.0 cannot carry at all, even escaped
 _ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+#: what needs escaping, or cannot be written (most values have none: one search)
+_SPECIAL = re.compile("[&<>\"\t\n\r\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
 
 
 def _attribute(value) -> str:
     text = "true" if value is True else "false" if value is False else \
         value if isinstance(value, str) else repr(value) if isinstance(value, float) \
         else str(value)
+    if _SPECIAL.search(text) is None:
+        return text
     if _ILLEGAL.search(text):
         raise ValueError("a character XML 1.0 cannot carry")
-    return text.translate(_ESCAPES)
+    for char, entity in _ESCAPES:
+        text = text.replace(char, entity)
+    return text
 
 
 # ---------------------------------------------------------------- XML -> JSON
