@@ -300,6 +300,8 @@ def test_an_unexpected_error_is_a_500_outcome_in_xml(store):
     (b'<Patient xmlns="http://hl7.org/fhir"><contained><Spaceship/></contained></Patient>',
      "Patient.contained[0]", "Expected a FHIR resource"),
     (b'<Patient><gender value="male"/></Patient>', None, "namespace"),
+    (b'<Patient xmlns="http://hl7.org/fhir"><text><status value="generated"/><div>x</div>'
+     b'</text></Patient>', "Patient.text.div", "XHTML namespace"),
     (b'<Bundle xmlns="http://hl7.org/fhir"><type value="batch"/><entry><resource><Patient>'
      b'<birthDate value="1980" bogus="1"/></Patient></resource></entry></Bundle>',
      "Bundle.entry[0].resource.birthDate", "Unknown attribute"),

@@ -73,7 +73,7 @@ def outcome_body(err: FhirError, xml: bool) -> tuple[bytes, str]:
 
 
 class FhirFormats:
-    """Pure ASGI (no BaseHTTPMiddleware): JSON traffic pays a header look-up only."""
+    """Pure ASGI (no BaseHTTPMiddleware): JSON traffic pays a look at its headers only."""
 
     def __init__(self, app):
         self.app = app

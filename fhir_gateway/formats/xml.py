@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from operator import attrgetter
 from functools import cache
 from importlib.resources import files
+from operator import attrgetter
 
 import orjson
 from lxml import etree
@@ -88,7 +88,7 @@ def json_to_xml(body: bytes, pretty: bool = False) -> bytes:
 
 
 def to_xml(resource: dict, pretty: bool = False) -> bytes:
-    """The resource as FHIR XML, written as text (about 3x faster than building an lxml
+    """The resource as FHIR XML, written as text (about twice as fast as building an lxml
     tree); only the narrative's XHTML goes through lxml, to check it is well-formed."""
     out: list[str] = []
     _resource_text(out, resource, ' xmlns="' + NS + '"')
@@ -267,6 +267,8 @@ def _tidy_primitive_list(out: dict, extra_name: str) -> None:
 def _value(element: etree._Element, child: Child, where: str):
     """(JSON value, the `_x` object of a primitive or None)."""
     if child.kind == "xhtml":
+        if element.tag != _DIV:
+            raise _bad(f"The narrative is a <div> in the XHTML namespace {XHTML}", where)
         div = etree.fromstring(etree.tostring(element, with_tail=False))
         etree.cleanup_namespaces(div)
         return etree.tostring(div, encoding=str), None
