@@ -446,3 +446,11 @@ def test_the_readme_xml_example_is_stored(client):
     r = client.post("/fhir/Patient", content=body, headers=XML_IN)
     assert r.status_code == 201, r.text
     assert _value(_xml(r), "f:name/f:given") == "Xena"
+
+
+@pytest.mark.parametrize("depth", [150, 300, 5000])
+def test_deeply_nested_xml_is_a_400_not_a_crash(client, depth):
+    body = (b'<Patient xmlns="http://hl7.org/fhir">' + b'<extension url="urn:x">' * depth
+            + b'</extension>' * depth + b'</Patient>')
+    r = client.post("/fhir/Patient", content=body, headers=XML_IN)
+    assert r.status_code == 400 and _xml(r).tag == "{http://hl7.org/fhir}OperationOutcome"

@@ -178,7 +178,12 @@ def _attribute(value) -> str:
 
 def xml_to_json(body: bytes) -> bytes:
     """FHIR XML bytes as FHIR JSON bytes; bad XML is a 400 saying where."""
-    return orjson.dumps(from_xml(body))
+    resource = from_xml(body)
+    try:
+        return orjson.dumps(resource)
+    except TypeError:  # orjson writes at most 255 levels; the XML parser allows 256 elements
+        raise FhirError(400, "The resource is nested too deeply to be FHIR JSON (orjson's "
+                             "limit: 255 levels of objects and arrays)", "structure") from None
 
 
 def from_xml(body: bytes) -> dict:
