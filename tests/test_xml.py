@@ -388,9 +388,10 @@ def test_hapi_xml_equals_our_conversion_of_hapi_json(hapi_url, hapi_loaded):
     assert any(loc.startswith("Observation/") for loc in hapi_loaded)
 
 
-def test_xml_and_json_puts_store_the_same(client, hapi_url, hapi_loaded):
+def test_xml_and_json_writes_store_the_same(client, hapi_url, hapi_loaded):
     """HAPI's XML of each resource, PUT through the gateway, stores what HAPI's JSON of it
-    stores: the JSON PUT after it changes nothing (no new version, on both stores)."""
+    stores: the JSON PUT after it changes nothing (no new version, on both stores); and
+    POSTed, the XML and the JSON make the same new resource."""
     with httpx.Client(timeout=60) as http:
         for location in hapi_loaded:
             as_xml = http.get(f"{hapi_url}/{location}?_format=xml")
@@ -404,6 +405,17 @@ def test_xml_and_json_puts_store_the_same(client, hapi_url, hapi_loaded):
             assert second.json()["meta"]["versionId"] == version, location
             stored = {k: v for k, v in second.json().items() if k != "meta"}
             assert stored == {k: v for k, v in orjson.loads(as_json.content).items() if k != "meta"}
+            assert _posted(client, location, as_xml.content, FHIR_XML) \
+                == _posted(client, location, as_json.content, "application/fhir+json")
+
+
+def _posted(client, location: str, body: bytes, media: str) -> dict:
+    """What a POST of `body` (as a new resource) stores, without its new id and meta."""
+    r = client.post(f"/fhir/{location.split('/')[0]}", content=body,
+                    headers={"Content-Type": media, "Accept": "application/fhir+json"})
+    assert r.status_code == 201, r.text
+    read = client.get(f"/fhir/{location.split('/')[0]}/{r.json()['id']}").json()
+    return {k: v for k, v in read.items() if k not in ("id", "meta")}
 
 
 def test_hapi_decimals_pass_through_to_xml_as_written(hapi_url, hapi_loaded):
