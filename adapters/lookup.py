@@ -125,26 +125,31 @@ class LookupClient:
     """
 
     def __init__(self, fmt: ExtractFormat, route: str, base_url: str, timeout: float = 2.0,
-                 retries: int = 2):
-        self.fmt, self.route = fmt, route
+                 retries: int = 2, max_bytes: int = 1_000_000):
+        self.fmt, self.route, self.max_bytes = fmt, route, max_bytes
         self.http = http_client.Client(base_url, timeout=timeout, retries=retries, backoff=0.05,
                                        headers={"Accept": "application/xml"})
 
     def fetch(self, key: str, element: str) -> list[SourceRecord]:
-        """Every record whose `element` equals `key` ([] if the source does not know it)."""
-        url = f"{self.http.base}/{self.route}/{key}"
+        """Every record whose `element` equals `key` ([] if the source does not know it).
+
+        The whole call, retries included, takes at most about the timeout (`bounded`), and
+        an answer beyond `max_bytes` is refused as it arrives. Problems name the source, not
+        the URL: it carries the key (a DCN), and the message reaches API answers."""
         try:
-            response = self.http.request("GET", f"{self.route}/{key}")
+            response = self.http.request("GET", f"{self.route}/{key}", bounded=True,
+                                         max_bytes=self.max_bytes)
         except http_client.Unreachable as err:
-            raise SourceUnavailable(self.fmt.system, f"{url}: {err}") from None
+            raise SourceUnavailable(self.fmt.system, f"lookup service: {err}") from None
         if response.status_code == 404:
             return []
         if response.status_code != 200:
-            raise SourceUnavailable(self.fmt.system, f"HTTP {response.status_code} from {url}")
+            raise SourceUnavailable(self.fmt.system,
+                                    f"lookup service answered HTTP {response.status_code}")
         try:
-            records = list(parse_bytes(self.fmt, response.content, url))
+            records = list(parse_bytes(self.fmt, response.content, "the answer"))
         except MalformedExtract as err:
-            raise SourceUnavailable(self.fmt.system, f"malformed answer from {url}: {err}") from None
+            raise SourceUnavailable(self.fmt.system, f"malformed lookup answer: {err}") from None
         return [r for r in records if r.data.get(element) == key]
 
     def close(self) -> None:

@@ -75,7 +75,17 @@ class Settings(BaseSettings):
     #: live lookup services (`$hh-status`): CIMOR and CyberAccess, or their simulators
     cimor_url: str = ""
     cyberaccess_url: str = ""
+    #: seconds a live lookup may take in all (retries included; about twice that when the
+    #: source stalls inside a read)
     lookup_timeout: float = 2.0
+    #: the largest lookup answer taken, in bytes (one member's records are a few KB)
+    lookup_max_bytes: int = 1_000_000
+    #: `$hh-status` calls running at once; more wait their turn without holding a worker
+    #: thread, so slow sources cannot starve reads and writes
+    lookup_concurrency: int = 8
+    #: the largest request body taken, in bytes (413 beyond); a 100-entry transaction is a
+    #: few hundred KB
+    max_body: int = 32 * 1024 * 1024
     #: the folder of the Health Home eligibility rules
     hh_rules: Folder = DEFAULT_HH_RULES
     #: the Health Home enrollment policy file

@@ -21,6 +21,7 @@ per request, and the least CPU per request of the three (bench/gateway_overhead.
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
@@ -36,6 +37,10 @@ REPEATABLE = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 
 class Unreachable(Exception):
     """No answer: the connection failed or dropped (after the tries), or the server was slow."""
+
+
+class TooLarge(Unreachable):
+    """The answer is larger than the caller takes (`max_bytes`)."""
 
 
 @dataclass(frozen=True)
@@ -77,15 +82,25 @@ class Client:
         self.pool = _pool(self.base, maxsize=pool_size, block=True)
 
     def request(self, method: str, path: str, *, params=None, body: bytes | None = None,
-                headers: dict[str, str] | None = None, repeatable: bool = False) -> Response:
+                headers: dict[str, str] | None = None, repeatable: bool = False,
+                bounded: bool = False, max_bytes: int | None = None) -> Response:
         """`path` under the base URL; `params` pairs or a dict for the query string. Redirects
-        are not followed (a server that redirects is misconfigured, not to be chased)."""
+        are not followed (a server that redirects is misconfigured, not to be chased).
+
+        `bounded`: `timeout` is the whole call's deadline, not each socket read's (a server
+        sending one byte a second never lets a read time out); `max_bytes`: a larger answer
+        is refused (`TooLarge`) as soon as that much has come, before it is all read."""
         url = f"{self.base}/{path}" + (f"?{urlencode(params)}" if params else "")
+        until = time.monotonic() + self.timeout
         try:
             answer = self.pool.request(method, url, body=body,
                                        headers={**self.headers, **(headers or {})},
                                        timeout=self.timeout, redirect=False,
-                                       retries=self.retry_any if repeatable else self.retry)
+                                       retries=self.retry_any if repeatable else self.retry,
+                                       preload_content=not (bounded or max_bytes))
+            if bounded or max_bytes:
+                return Response(answer.status, _read(answer, until if bounded else None,
+                                                     max_bytes, self.timeout), answer.headers)
         except ReadTimeoutError:
             raise Unreachable(f"no answer within {self.timeout}s") from None
         except MaxRetryError as err:
@@ -96,6 +111,29 @@ class Client:
 
     def close(self) -> None:
         self.pool.clear()
+
+
+def _read(answer: urllib3.BaseHTTPResponse, until: float | None, max_bytes: int | None,
+          timeout: float) -> bytes:
+    """The body, chunk by chunk as it arrives, checking the deadline and the size between
+    chunks; an answer given up on closes its connection (never returned to the pool)."""
+    chunks, size = [], 0
+    try:
+        while True:
+            if until is not None and time.monotonic() > until:
+                raise Unreachable(f"no complete answer within {timeout}s")
+            chunk = answer.read1(65536)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if max_bytes is not None and size > max_bytes:
+                raise TooLarge(f"the answer is larger than {max_bytes} bytes")
+            chunks.append(chunk)
+    except Unreachable:
+        answer.close()
+        raise
+    finally:
+        answer.release_conn()
 
 
 def _pool(base_url: str, **options) -> urllib3.PoolManager:

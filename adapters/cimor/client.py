@@ -11,8 +11,9 @@ from fhir_gateway.adapters.lookup import LookupClient
 class Client(LookupClient):
     """`lookup(dcn)` -> the consumer's SourceRecord or None; SourceUnavailable when unreachable."""
 
-    def __init__(self, base_url: str, timeout: float = 2.0, retries: int = 2):
-        super().__init__(FORMAT, ROUTE, base_url, timeout, retries)
+    def __init__(self, base_url: str, timeout: float = 2.0, retries: int = 2,
+                 max_bytes: int = 1_000_000):
+        super().__init__(FORMAT, ROUTE, base_url, timeout, retries, max_bytes)
 
     def lookup(self, dcn: str) -> SourceRecord | None:
         """The consumer with this DCN (the first, should CIMOR hold two), or None."""

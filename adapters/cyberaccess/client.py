@@ -11,8 +11,9 @@ from fhir_gateway.adapters.cyberaccess.simulator import KEYS, ROUTE
 class Client(LookupClient):
     """`lookup(dcn)` -> the participant's SourceRecord or None; SourceUnavailable when unreachable."""
 
-    def __init__(self, base_url: str, timeout: float = 2.0, retries: int = 2):
-        super().__init__(FORMAT, ROUTE, base_url, timeout, retries)
+    def __init__(self, base_url: str, timeout: float = 2.0, retries: int = 2,
+                 max_bytes: int = 1_000_000):
+        super().__init__(FORMAT, ROUTE, base_url, timeout, retries, max_bytes)
 
     def lookup(self, dcn: str) -> SourceRecord | None:
         """The participant with this DCN, or None."""

@@ -14,6 +14,7 @@ from fhir_gateway import __version__
 from fhir_gateway.api import exchange, operations, rest
 from fhir_gateway.api.formats import FhirFormats, outcome_body, wants_xml
 from fhir_gateway.api.http import outcome_response
+from fhir_gateway.api.limits import BodyLimit
 from fhir_gateway.config import Settings
 from fhir_gateway.exchange.messages import Rules as MessageRules
 from fhir_gateway.healthhome.checks import health_home_validator
@@ -62,6 +63,7 @@ def create_app(store: FhirStore, settings: Settings | None = None) -> FastAPI:
         return Response(body, status_code=500, media_type=media)
 
     app.add_middleware(FhirFormats)
+    app.add_middleware(BodyLimit, max_body=settings.max_body)
     app.add_middleware(AccessLog)
     return app
 
@@ -73,10 +75,12 @@ def lookup_clients(settings: Settings) -> dict:
 
     clients = {}
     if settings.cimor_url:
-        clients["cimor"] = CimorClient(settings.cimor_url, timeout=settings.lookup_timeout)
+        clients["cimor"] = CimorClient(settings.cimor_url, timeout=settings.lookup_timeout,
+                                       max_bytes=settings.lookup_max_bytes)
     if settings.cyberaccess_url:
         clients["cyberaccess"] = CyberAccessClient(settings.cyberaccess_url,
-                                                   timeout=settings.lookup_timeout)
+                                                   timeout=settings.lookup_timeout,
+                                                   max_bytes=settings.lookup_max_bytes)
     return clients
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from datetime import date
 
+import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
@@ -42,8 +43,13 @@ async def hh_status(request: Request, patient_id: str) -> Response:
 
 async def _hh_status(request: Request, patient_id: str | None, identifier: str | None
                      ) -> Response:
-    statuses = await run_in_threadpool(services.member_status, request.app.state.store,
-                                       request.app.state.lookups, patient_id, identifier)
+    state = request.app.state
+    if getattr(state, "lookup_turns", None) is None:  # made in the event loop, on first use
+        state.lookup_turns = anyio.CapacityLimiter(state.settings.lookup_concurrency)
+    # lookups take their turns apart from the worker threads that serve everything else
+    statuses = await anyio.to_thread.run_sync(services.member_status, state.store,
+                                              state.lookups, patient_id, identifier,
+                                              limiter=state.lookup_turns)
     return fhir_response(to_parameters(statuses), pretty=is_pretty(request))
 
 
