@@ -1,5 +1,6 @@
 """Bad input: a 4xx OperationOutcome that says what and where, and nothing half-written."""
 
+import orjson
 import pytest
 
 from conftest import patient
@@ -136,3 +137,51 @@ def test_nesting_within_the_limit_is_stored_and_read_back(client):
     assert created.status_code == 201, created.text
     read = client.get(f"/fhir/Patient/{created.json()['id']}").json()
     assert read["extension"] == resource["extension"]
+
+
+@pytest.mark.parametrize("change, path", [
+    ({"name": None}, "Patient.name"),
+    ({"name": []}, "Patient.name"),
+    ({"name": [{}]}, "Patient.name[0]"),
+    ({"name": [{"family": "X", "given": []}]}, "Patient.name[0].given"),
+    ({"contained": [{}]}, "Patient.contained[0]"),
+    ({"name": [{"given": ["A", None]}]}, "Patient.name[0].given[1]"),
+    ({"address": [{"line": [["nested"]]}]}, "Patient.address[0].line[0]"),
+])
+def test_what_fhir_json_forbids_is_a_400_at_its_path(client, change, path):
+    """Nulls, empty arrays and objects were stored as sent."""
+    r = client.post("/fhir/Patient", json=patient(**change))
+    assert r.status_code == 400, r.text
+    assert _issue(r)["expression"] == [path]
+
+
+def test_a_null_in_a_primitive_array_with_its_twin_is_fhir_json(client):
+    given = {"given": ["A", None], "_given": [None, {"extension": [
+        {"url": "http://example.org/x", "valueString": "no second given name"}]}]}
+    r = client.post("/fhir/Patient", json=patient(name=[{"family": "X", **given}]))
+    assert r.status_code == 201, r.text
+    assert client.get(f"/fhir/Patient/{r.json()['id']}").json()["name"][0]["_given"][0] is None
+
+
+@pytest.mark.parametrize("body", [
+    b'{"resourceType":"Observation","resourceType":"Patient"}',
+    b'{"resourceType":"Patient","name":[{"family":"A","family":"B"}]}',
+])
+def test_a_key_twice_in_one_object_is_a_400(client, body):
+    r = client.post("/fhir/Patient", content=body, headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 400, r.text
+    assert "appears twice" in _issue(r)["diagnostics"]
+    assert client.get("/fhir/Patient?_summary=count").json()["total"] == 0
+
+
+def test_keys_that_only_look_alike_in_strings_are_fine(client):
+    """A string with '":' in it counts as a key end for the quick test: the exact one runs."""
+    r = client.post("/fhir/Patient", json=patient(name=[{"family": '":x', "given": ['a":']}]))
+    assert r.status_code == 201, r.text
+
+
+def test_a_body_that_is_not_json_is_415(client):
+    r = client.post("/fhir/Patient", content=orjson.dumps(patient()),
+                    headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415, r.text
+    assert "text/plain" in _issue(r)["diagnostics"]

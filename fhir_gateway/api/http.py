@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import datetime
 
 import orjson
@@ -71,14 +73,54 @@ def is_pretty(request: Request) -> bool:
 
 
 async def read_body(request: Request) -> object:
-    """The JSON body (an XML one was made JSON already by `api.formats.FhirFormats`)."""
+    """The JSON body (an XML one was made JSON already by `api.formats.FhirFormats`).
+
+    Refused: a body declared as something else than JSON (415; no Content-Type is taken as
+    JSON), and an object with a key twice, which JSON parsers settle by keeping the last
+    (`"resourceType":"Observation","resourceType":"Patient"` would be stored as a Patient)."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media and "json" not in media:
+        raise FhirError(415, f"A body of type {media} cannot be read: send "
+                             "application/fhir+json or application/fhir+xml", "not-supported")
     body = await request.body()
     if not body.strip():
         raise FhirError(400, "The request has no body; a FHIR resource was expected", "required")
     try:
-        return orjson.loads(body)
+        parsed = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise FhirError(400, f"Malformed JSON: {exc}", "structure") from None
+    if len(_KEY_END.findall(body)) != _keys(parsed):
+        json.loads(body, object_pairs_hook=_no_repeated_key)
+    return parsed
+
+
+#: where a key ends: every key's closing quote is followed by a colon, and other strings'
+#: quotes rarely are, so when this counts as many keys as the parsed body holds, no key was
+#: repeated (the exact check, `_no_repeated_key`, costs 10x the parse: only when they differ)
+_KEY_END = re.compile(rb'"\s*:')
+
+
+def _keys(node: object) -> int:
+    """The keys of every object in `node` (a loop, not recursion: any depth parses)."""
+    count, todo = 0, [node]
+    while todo:
+        node = todo.pop()
+        if type(node) is dict:
+            count += len(node)
+            node = node.values()
+        elif type(node) is not list:
+            continue
+        todo.extend(v for v in node if type(v) is dict or type(v) is list)
+    return count
+
+
+def _no_repeated_key(pairs: list[tuple[str, object]]) -> None:
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise FhirError(400, f"The key '{key[:60]}' appears twice in one JSON object",
+                            "structure")
+        seen.add(key)
 
 
 def check_accept(request: Request) -> None:
