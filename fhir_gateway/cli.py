@@ -75,6 +75,7 @@ def serve(
     import uvicorn
 
     from fhir_gateway.api.app import create_app
+    from fhir_gateway.api.limits import FhirHttp
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = _settings(ctx, store=store, host=host, port=port, demo=demo)
@@ -88,7 +89,7 @@ def serve(
     console.print(f"FHIR base: [bold]http://{host}:{port}/fhir[/bold]  store: {settings.store_url()}")
     try:
         uvicorn.run(create_app(fhir_store, settings), host=host, port=port, access_log=False,
-                    log_level=log_level)
+                    log_level=log_level, http=FhirHttp)
     finally:
         for simulator in simulators:
             simulator.stop()

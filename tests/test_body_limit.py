@@ -63,3 +63,35 @@ def test_an_xml_body_beyond_the_limit_is_413_in_xml(client):
 def test_a_body_within_the_limit_is_stored(client):
     r = client.post("/fhir/Patient", json=patient())
     assert r.status_code == 201, r.text
+
+
+def test_a_url_beyond_what_the_server_reads_is_an_operation_outcome(tmp_path):
+    """Through `fhir-gateway serve`: uvicorn's own refusal was a plain-text 400."""
+    import socket
+
+    from conftest import LiveServer
+
+    server = LiveServer(tmp_path / "url.db")
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
+            conn.sendall(b"GET /fhir/Patient?name=" + b"a" * 100_000 + b" HTTP/1.1\r\n"
+                         b"Host: gateway\r\n\r\n")
+            answer = b""
+            while chunk := conn.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400"), head
+        assert b"content-type: application/fhir+json" in head.lower()
+        outcome = orjson.loads(body)
+        assert outcome["resourceType"] == "OperationOutcome"
+        assert "POST [type]/_search" in outcome["issue"][0]["diagnostics"]
+    finally:
+        server.stop()
+
+
+def test_an_id_of_dots_alone_is_refused_it_could_never_be_read_back(client):
+    for rid in (".", ".."):
+        r = client.post("/fhir", json={"resourceType": "Bundle", "type": "transaction", "entry": [
+            {"resource": patient(id=rid), "request": {"method": "PUT", "url": f"Patient/{rid}"}}]})
+        assert r.status_code == 400, r.text
+    assert client.put("/fhir/Patient/a..b", json=patient(id="a..b")).status_code == 201

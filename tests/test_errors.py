@@ -185,3 +185,11 @@ def test_a_body_that_is_not_json_is_415(client):
                     headers={"Content-Type": "text/plain"})
     assert r.status_code == 415, r.text
     assert "text/plain" in _issue(r)["diagnostics"]
+
+
+def test_an_unknown_identifier_is_not_echoed_in_the_answer(client):
+    """Answers are logged by clients other than the one that asked: no DCN in them."""
+    r = client.get("/fhir/Patient/$hh-status", params={
+        "identifier": "http://fhir.health-home-gateway.org/sid/mo-healthnet-dcn|87654321"})
+    assert r.status_code == 404, r.text
+    assert "87654321" not in r.text and _issue(r)["expression"] == ["identifier"]

@@ -1,4 +1,6 @@
-"""The largest request body the gateway takes (`max_body`): one request must not hold the
+"""Limits on what one request may cost.
+
+The largest request body the gateway takes (`max_body`): one request must not hold the
 memory and the CPU that every other caller needs. Pure ASGI, outermost but for the access
 log, so an XML body is measured before it is buffered for conversion.
 
@@ -9,6 +11,9 @@ body, so it becomes the usual 413 OperationOutcome in the negotiated format.
 """
 
 from __future__ import annotations
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from fhir_gateway.outcome import FhirError
 
@@ -39,3 +44,21 @@ class BodyLimit:
             return message
 
         await self.app(scope, counted, send)
+
+
+class FhirHttp(HttpToolsProtocol):
+    """uvicorn's HTTP protocol (httptools), whose own refusals — a request its parser cannot
+    read, a request line beyond the parser's limit (about 80 KB) — are answered as an
+    OperationOutcome like every other error, not as plain text. `fhir-gateway serve` runs it."""
+
+    def send_400_response(self, msg: str) -> None:
+        body = orjson.dumps(FhirError(
+            400, f"{msg.rstrip('.')}: the request could not be read (a URL too long is one "
+                 "cause; send a long search as POST [type]/_search)", "structure").outcome)
+        head = [b"HTTP/1.1 400 Bad Request\r\n"]
+        head += [name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers]
+        head += [b"content-type: application/fhir+json\r\n",
+                 b"content-length: " + str(len(body)).encode() + b"\r\n",
+                 b"connection: close\r\n\r\n"]
+        self.transport.write(b"".join(head) + body)
+        self.transport.close()

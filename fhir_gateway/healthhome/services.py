@@ -93,9 +93,9 @@ def _patient(store: FhirStore, patient_id: str | None, identifier: str | None) -
         return store.read("Patient", patient_id)
     found = store.search("Patient", [("identifier", identifier), ("_count", "2")]).matches
     if not found:
-        raise FhirError(404, f"No Patient has identifier {identifier}", "not-found", "identifier")
+        raise FhirError(404, "No Patient has the identifier given", "not-found", "identifier")
     if len(found) > 1:
-        raise FhirError(412, f"More than one Patient has identifier {identifier}", "duplicate",
+        raise FhirError(412, "More than one Patient has the identifier given", "duplicate",
                         "identifier")
     return found[0]
 

@@ -19,7 +19,9 @@ from pydantic import TypeAdapter, ValidationError
 from fhir_gateway.outcome import FhirError, Issue, invalid
 from fhir_gateway.search.registry import resource_types
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+#: FHIR's id (R4 2.24.0.1), less "." and "..": a URL path cannot hold them (RFC 3986
+#: removes dot segments), so a resource with either id could never be read back
+ID_PATTERN = re.compile(r"^(?!\.\.?$)[A-Za-z0-9\-.]{1,64}$")
 
 _MESSAGES = {
     "extra_forbidden": "Unknown element",
@@ -105,7 +107,7 @@ def check_shape(resource: object, expected_type: str | None = None) -> dict:
                              f"resource type '{expected_type}'", "invalid", "resourceType")
     rid = resource.get("id")
     if rid is not None and not (isinstance(rid, str) and ID_PATTERN.match(rid)):
-        raise FhirError(400, f"Invalid resource id {rid!r}: 1-64 of A-Z a-z 0-9 - .",
+        raise FhirError(400, f"Invalid resource id {rid!r}: 1-64 of A-Z a-z 0-9 - . (not . or .. alone)",
                         "value", f"{resource_type}.id")
     if _flawed(resource, MAX_DEPTH):
         path, message, code = _first_flaw(resource, resource_type, MAX_DEPTH)
