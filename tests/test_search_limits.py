@@ -53,3 +53,23 @@ def test_a_version_beyond_any_integer_is_not_found(client):
     created = client.post("/fhir/Patient", json=patient()).json()
     r = client.get(f"/fhir/Patient/{created['id']}/_history/99999999999999999999")
     assert r.status_code == 404, r.text
+
+
+@pytest.mark.parametrize("query", ["_lastUpdated=", "_id=", "name=", "general-practitioner:Practitioner=",
+                                   "name=,,"])
+def test_a_parameter_without_a_value_is_ignored_with_a_warning(client, query):
+    """Found by tests/test_fuzz.py: `_lastUpdated=` and `_id=` were SQL syntax errors (500)."""
+    client.post("/fhir/Patient", json=patient())
+    r = client.get(f"/fhir/Patient?{query}")
+    assert r.status_code == 200, r.text
+    assert r.json()["total"] == 1
+    outcome = next(e["resource"] for e in r.json()["entry"]
+                   if e["search"]["mode"] == "outcome")
+    assert "has no value" in outcome["issue"][0]["diagnostics"]
+
+
+def test_missing_on_what_every_resource_has_is_a_400(client):
+    """Found by tests/test_fuzz.py: `_lastUpdated:missing=true` was a 500 (HAPI ignores it)."""
+    for query in ("_lastUpdated:missing=true", "_id:missing=false"):
+        _refused(client.get(f"/fhir/Patient?{query}"), "invalid", query.split("=")[0],
+                 "cannot apply")

@@ -139,6 +139,8 @@ def _criterion(resource_type: str, params: dict[str, SearchParam], name: str,
             raise invalid(f"Unknown resource type '{target_type}' in chain '{name}'", name)
         chained = _criterion(target_type, params_for(target_type), chain, value)
         return Criterion(param, [], None, target_type, chained)
+    if not value.strip(","):  # `name=`: as HAPI, a parameter not given
+        raise _Unknown(f"Parameter '{name}' has no value")
     if modifier and param.type == "reference" and modifier[:1].isupper():
         if modifier not in resource_types():
             raise invalid(f"Unknown resource type modifier ':{modifier}' on '{code}'", name)
@@ -156,6 +158,8 @@ def _criterion(resource_type: str, params: dict[str, SearchParam], name: str,
         raise FhirError(400, f"A search parameter may have at most {MAX_VALUES} values",
                         "too-costly", name)
     if modifier == "missing":
+        if code in ("_id", "_lastUpdated"):
+            raise invalid(f"Every resource has {code}: ':missing' cannot apply to it", name)
         if value not in ("true", "false"):
             raise invalid(f"':missing' takes true or false, not '{value}'", name)
         return Criterion(param, [value], modifier)

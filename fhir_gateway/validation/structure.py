@@ -124,7 +124,7 @@ MAX_DEPTH = 100
 def _paired(node: dict, key: str) -> bool:
     """Whether `key` is one of a primitive array and its `_key` twin, where a null item
     stands for "no value" or "no extension" at that position (FHIR R4 JSON 2.6.2)."""
-    return f"_{key}" in node if key[0] != "_" else key[1:] in node
+    return key[1:] in node if key.startswith("_") else f"_{key}" in node
 
 
 def _flawed(node: dict, limit: int) -> bool:
