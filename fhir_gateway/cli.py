@@ -246,8 +246,7 @@ def eligibility(
     from datetime import date
     from functools import partial
 
-    import orjson
-
+    from fhir_gateway.formats import fhirjson
     from fhir_gateway.healthhome import batch
     from fhir_gateway.healthhome.eligibility import RuleFiles
     from fhir_gateway.healthhome.services import stored_members
@@ -273,7 +272,7 @@ def eligibility(
                 if writer:
                     writer.writerow(row)
                 else:
-                    fh.write(orjson.dumps(row).decode() + "\n")
+                    fh.write(fhirjson.dumps(row).decode() + "\n")
         return count
 
     settings = _settings(ctx, store=store)
@@ -342,6 +341,7 @@ def validate(
     """Validate resources against R4 and the Health Home profiles; exit 1 on any error."""
     import orjson
 
+    from fhir_gateway.formats import fhirjson
     from fhir_gateway.healthhome.checks import health_home_validator
     from fhir_gateway.validation.service import errors
 
@@ -350,7 +350,7 @@ def validate(
     failed = 0
     for path in paths:
         try:
-            resource = orjson.loads(path.read_bytes())
+            resource = fhirjson.loads(path.read_bytes())
         except orjson.JSONDecodeError as exc:
             console.print(f"[red]✗ {escape(str(path))}[/red]: malformed JSON: {exc}", soft_wrap=True)
             failed += 1

@@ -28,10 +28,9 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 
-import orjson
-
 from fhir_gateway.adapters import byte_ranges
 from fhir_gateway.adapters.common import ExtractFormat, MalformedExtract, SourceRecord, parse_record
+from fhir_gateway.formats import fhirjson
 from fhir_gateway.gc_tuning import bulk_gc
 from fhir_gateway.config import DEFAULT_MAPPINGS
 from fhir_gateway.healthhome.transforms import TRANSFORMS
@@ -247,7 +246,7 @@ def _store_group(store: FhirStore, validator: Validator | None, system: str, gro
                  summary: ImportSummary, path: Path, mappings: str) -> None:
     good = [p for p in group.records if not p.reason]
     try:
-        _transact(store, validator, orjson.loads(group.transaction_json), summary)
+        _transact(store, validator, fhirjson.loads(group.transaction_json), summary)
         return
     except FhirError as err:
         if len(good) == 1:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import orjson
 
+from fhir_gateway.formats import fhirjson
 from fhir_gateway.outcome import FhirError, missing_target, missing_target_in
 from fhir_gateway.quarantine import append_row
 from fhir_gateway.search import values
@@ -156,7 +157,7 @@ class _Load:
         targets = record.targets
         if any(t in self.known and t not in self.sent and t not in self.pending_ids
                for t in targets):
-            self.spool.write(orjson.dumps([record.file, record.where,
+            self.spool.write(fhirjson.dumps([record.file, record.where,
                                            record.raw.decode("utf-8", "replace")]) + b"\n")
             self.waiting += 1
             return
@@ -189,8 +190,8 @@ class _Load:
     def _spooled(self, spool) -> Iterator[_Record]:
         spool.seek(0)
         for line in spool:
-            file, where, raw = orjson.loads(line)
-            yield _Record(file, where, orjson.loads(raw), raw.encode())
+            file, where, raw = fhirjson.loads(line)
+            yield _Record(file, where, fhirjson.loads(raw), raw.encode())
 
     def flush(self) -> None:
         """Store the queued records: one transaction; a batch if the store refuses it."""
@@ -320,12 +321,12 @@ def _records(path: Path, progress: Callable[[int], None], quiet: bool = False
             resource = entry.get("resource") if isinstance(entry, dict) else None
             if resource is not None:
                 yield _checked(name, f"entry {i}", resource,
-                               b"" if quiet else orjson.dumps(resource), quiet)
+                               b"" if quiet else fhirjson.dumps(resource), quiet)
 
 
 def _parse(file: str, where: str, raw: bytes, quiet: bool) -> _Record | Problem | None:
     try:
-        resource = orjson.loads(raw)
+        resource = fhirjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         return Problem(file, where, f"malformed JSON: {exc}", raw)
     return _checked(file, where, resource, raw, quiet)

@@ -7,11 +7,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
-import orjson
+from fhir_gateway.formats import fhirjson
 
 
 def append_row(fh: BinaryIO, row: dict) -> None:
-    fh.write(orjson.dumps(row) + b"\n")
+    fh.write(fhirjson.dumps(row) + b"\n")
 
 
 def write_quarantine(path: Path, rows: Iterable[dict]) -> None:

@@ -10,6 +10,7 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
+from fhir_gateway.formats import fhirjson
 from fhir_gateway.outcome import FhirError, Issue, operation_outcome
 from fhir_gateway.search.dates import http_date
 
@@ -21,7 +22,7 @@ _ACCEPTED = ("application/fhir+json", "application/json", "application/json+fhir
 def fhir_response(body: dict | bytes | None, status: int = 200, headers: dict | None = None,
                   pretty: bool = False) -> Response:
     """A FHIR JSON response; `bytes` are a body already serialised (passed through)."""
-    content = body if isinstance(body, bytes) else b"" if body is None else orjson.dumps(
+    content = body if isinstance(body, bytes) else b"" if body is None else fhirjson.dumps(
         body, option=orjson.OPT_INDENT_2 if pretty else 0)
     return Response(content, status_code=status, headers=headers, media_type=FHIR_JSON)
 
@@ -86,7 +87,7 @@ async def read_body(request: Request) -> object:
     if not body.strip():
         raise FhirError(400, "The request has no body; a FHIR resource was expected", "required")
     try:
-        parsed = orjson.loads(body)
+        parsed = fhirjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise FhirError(400, f"Malformed JSON: {exc}", "structure") from None
     if len(_KEY_END.findall(body)) != _keys(parsed):

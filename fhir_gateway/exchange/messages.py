@@ -27,11 +27,11 @@ from datetime import datetime, timezone
 from functools import cache
 from pathlib import Path
 
-import orjson
 import yaml
 
 from fhir_gateway.bundle import at_entry
 from fhir_gateway.exchange.patient_match import candidates, identifier_pairs, token
+from fhir_gateway.formats import fhirjson
 from fhir_gateway.identifiers import CANONICAL_BASE
 from fhir_gateway.outcome import FhirError, Issue, operation_outcome
 from fhir_gateway.search.values import each_reference
@@ -300,7 +300,7 @@ def _contents(message: Message, targets: list[tuple[str, dict | None]], rules: R
             for key, i in message.keys.items()}
     out = []
     for index, (resource, (rid, stored)) in enumerate(zip(message.resources, targets)):
-        incoming = _rewrite(orjson.loads(orjson.dumps(resource)), refs)  # a copy, fast
+        incoming = _rewrite(fhirjson.loads(fhirjson.dumps(resource)), refs)  # a copy, fast
         incoming["id"] = rid
         if index == message.focus:
             merged = merge_encounter(stored, incoming, _key(message), rules.status_rank)
@@ -408,7 +408,7 @@ def _hold(store: FhirStore, message: Message, patient_ids: list[str], base: str,
                     for p in patient_ids),
                   {"type": {"text": "message"}, "valueAttachment": {
                       "contentType": "application/fhir+json",
-                      "data": base64.b64encode(orjson.dumps(message.bundle)).decode()}}]}
+                      "data": base64.b64encode(fhirjson.dumps(message.bundle)).decode()}}]}
     stored = store.commit([(None, {"resource": task, "request": {
         "method": "PUT", "url": f"Task/{task['id']}"}})], representation=True)[0]["resource"]
     return _held_response(message, stored, base)

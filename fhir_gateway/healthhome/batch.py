@@ -23,6 +23,7 @@ from pathlib import Path
 
 import orjson
 
+from fhir_gateway.formats import fhirjson
 from fhir_gateway.healthhome.eligibility import EligibilityInputError, RuleFiles, evaluate
 
 OWNER_KEYS = ("subject", "patient", "beneficiary")
@@ -58,7 +59,7 @@ def _owner(resource: dict) -> str:
 def _parse(line: bytes, number: int) -> dict | str:
     """The resource on a line, or an error text naming the line."""
     try:
-        resource = orjson.loads(line)
+        resource = fhirjson.loads(line)
     except orjson.JSONDecodeError as err:
         return f"line {number}: not JSON ({err})"
     return resource if isinstance(resource, dict) else f"line {number}: not a JSON object"
@@ -75,7 +76,7 @@ def members_from_ndjson(path: Path) -> Iterator[list[dict]]:
 def members_from_bundle(path: Path) -> Iterator[list[dict]]:
     """Each member's resources from a Bundle file (a collection, searchset or transaction)."""
     try:
-        bundle = orjson.loads(path.read_bytes())
+        bundle = fhirjson.loads(path.read_bytes())
     except orjson.JSONDecodeError as err:
         raise ValueError(f"{path}: not JSON ({err})") from None
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
@@ -174,7 +175,7 @@ def _judge_chunk(lines: list[bytes], first_line: int, judge):
         raise MembersInterleaved(run[2], run[0])
     if first is None:
         return run, b"[]", [], None
-    return first, orjson.dumps(rows), inner, run
+    return first, fhirjson.dumps(rows), inner, run
 
 
 def _chunks(path: Path) -> Iterator[tuple[list[bytes], int]]:
@@ -219,7 +220,7 @@ class _Stitcher:
             out += self.close()
             for owner, line in inner_owners:
                 self.mark(owner, line)
-            out += orjson.loads(inner_rows)
+            out += fhirjson.loads(inner_rows)
             self.open = last
         return out
 

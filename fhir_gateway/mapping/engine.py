@@ -46,10 +46,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import orjson
 import yaml
 
 from fhir_gateway import identifiers
+from fhir_gateway.formats import fhirjson
 from fhir_gateway.mapping.paths import (
     Condition,
     Context,
@@ -936,7 +936,7 @@ def to_transaction(mapped: list[MappedResource]) -> dict:
     not find the Patient the same Bundle creates. References to resources outside the
     Bundle stay conditional. The Bundle shares no data with `mapped`.
     """
-    return orjson.loads(transaction_json(mapped))
+    return fhirjson.loads(transaction_json(mapped))
 
 
 def transaction_json(mapped: list[MappedResource]) -> bytes:
@@ -947,12 +947,12 @@ def transaction_json(mapped: list[MappedResource]) -> bytes:
     with unescaped quotes is a key and its string value, nothing else.
     """
     bundle, full_urls = _transaction(mapped)
-    local = {orjson.dumps(ref)[1:-1]: b'"reference":"%s"' % url.encode()
+    local = {fhirjson.dumps(ref)[1:-1]: b'"reference":"%s"' % url.encode()
              for ref, url in full_urls.items()}
 
     def localized(match: re.Match) -> bytes:
         return local.get(match.group(1), match.group(0))
-    data = _REFERENCE.sub(localized, orjson.dumps(bundle))
+    data = _REFERENCE.sub(localized, fhirjson.dumps(bundle))
     if any(b"\\" in ref for ref in local):  # a reference with escapes: the exact, slower pattern
         data = _ESCAPED_REFERENCE.sub(localized, data)
     return data

@@ -10,9 +10,8 @@ transaction whose entries are all safe to repeat; never a read timeout or an ans
 
 from __future__ import annotations
 
-import orjson
-
 from fhir_gateway import http_client
+from fhir_gateway.formats import fhirjson
 from fhir_gateway.http_client import REPEATABLE, Response
 from fhir_gateway.outcome import FhirError
 from fhir_gateway.search.query import SearchQuery, parse_query
@@ -51,7 +50,7 @@ class HapiStore(BundleOperations):
                  repeatable: bool = False) -> Response:
         body = None
         if json is not None:  # orjson: the JSON library of the hot paths
-            body = orjson.dumps(json)
+            body = fhirjson.dumps(json)
             headers = {"Content-Type": FHIR_JSON, **(headers or {})}
         try:
             return self.client.request(method, path, params=params, body=body,
@@ -62,7 +61,7 @@ class HapiStore(BundleOperations):
 
     def _json(self, response: Response, ok: tuple[int, ...] = (200, 201)) -> dict:
         if response.status_code in ok:
-            return orjson.loads(response.content) if response.content else {}
+            return fhirjson.loads(response.content) if response.content else {}
         try:
             body = response.json()
         except ValueError:
@@ -229,7 +228,7 @@ def _stored_searchset(content: bytes, resource_type: str, query: SearchQuery
     something the gateway leaves out (an outcome), or any fullUrl is not under HAPI's base.
     """
     cut = content.find(b',"entry":[')
-    head = orjson.loads(content[:cut] + b"}" if cut >= 0 else content)
+    head = fhirjson.loads(content[:cut] + b"}" if cut >= 0 else content)
     entries = content[cut:] if cut >= 0 else b""
     self_url = next((link.get("url", "") for link in head.get("link", [])
                      if link.get("relation") == "self"), "")

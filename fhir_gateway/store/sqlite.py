@@ -20,6 +20,7 @@ from pathlib import Path
 
 import orjson
 
+from fhir_gateway.formats import fhirjson
 from fhir_gateway.outcome import FhirError, gone, invalid, missing_target, not_found
 from fhir_gateway.search import values
 from fhir_gateway.search.dates import now_instant, parse_range
@@ -127,17 +128,18 @@ def _rows_in(conn: sqlite3.Connection, sql: str, args: list, values: list) -> It
 
 
 def _dumps(resource: dict) -> bytes:
-    return orjson.dumps(resource)
+    return fhirjson.dumps(resource)
 
 
-def _content(resource: dict) -> dict:
-    """The resource without the server-maintained meta, to detect no-op updates."""
+def _content(resource: dict) -> bytes:
+    """The resource without the server-maintained meta, to detect no-op updates: as text,
+    where `0.10` is not `0.1` (a dict compares them as equal numbers)."""
     meta = {k: v for k, v in resource.get("meta", {}).items()
             if k not in ("versionId", "lastUpdated")}
     stripped = {k: v for k, v in resource.items() if k != "meta"}
     if meta:
         stripped["meta"] = meta
-    return stripped
+    return fhirjson.dumps(stripped, orjson.OPT_SORT_KEYS)
 
 
 def parse_etag(value: str) -> int:
@@ -297,7 +299,7 @@ class SQLiteStore(BundleOperations):
             raise not_found(resource_type, resource_id)
         if row[1]:
             raise gone(resource_type, resource_id, row[2])
-        return orjson.loads(row[0])
+        return fhirjson.loads(row[0])
 
     def head(self, resource_type: str, resource_id: str) -> dict:
         """A live resource's type, id and version meta, without reading its body (nor the
@@ -323,7 +325,7 @@ class SQLiteStore(BundleOperations):
                                  "known", "not-found")
         if row[1] == "DELETE":
             raise gone(resource_type, resource_id, int(version))
-        return orjson.loads(row[0])
+        return fhirjson.loads(row[0])
 
     def is_empty(self) -> bool:
         return self.connection().execute("SELECT 1 FROM resource LIMIT 1").fetchone() is None
@@ -364,7 +366,7 @@ class SQLiteStore(BundleOperations):
                                          f"version of {resource_type}/{resource_id} ({current})",
                                     "conflict")
             if row is not None and not row[2]:
-                current = orjson.loads(row[3])
+                current = fhirjson.loads(row[3])
                 if _content(current) == _content(resource):
                     return Written(current, 200)
             return self._write(resource_type, resource_id, resource, row, "PUT")
@@ -442,7 +444,7 @@ class SQLiteStore(BundleOperations):
             while rows := conn.execute("SELECT rid, body FROM resource WHERE deleted = 0 AND "
                                        "rid > ? ORDER BY rid LIMIT ?", (last, chunk)).fetchall():
                 for rid, body in rows:
-                    self._index(rid, orjson.loads(body))
+                    self._index(rid, fhirjson.loads(body))
                 self._flush_index()
                 self._local.references.clear()  # checked when they were written
                 done, last = done + len(rows), rows[-1][0]
@@ -529,7 +531,7 @@ class SQLiteStore(BundleOperations):
         rows = conn.execute(
             f"SELECT r.type, r.id, v.version, v.last_updated, v.method, v.body {sql} "
             "ORDER BY v.updated DESC, v.version DESC LIMIT ? OFFSET ?", [*args, count, offset])
-        entries = [HistoryEntry(t, i, v, lu, m, orjson.loads(b) if b else None)
+        entries = [HistoryEntry(t, i, v, lu, m, fhirjson.loads(b) if b else None)
                    for t, i, v, lu, m, b in rows]
         return HistoryResult(entries, total, count, offset)
 

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import NamedTuple, Protocol
 
-import orjson
-
+from fhir_gateway.formats import fhirjson
 from fhir_gateway.outcome import invalid
 from fhir_gateway.search import values
 from fhir_gateway.search.dates import parse_range
@@ -74,7 +73,7 @@ def run_query(store: Indexed, query: SearchQuery) -> SearchResult:
     rows = conn.execute(
         f"SELECT r.rid, r.type, r.id, r.body FROM resource r WHERE {where} ORDER BY {order} "
         "LIMIT ? OFFSET ?", [*args, *order_args, query.count, query.offset]).fetchall()
-    result.matches = [orjson.loads(body) for _, _, _, body in rows]
+    result.matches = [fhirjson.loads(body) for _, _, _, body in rows]
     if query.includes or query.revincludes:
         result.included = _includes(store, query, [(rid, t, i) for rid, t, i, _ in rows])
     return result
@@ -327,7 +326,7 @@ def _includes(store: Indexed, query: SearchQuery, page: list[tuple[int, str, str
         for rid, rtype, rid_str, body in new:
             if rid not in seen and len(found) < MAX_INCLUDES:
                 seen.add(rid)
-                found.append(orjson.loads(body))
+                found.append(fhirjson.loads(body))
                 frontier.append((rid, rtype, rid_str))
         if not frontier:
             break

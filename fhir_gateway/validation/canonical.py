@@ -21,6 +21,7 @@ from typing import Any
 
 import orjson
 
+from fhir_gateway.formats import fhirjson
 from fhir_gateway.search.registry import resource_types
 from fhir_gateway.validation.conformance import reference_stand_in
 from fhir_gateway.validation.reads import EMPTY, FULL, REFERENCE, Mark, Reads
@@ -44,10 +45,10 @@ def canonical_key(resource: dict, reads: Reads | Mark) -> bytes | None:
         return None
     form = _object(resource, _schema(resource["resourceType"]), reads)
     try:
-        key = orjson.dumps(form)
+        key = fhirjson.dumps(form)
     except orjson.JSONEncodeError:
         return None
-    return key if orjson.loads(key) == form else None
+    return key if fhirjson.loads(key) == form else None
 
 
 def _object(node: dict, schema: dict, reads: Reads) -> dict:

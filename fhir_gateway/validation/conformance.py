@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-import orjson
-
+from fhir_gateway.formats import fhirjson
 from fhir_gateway.outcome import Issue
 from fhir_gateway.validation.profiles import Conformance
 
@@ -854,7 +853,7 @@ def reference_stand_in(ref: str) -> str:
 def _show(value: Any) -> str:
     if isinstance(value, str):
         return f"'{value}'"
-    text = orjson.dumps(value).decode() if value is not None else "(none)"
+    text = fhirjson.dumps(value).decode() if value is not None else "(none)"
     return text if len(text) <= 200 else text[:197] + "..."
 
 
