@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import cache
 
 from fhir_gateway import __version__
+from fhir_gateway.identifiers import CANONICAL_BASE
 from fhir_gateway.search.registry import params_for, resource_types
 
 INTERACTIONS = ["read", "vread", "update", "delete", "history-instance", "history-type",
@@ -38,7 +39,9 @@ def capability_statement(base: str, validator=None) -> dict:
             "interaction": [{"code": "transaction"}, {"code": "batch"},
                             {"code": "history-system"}],
             "operation": [{"name": "process-message", "definition":
-                           "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message"}],
+                           "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message"},
+                          {"name": "generate-claims", "definition":
+                           f"{CANONICAL_BASE}/OperationDefinition/generate-claims"}],
         }],
     }
 

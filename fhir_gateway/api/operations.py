@@ -1,4 +1,5 @@
-"""Health Home operations on Patient: `$hh-status`, `$hh-eligibility`, `$enroll`, `$disenroll`.
+"""Health Home operations: on Patient `$hh-status`, `$hh-eligibility`, `$enroll`,
+`$disenroll`; on the system `$generate-claims`.
 
 Registered before the generic REST routes, so `Patient/$hh-status` is not read as an id.
 """
@@ -14,8 +15,8 @@ from starlette.concurrency import run_in_threadpool
 
 from fhir_gateway.api.http import fhir_response, is_pretty, read_body, version_headers
 from fhir_gateway.api.rest import base_url
+from fhir_gateway.healthhome import billing, monthly_claims, services
 from fhir_gateway.healthhome import enrollment as hh_enrollment
-from fhir_gateway.healthhome import services
 from fhir_gateway.healthhome.eligibility import Evaluation, RuleFiles, evaluate
 from fhir_gateway.healthhome.status import to_parameters
 from fhir_gateway.outcome import invalid
@@ -161,3 +162,44 @@ async def disenroll(request: Request, patient_id: str) -> Response:
     episode = await run_in_threadpool(services.disenroll, request.app.state.store,
                                       _files(request), patient_id, program, reason, end)
     return fhir_response(episode, 200, version_headers(episode), pretty=is_pretty(request))
+
+
+# -- $generate-claims ----------------------------------------------------------------------
+
+@router.post("/$generate-claims")
+async def generate_claims(request: Request) -> Response:
+    """Parameters(`month` valueDate YYYY-MM, `provider`? valueReference Organization): the
+    month's HH Monthly Claims; the answer lists the claims created and the enrolled members
+    not billed, each with the reason."""
+    params = _parameters(await read_body(request))
+    within = monthly_claims.month((params.get("month") or {}).get("valueDate"), "month")
+    provider = None
+    if "provider" in params:
+        provider = ((params["provider"].get("valueReference") or {}).get("reference") or "")
+        if not provider.startswith("Organization/"):
+            raise invalid("Parameter 'provider' must reference the Health Home Organization",
+                          "provider")
+    run = await run_in_threadpool(billing.generate_claims, request.app.state.store,
+                                  _files(request), within, provider)
+    return fhir_response(_claim_run(run), pretty=is_pretty(request))
+
+
+def _claim_run(run: billing.ClaimRun) -> dict:
+    created = [{"name": "created", "part": [
+        *_reference("claim", f"Claim/{c['id']}"), *_reference("patient", c["patient"]["reference"]),
+        *_reference("provider", c["provider"]["reference"]),
+        {"name": "services", "valueInteger": len(c.get("supportingInfo", []))}]}
+        for c in run.created]
+    not_billed = [{"name": "notBilled", "part": [
+        *_reference("patient", n.patient), *_reference("provider", n.provider),
+        {"name": "reason", "valueString": n.reason}, *_reference("claim", n.claim)]}
+        for n in run.not_billed]
+    return {"resourceType": "Parameters", "parameter": [
+        {"name": "month", "valueDate": run.month.text},
+        {"name": "claimsCreated", "valueInteger": len(created)},
+        {"name": "membersNotBilled", "valueInteger": len(not_billed)},
+        *created, *not_billed]}
+
+
+def _reference(name: str, reference: str | None) -> list[dict]:
+    return [{"name": name, "valueReference": {"reference": reference}}] if reference else []

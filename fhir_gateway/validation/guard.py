@@ -34,18 +34,25 @@ class ValidatingStore(BundleOperations):
     def create(self, resource: dict, if_none_exist: str | None = None) -> Written:
         if if_none_exist:
             return self.conditional_create(resource, if_none_exist)
-        return self.inner.create(self.validator.check(resource))
+        return self.inner.create(self._checked(resource))
 
     def update(self, resource_type: str, resource_id: str, resource: dict,
                if_match: str | None = None) -> Written:
         return self.inner.update(resource_type, resource_id,
-                                 self.validator.check(resource, resource_type), if_match)
+                                 self._checked(resource, resource_type), if_match)
+
+    def _checked(self, resource: dict, resource_type: str | None = None,
+                 unit: dict[str, dict] | None = None) -> dict:
+        resource = self.validator.check(resource, resource_type)
+        self.validator.check_with(self.inner, resource, unit)
+        return resource
 
     def commit(self, entries: Entries, representation: bool = False) -> list[dict]:
+        unit = _unit(entries) if len(entries) > 1 else None
         for index, entry in entries:
             if "resource" in entry:
                 try:
-                    self.validator.check(entry["resource"])
+                    self._checked(entry["resource"], unit=unit)
                 except FhirError as err:
                     raise bundles.at_entry(err, index) from None
         return self.inner.commit(entries, representation)
@@ -57,3 +64,19 @@ class ValidatingStore(BundleOperations):
         if checked_by is self.validator:
             return self.inner.transaction(bundle)
         return super().transaction(bundle)
+
+
+def _unit(entries: Entries) -> dict[str, dict]:
+    """The resources of a unit by what references among them use, fullUrl and Type/id, and
+    each by its entry (`Bundle.entry[n]`), so that none is left out."""
+    unit = {}
+    for n, (_, entry) in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(resource, dict):
+            continue
+        unit[f"Bundle.entry[{n}]"] = resource
+        if isinstance(entry.get("fullUrl"), str):
+            unit[entry["fullUrl"]] = resource
+        if isinstance(resource.get("id"), str):
+            unit[f"{resource.get('resourceType')}/{resource['id']}"] = resource
+    return unit

@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
 
-import orjson
-
+from fhir_gateway.formats import fhirjson
 from fhir_gateway.outcome import FhirError, Issue
 from fhir_gateway.validation.canonical import canonical_key
 from fhir_gateway.validation.conformance import prepare, validate
@@ -33,7 +32,7 @@ from fhir_gateway.validation.profiles import Conformance
 from fhir_gateway.validation.reads import EMPTY, FULL, Mark, Reads, merge, profile_reads
 from fhir_gateway.validation.structure import check_resource, check_shape, check_update_id
 
-__all__ = ["ResourceCheck", "Validator", "check_shape", "check_update_id", "errors",
+__all__ = ["ResourceCheck", "StoreCheck", "Validator", "check_shape", "check_update_id", "errors",
            "load_validator"]
 
 ERRORS = ("error", "fatal")
@@ -54,6 +53,18 @@ class ResourceCheck:
     issues: Callable[[dict, str | None], list[Issue]]
 
 
+@dataclass(frozen=True)
+class StoreCheck:
+    """A rule about how a resource of one type fits what the store holds (a claim's
+    services, a month already billed): `check(store, resource, unit)` raises the FhirError
+    that refuses the write; `unit` holds the resources written with it (a transaction's,
+    keyed by fullUrl and Type/id). Run by the validating store after the checks above, on
+    every write of that type; never cached."""
+
+    resource_type: str
+    check: Callable[[object, dict, dict[str, dict]], None]
+
+
 class Validator:
     """Structure, the IG package's profiles and the registered checks, with a verdict cache.
 
@@ -62,10 +73,11 @@ class Validator:
     """
 
     def __init__(self, package_dir: str | None = None, all_of_profiled_types: bool = False,
-                 checks: tuple[ResourceCheck, ...] = ()):
+                 checks: tuple[ResourceCheck, ...] = (), store_checks: tuple[StoreCheck, ...] = ()):
         self.package_dir = package_dir
         self.all_of_profiled_types = all_of_profiled_types
         self.checks = checks
+        self.store_checks = store_checks
         self.conformance: Conformance | None = None
         if package_dir and (Path(package_dir) / "package.json").is_file():
             self.conformance = Conformance.load(package_dir)
@@ -76,9 +88,17 @@ class Validator:
         self._lock = threading.Lock()
 
     def __reduce__(self):
-        return load_validator, (self.package_dir, self.all_of_profiled_types, self.checks)
+        return load_validator, (self.package_dir, self.all_of_profiled_types, self.checks,
+                                self.store_checks)
 
     # -- the interface ---------------------------------------------------------------------
+    def check_with(self, store: object, resource: dict, unit: dict[str, dict] | None = None
+                   ) -> None:
+        """The store checks of the resource's type (after `check` passed it)."""
+        for rule in self.store_checks:
+            if rule.resource_type == resource.get("resourceType"):
+                rule.check(store, resource, unit or {})
+
     def check(self, resource: object, expected_type: str | None = None) -> dict:
         """The resource, if it passes; else the FhirError of the full checks of it (400 for
         structure, 422 for profiles and checks). A resource whose canonical form passed
@@ -133,7 +153,7 @@ class Validator:
     def _form_passes(self, key: bytes) -> bool:
         """Whether a canonical form passes the full checks."""
         try:
-            self._full_check(orjson.loads(key))
+            self._full_check(fhirjson.loads(key))
         except Exception:  # noqa: BLE001 - the resource's own full checks then say what is wrong
             return False
         return True
@@ -183,7 +203,8 @@ def errors(issues: list[Issue]) -> list[Issue]:
 
 @cache
 def load_validator(package_dir: str | None = None, all_of_profiled_types: bool = False,
-                   checks: tuple[ResourceCheck, ...] = ()) -> Validator:
+                   checks: tuple[ResourceCheck, ...] = (), store_checks: tuple[StoreCheck, ...] = ()
+                   ) -> Validator:
     """The validator for an IG package directory (the folder holding package.json; without
     one, structure only), built once per configuration and process."""
-    return Validator(package_dir, all_of_profiled_types, checks)
+    return Validator(package_dir, all_of_profiled_types, checks, store_checks)
