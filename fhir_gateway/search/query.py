@@ -25,6 +25,8 @@ MAX_VALUES = 100      # comma-separated values of one parameter
 MAX_CHAIN = 3         # chained levels: subject:Patient.organization.partof.name is 3
 MAX_SORT = 5          # _sort keys
 MAX_OFFSET = 2**31 - 1
+MAX_NUMBER_DIGITS = 400  # digits of a number or quantity value
+MAX_EXPONENT = 1000      # and its exponent, either way (1E-1000 .. 1E+1000)
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 RESULT_PARAMS = {"_count", "_offset", "_sort", "_summary", "_elements", "_total", "_format",
                  "_pretty"}
@@ -192,7 +194,13 @@ def _check_value(param: SearchParam, name: str, value: str) -> None:
         _, raw = split_prefix(value)
         number = raw.split("|", 1)[0]
         if not _NUMBER.match(number):
-            raise invalid(f"Invalid number '{number}' for parameter '{name}'", name)
+            raise invalid(f"Invalid number '{number[:40]}' for parameter '{name}'", name)
+        digits, _, exponent = number.lower().lstrip("+-").partition("e")
+        if len(digits) > MAX_NUMBER_DIGITS or (exponent and (
+                len(exponent) > 6 or abs(int(exponent)) > MAX_EXPONENT)):
+            raise invalid(f"The number '{number[:40]}' for parameter '{name}' is beyond what a "
+                          f"search compares (at most {MAX_NUMBER_DIGITS} digits, exponents "
+                          f"within ±{MAX_EXPONENT})", name)
 
 
 def _result_param(query: SearchQuery, name: str, value: str, max_count: int) -> None:

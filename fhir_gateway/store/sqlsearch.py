@@ -12,7 +12,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal, InvalidOperation, localcontext
 from typing import NamedTuple, Protocol
 
 from fhir_gateway.formats import fhirjson
@@ -255,19 +255,28 @@ def _date_condition(value: str, low: str, high: str) -> tuple[str, list]:
     return f"({low} < ? AND {high} > ?)", [hi + margin, lo - margin]
 
 
+#: digits enough to add half a unit of the last place to any number a search may carry
+_EXACT_DIGITS = 2000
+
+
 def _number_condition(sp_type: str, value: str) -> tuple[str, list]:
     prefix, raw = split_prefix(value)
     number, _, unit = raw.partition("|")
     try:
         dec = Decimal(number)
     except InvalidOperation:
-        raise invalid(f"Invalid number '{number}'") from None
+        raise invalid(f"Invalid number '{number[:40]}'") from None
     exponent = dec.as_tuple().exponent
     half = Decimal(5).scaleb(exponent - 1) if isinstance(exponent, int) else Decimal(0)
-    v, lo, hi = float(dec), float(dec - half), float(dec + half)
+    with localcontext(prec=_EXACT_DIGITS):  # the bounds exactly, whatever the digits
+        low, high = dec - half, dec + half
+    # The index holds doubles (what the store's decimals round to): a value in [low, high)
+    # rounds into [float(low), float(high)], the upper end included unless it is exact.
+    v, lo, hi = float(dec), float(low), float(high)
+    below = "<" if Decimal(hi) == high else "<="
     conditions = {
-        "eq": ("(value >= ? AND value < ?)", [lo, hi]),
-        "ne": ("NOT (value >= ? AND value < ?)", [lo, hi]),
+        "eq": (f"(value >= ? AND value {below} ?)", [lo, hi]),
+        "ne": (f"NOT (value >= ? AND value {below} ?)", [lo, hi]),
         "gt": ("value > ?", [v]), "lt": ("value < ?", [v]),
         "ge": ("value >= ?", [v]), "le": ("value <= ?", [v]),
         "sa": ("value > ?", [v]), "eb": ("value < ?", [v]),
