@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 from platformdirs import user_data_dir
-from pydantic import AfterValidator
+from pydantic import AfterValidator, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -90,6 +90,14 @@ class Settings(BaseSettings):
     hh_rules: Folder = DEFAULT_HH_RULES
     #: the Health Home enrollment policy file
     hh_enrollment: File = DEFAULT_HH_ENROLLMENT
+    #: Bulk Data export: the folder of the jobs' state (jobs.db) and files (default:
+    #: `exports/` in the gateway's data folder), exports running at once, resources a page
+    export_dir: str = ""
+    export_workers: int = Field(2, ge=1)
+    export_page_size: int = Field(500, ge=1, le=1000)
+
+    def export_folder(self) -> str:
+        return self.export_dir or str(Path(user_data_dir("fhir-gateway")) / "exports")
 
     def store_url(self) -> str:
         return self.store or default_store()

@@ -11,7 +11,7 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from fhir_gateway import __version__
-from fhir_gateway.api import exchange, operations, rest
+from fhir_gateway.api import exchange, export, operations, rest
 from fhir_gateway.api.formats import FhirFormats, outcome_body, wants_xml
 from fhir_gateway.api.http import outcome_response
 from fhir_gateway.api.limits import BodyLimit
@@ -36,6 +36,8 @@ def create_app(store: FhirStore, settings: Settings | None = None) -> FastAPI:
     app.state.message_rules = MessageRules.load()
     app.include_router(operations.router)  # before rest: `Patient/$hh-status` is no id
     app.include_router(exchange.router)  # before rest: `$process-message` is no type
+    app.include_router(export.router)  # before rest: `$export` is no type
+    export.attach(app)  # resumes exports a previous run left unfinished
     app.include_router(rest.router)
 
     @app.exception_handler(FhirError)

@@ -18,6 +18,12 @@ RESULT_PARAMS = [("_count", "number"), ("_offset", "number"), ("_sort", "string"
                  ("_include", "string"), ("_revinclude", "string"), ("_summary", "token"),
                  ("_elements", "string")]
 
+#: FHIR Bulk Data Access 2.0 (api/export.py): system-, Patient- and Group-level $export
+BULK = "http://hl7.org/fhir/uv/bulkdata"
+TYPE_EXPORTS = {"Patient": [{"name": "export", "definition":
+                             f"{BULK}/OperationDefinition/patient-export"}],
+                "Group": [{"name": "export", "definition": f"{BULK}/OperationDefinition/group-export"}]}
+
 
 @cache
 def capability_statement(base: str, validator=None) -> dict:
@@ -31,6 +37,7 @@ def capability_statement(base: str, validator=None) -> dict:
         "software": {"name": "fhir-gateway", "version": __version__},
         "implementation": {"description": "Health Home FHIR Gateway (embedded store)",
                            "url": base},
+        "instantiates": [f"{BULK}/CapabilityStatement/bulk-data"],
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+xml", "xml", "application/fhir+json", "json"],
         "rest": [{
@@ -41,7 +48,8 @@ def capability_statement(base: str, validator=None) -> dict:
             "operation": [{"name": "process-message", "definition":
                            "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message"},
                           {"name": "generate-claims", "definition":
-                           f"{CANONICAL_BASE}/OperationDefinition/generate-claims"}],
+                           f"{CANONICAL_BASE}/OperationDefinition/generate-claims"},
+                          {"name": "export", "definition": f"{BULK}/OperationDefinition/export"}],
         }],
     }
 
@@ -70,5 +78,6 @@ def _resource(resource_type: str, validator) -> dict:
                         for p in sorted(params.values(), key=lambda p: p.code)]
                        + [{"name": n, "type": t} for n, t in RESULT_PARAMS],
         "operation": [{"name": "validate",
-                       "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"}],
+                       "definition": "http://hl7.org/fhir/OperationDefinition/Resource-validate"},
+                      *TYPE_EXPORTS.get(resource_type, [])],
     }
