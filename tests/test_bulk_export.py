@@ -202,6 +202,18 @@ def test_a_running_export_reports_progress_and_can_be_cancelled(http, gate, data
     assert not (exports / job).exists()
 
 
+def test_what_is_written_after_the_kickoff_is_not_exported(http, gate, data):
+    gate.opened.clear()
+    url = kickoff(http, "/fhir/$export", _type="Observation")
+    assert gate.reached.wait(30)
+    time.sleep(0.01)
+    later = post(http, observation(data["Patient"][1]["id"], "5-5"))
+    gate.release()
+    files = read_back(http, finished(http, url))
+    assert ids(files["Observation"]) == ids(data["Observation"])
+    assert later["id"] not in ids(files["Observation"])
+
+
 def test_a_finished_export_can_be_deleted_with_its_files(http, data, exports):
     url = kickoff(http, "/fhir/$export", _type="Patient")
     file_url = finished(http, url)["output"][0]["url"]
