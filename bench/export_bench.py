@@ -78,7 +78,7 @@ def main() -> None:
     from bulk_export import write_export
     from fhir_gateway.api.app import create_app
     from fhir_gateway.config import Settings
-    from fhir_gateway.export.jobs import now_instant
+    from fhir_gateway.search.dates import now_instant
     from fhir_gateway.export.writer import scan
     from fhir_gateway.loader import load_paths
     from fhir_gateway.store import open_store
@@ -98,7 +98,7 @@ def main() -> None:
         started = time.perf_counter()
         scanned = sum(1 for t in types for _ in scan(store, t, [], args.page))
         scan_s = time.perf_counter() - started
-        bound = [("_lastUpdated", f"le{now_instant()}")]
+        bound = [("_lastUpdated", f"le{now_instant()[0]}")]
         started = time.perf_counter()
         bounded = sum(1 for t in types for _ in scan(store, t, bound, args.page))
         bounded_s = time.perf_counter() - started

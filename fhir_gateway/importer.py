@@ -33,6 +33,7 @@ from fhir_gateway.adapters.common import ExtractFormat, MalformedExtract, Source
 from fhir_gateway.formats import fhirjson
 from fhir_gateway.gc_tuning import bulk_gc
 from fhir_gateway.config import DEFAULT_MAPPINGS
+from fhir_gateway.healthhome.services import rebuild_rosters
 from fhir_gateway.healthhome.transforms import TRANSFORMS
 from fhir_gateway.mapping import (MappedResource, load_mapping, to_transaction,
                                   transaction_json)
@@ -233,6 +234,7 @@ def import_extract(store: FhirStore, system: str, path: Path,
                 _store_group(store, validator, system, group, summary, path, mappings)
             summary.malformed = group.malformed
             progress(len(group.records))
+    rebuild_rosters(store)  # the Health Homes' rosters follow the enrollments imported
     return summary
 
 

@@ -20,7 +20,6 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import orjson
@@ -28,6 +27,7 @@ import orjson
 from fhir_gateway.export import writer
 from fhir_gateway.export.request import ExportRequest
 from fhir_gateway.export.scope import job_scope
+from fhir_gateway.search.dates import now_instant
 
 log = logging.getLogger("fhir_gateway.export")
 MAX_ATTEMPTS = 3
@@ -58,11 +58,6 @@ class Job:
     outcome: dict | None
 
 
-def now_instant() -> str:
-    """The transaction time: UTC, millisecond precision (what both stores keep)."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 class JobStore:
     """The jobs table; one connection per thread (the workers and the API's threads)."""
 
@@ -81,7 +76,8 @@ class JobStore:
         return conn
 
     def add(self, request_url: str, request: ExportRequest) -> Job:
-        job = Job(str(uuid.uuid4()), "accepted", request_url, request, now_instant(), "", 0, None)
+        job = Job(str(uuid.uuid4()), "accepted", request_url, request, now_instant()[0], "", 0,
+                  None)
         self._db().execute(
             "INSERT INTO job (id, status, request_url, request, transaction_time, created) "
             "VALUES (?, ?, ?, ?, ?, ?)", (job.id, job.status, request_url,

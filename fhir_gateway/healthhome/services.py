@@ -10,11 +10,13 @@ render what comes back.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 
+from fhir_gateway.export.writer import scan
 from fhir_gateway.healthhome import enrollment as hh_enrollment
+from fhir_gateway.healthhome import rosters
 from fhir_gateway.healthhome.eligibility import (
     PRIMARY_SOURCES,
     Evaluation,
@@ -22,8 +24,14 @@ from fhir_gateway.healthhome.eligibility import (
     evaluate,
     observation_codes,
 )
-from fhir_gateway.healthhome.status import SourceStatus, from_cimor, from_cyberaccess, from_store
-from fhir_gateway.identifiers import LOINC, MO_HEALTHNET_DCN
+from fhir_gateway.healthhome.status import (
+    SourceStatus,
+    episode_program,
+    from_cimor,
+    from_cyberaccess,
+    from_store,
+)
+from fhir_gateway.identifiers import HH_PROGRAM, LOINC, MO_HEALTHNET_DCN
 from fhir_gateway.outcome import FhirError, invalid
 from fhir_gateway.search.dates import now_instant
 from fhir_gateway.store.base import FhirStore
@@ -135,17 +143,25 @@ def enroll(store: FhirStore, files: RuleFiles, patient_id: str,
     if wanted.consent and wanted.consent.by.startswith("RelatedPerson/"):
         wanted.consent.guardian = _referenced(store, wanted.consent.by, "consent.agreedBy")
     program = hh_enrollment.find_program(wanted.program, files)
+    _referenced(store, wanted.provider, "provider")
+    response = _retrying(store, patient_id, lambda: _enrollment_bundle(
+        store, files, patient_id, wanted, program, _enrollments_list(store, patient_id),
+        _roster(store, wanted.provider, wanted.program)))
+    location = response["entry"][0]["response"]["location"].split("/")
+    return store.read(location[0], location[1])
+
+
+def _retrying(store: FhirStore, patient_id: str, make_bundle: Callable[[], dict]) -> dict:
+    """Commit the transaction `make_bundle` builds; when a version it was built on (its
+    If-Match: the member's List, the roster) changed meanwhile, build it again from what
+    is stored. 409 after `ATTEMPTS`."""
     for _ in range(ATTEMPTS):
-        guard = _enrollments_list(store, patient_id)
-        bundle = _enrollment_bundle(store, files, patient_id, wanted, program, guard)
+        bundle = make_bundle()  # its refusals (409: enrolled elsewhere) are answers
         try:
-            response = store.transaction(bundle)
+            return store.transaction(bundle)
         except FhirError as err:
-            if err.status in (409, 412):  # the List changed since we read it
-                continue
-            raise
-        location = response["entry"][0]["response"]["location"].split("/")
-        return store.read(location[0], location[1])
+            if err.status not in (409, 412):
+                raise
     raise FhirError(409, f"The enrollments of Patient/{patient_id} changed during each of "
                          f"{ATTEMPTS} attempts; try again", "conflict")
 
@@ -162,27 +178,51 @@ def _referenced(store: FhirStore, reference: str, where: str) -> dict:
 def _enrollments_list(store: FhirStore, patient_id: str) -> dict:
     """The member's enrollment List, created on their first `$enroll` (after the Patient is
     known to exist). Two first requests may both write it: the content is the same."""
-    list_id = hh_enrollment.enrollments_list_id(patient_id)
+    def first() -> dict:
+        store.read("Patient", patient_id)
+        return hh_enrollment.enrollments_list(patient_id)
+
+    return _read_or_create(store, "List", hh_enrollment.enrollments_list_id(patient_id), first)
+
+
+def _roster(store: FhirStore, provider: str, program: str) -> dict:
+    """The Health Home's roster Group for the program, created empty on first use."""
+    return _read_or_create(store, "Group", rosters.roster_id(provider, program),
+                           lambda: rosters.empty_roster(provider, program, store.read(
+                               *provider.split("/", 1)).get("name")))
+
+
+def _read_or_create(store: FhirStore, resource_type: str, resource_id: str,
+                    first: Callable[[], dict]) -> dict:
+    """The resource as stored; when there is none yet, `first()` written under that id. Two
+    first requests may both write it: the content is the same."""
     try:
-        return store.read("List", list_id)
+        return store.read(resource_type, resource_id)
     except FhirError as err:
         if err.status not in (404, 410):
             raise
-    store.read("Patient", patient_id)
     try:
-        return store.update("List", list_id, hh_enrollment.enrollments_list(patient_id)).resource
+        return store.update(resource_type, resource_id, first()).resource
     except FhirError as err:
         if err.status not in (409, 412):
             raise
-        return store.read("List", list_id)
+        return store.read(resource_type, resource_id)
+
+
+def _put(resource: dict, version: str) -> dict:
+    """A transaction entry writing `resource` If-Match the version it was built from."""
+    return {"resource": resource, "request": {
+        "method": "PUT", "url": f"{resource['resourceType']}/{resource['id']}",
+        "ifMatch": f'W/"{version}"'}}
 
 
 def _enrollment_bundle(store: FhirStore, files: RuleFiles, patient_id: str,
                        wanted: hh_enrollment.Request, program: hh_enrollment.Program,
-                       guard: dict) -> dict:
+                       guard: dict, roster: dict) -> dict:
     """The transaction of one enrollment: the EpisodeOfCare, what goes with it (consent,
-    override Provenance, care team, Regional Office referral, KanCare assignment letter) and
-    the List, rewritten If-Match its version read before the record was."""
+    override Provenance, care team, Regional Office referral, KanCare assignment letter),
+    the List and the Health Home's roster, each rewritten If-Match its version read before
+    the record was."""
     record = member_record(store, files, patient_id)
     programs = evaluate(record, None, wanted.start, files=files).programs
     verdict = next((p for p in programs if p.code == wanted.program), None)
@@ -212,24 +252,63 @@ def _enrollment_bundle(store: FhirStore, files: RuleFiles, patient_id: str,
         provider = store.read(*wanted.provider.split("/", 1))
         add(hh_enrollment.assignment_letter(record[0], target, program, verdict, provider,
                                             when))
-    entries.append({"resource": hh_enrollment.enrollments_list(patient_id, target, when),
-                    "request": {"method": "PUT", "url": f"List/{guard['id']}",
-                                "ifMatch": f'W/"{guard["meta"]["versionId"]}"'}})
+    entries.append(_put(hh_enrollment.enrollments_list(patient_id, target, when),
+                        guard["meta"]["versionId"]))
+    entries.append(_put(rosters.with_enrollment(roster, episode), roster["meta"]["versionId"]))
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
 def disenroll(store: FhirStore, files: RuleFiles, patient_id: str, program: str, reason: str,
               end: date) -> dict:
-    """Close the member's active enrollment in `program`: one write, If-Match the version
-    read, so a concurrent change makes it fail rather than be overwritten. Returns the
+    """Close the member's active enrollment in `program` and mark them inactive on their
+    Health Home's roster: one transaction, If-Match the versions read, so a concurrent
+    change makes it decide again on what is stored rather than overwrite it. Returns the
     EpisodeOfCare as stored."""
     store.read("Patient", patient_id)
-    episode = hh_enrollment.disenroll(_episodes(store, patient_id),
-                                      hh_enrollment.find_program(program, files), reason, end)
-    version = episode["meta"]["versionId"]
-    return store.update("EpisodeOfCare", episode["id"], episode, f'W/"{version}"').resource
+    plan = hh_enrollment.find_program(program, files)
+    closed: list[str] = []
+
+    def bundle() -> dict:
+        episode = hh_enrollment.disenroll(_episodes(store, patient_id), plan, reason, end)
+        closed[:] = [episode["id"]]
+        entries = [_put(episode, episode["meta"]["versionId"])]
+        provider = (episode.get("managingOrganization") or {}).get("reference", "")
+        if provider.startswith("Organization/"):
+            roster = _roster(store, provider, program)
+            entries.append(_put(rosters.with_enrollment(roster, episode),
+                                roster["meta"]["versionId"]))
+        return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+
+    _retrying(store, patient_id, bundle)
+    return store.read("EpisodeOfCare", closed[0])
 
 
 def _episodes(store: FhirStore, patient_id: str) -> list[dict]:
     return store.search("EpisodeOfCare", [("patient", f"Patient/{patient_id}"),
                                           ("_count", "1000")]).matches
+
+
+def rebuild_rosters(store: FhirStore) -> int:
+    """Every Health Home's roster recomputed from the stored enrollments (after an import,
+    or writes that went around `$enroll`/`$disenroll`); returns the rosters written. Reads
+    the enrollments page by page; holds the rosters' members only."""
+    found: dict[tuple[str, str], list[dict]] = {}
+    for episode in scan(store, "EpisodeOfCare", [("type", f"{HH_PROGRAM}|")], PAGE):
+        provider = (episode.get("managingOrganization") or {}).get("reference", "")
+        program = episode_program(episode)
+        if provider.startswith("Organization/") and program and "patient" in episode:
+            found.setdefault((provider, program), []).append(
+                {k: episode[k] for k in ("patient", "period", "status") if k in episode})
+    for (provider, program), episodes in found.items():
+        for _ in range(ATTEMPTS):
+            roster = _roster(store, provider, program)
+            rebuilt = rosters.rebuild(roster, episodes)
+            if rebuilt["member"] == roster.get("member"):
+                break  # unchanged: a re-import writes nothing
+            try:
+                store.update("Group", roster["id"], rebuilt, f'W/"{roster["meta"]["versionId"]}"')
+                break
+            except FhirError as err:
+                if err.status not in (409, 412):
+                    raise
+    return len(found)
