@@ -12,10 +12,10 @@ from fastapi.testclient import TestClient
 
 from fhir_gateway.api.app import create_app
 from fhir_gateway.config import Settings
-from fhir_gateway.healthhome.rosters import ROSTER_SYSTEM, rebuild, roster_id
+from fhir_gateway.healthhome.rosters import ROSTER_SYSTEM, rebuild, roster_key
 from test_enrollment_http import enroll_params, setup_member
 
-ROSTER = "/fhir/Group/hh-roster-mo-cmhc-hh1"
+ROSTER = f"/fhir/Group?identifier={ROSTER_SYSTEM}|hh-roster-mo-cmhc-hh1"
 DISENROLL = {"resourceType": "Parameters", "parameter": [
     {"name": "program", "valueCode": "mo-cmhc"}, {"name": "reason", "valueCode": "moved"},
     {"name": "end", "valueDate": "2026-09-30"}]}
@@ -34,21 +34,29 @@ def enroll(http, pid: str) -> dict:
     return r.json()
 
 
+def roster(http) -> dict | None:
+    """The Health Home hh1's mo-cmhc roster, found by its identifier (one at most)."""
+    found = http.get(ROSTER).json()
+    assert found["total"] <= 1
+    return found["entry"][0]["resource"] if found["total"] else None
+
+
 def members(http) -> dict[str, dict]:
-    return {m["entity"]["reference"]: m for m in http.get(ROSTER).json()["member"]}
+    return {m["entity"]["reference"]: m for m in roster(http)["member"]}
 
 
 def test_enrolling_and_disenrolling_keep_the_health_homes_roster(http):
     setup_member(http, "MO", ["F20.9"], pid="m1")
     setup_member(http, "MO", ["F25.0"], pid="m2")
-    assert http.get(ROSTER).status_code == 404  # no roster before the first enrollment
+    assert roster(http) is None  # no roster before the first enrollment
     enroll(http, "m1")
-    roster = http.get(ROSTER).json()
-    assert roster["managingEntity"] == {"reference": "Organization/hh1"}
-    assert roster["type"] == "person" and roster["actual"] is True
-    assert roster["code"]["coding"][0]["code"] == "mo-cmhc"
-    assert roster["identifier"] == [{"system": ROSTER_SYSTEM, "value": "Organization/hh1|mo-cmhc"}]
-    assert "Demo Health Home" in roster["name"]
+    group = roster(http)
+    assert group["managingEntity"] == {"reference": "Organization/hh1"}
+    assert group["type"] == "person" and group["actual"] is True
+    assert group["code"]["coding"][0]["code"] == "mo-cmhc"
+    assert group["identifier"] == [{"system": ROSTER_SYSTEM, "value": "hh-roster-mo-cmhc-hh1"}]
+    assert "Demo Health Home" in group["name"]
+    assert http.get("/fhir/Group?managing-entity=Organization/hh1").json()["total"] == 1
     assert members(http) == {"Patient/m1": {"entity": {"reference": "Patient/m1"},
                                             "period": {"start": "2026-06-01"}}}
     enroll(http, "m2")
@@ -60,19 +68,21 @@ def test_enrolling_and_disenrolling_keep_the_health_homes_roster(http):
     assert m1["inactive"] is True and m1["period"] == {"start": "2026-06-01", "end": "2026-09-30"}
     assert "inactive" not in members(http)["Patient/m2"]
     assert http.post("/fhir/Patient/m1/$disenroll", json=DISENROLL).status_code == 404
-    assert http.get(ROSTER).json()["meta"]["versionId"] == "4"  # nothing written by the 404
+    assert roster(http)["meta"]["versionId"] == "4"  # nothing written by the 404
 
 
 def test_a_refused_enrollment_leaves_the_roster_alone(http):
     setup_member(http, "MO", ["I10"], pid="m1")  # not eligible
     r = http.post("/fhir/Patient/m1/$enroll", json=enroll_params("mo-cmhc"))
     assert r.status_code == 422
-    roster = http.get(ROSTER)
-    assert roster.status_code == 404 or "member" not in roster.json()
+    assert roster(http) is None or "member" not in roster(http)
 
 
-def test_concurrent_enrollments_into_one_health_home_are_all_on_its_roster(live):
-    pids = [f"c{n}" for n in range(3)]
+@pytest.mark.parametrize("round_", range(5))
+def test_concurrent_enrollments_into_one_health_home_are_all_on_its_roster(live, round_):
+    """Repeated: a race is won or lost by chance (two first enrollments each writing the
+    new roster under one id lost a member about one run in five)."""
+    pids = [f"c{round_}-{n}" for n in range(3)]
     for pid in pids:
         setup_member(live, "MO", ["F20.9"], pid=pid)
     start, answers = threading.Barrier(len(pids)), []
@@ -97,7 +107,7 @@ def test_a_rosters_export_has_its_active_members_data_only(http):
     enroll(http, "m1")
     enroll(http, "m2")
     assert http.post("/fhir/Patient/m2/$disenroll", json=DISENROLL).status_code == 200
-    r = http.get(f"{ROSTER}/$export", params={"_type": "Patient,Condition,EpisodeOfCare"},
+    r = http.get(f"/fhir/Group/{roster(http)['id']}/$export", params={"_type": "Patient,Condition,EpisodeOfCare"},
                  headers={"Prefer": "respond-async"})
     assert r.status_code == 202, r.text
     deadline = time.time() + 60
@@ -112,19 +122,19 @@ def test_a_rosters_export_has_its_active_members_data_only(http):
 
 
 def test_rebuild_recomputes_a_roster_from_its_enrollments():
-    roster = {"resourceType": "Group", "id": roster_id("Organization/x", "ks-smi"),
-              "meta": {"versionId": "3"}, "member": [{"entity": {"reference": "Patient/gone"}}]}
+    group = {"resourceType": "Group", "id": "r1", "meta": {"versionId": "3"},
+             "member": [{"entity": {"reference": "Patient/gone"}}]}
     episodes = [{"patient": {"reference": "Patient/b"}, "status": "active",
                  "period": {"start": "2026-02-01"}},
                 {"patient": {"reference": "Patient/a"}, "status": "finished",
                  "period": {"start": "2026-01-01", "end": "2026-03-01"}}]
-    rebuilt = rebuild(roster, episodes)
+    rebuilt = rebuild(group, episodes)
     assert "meta" not in rebuilt
     assert rebuilt["member"] == [
         {"entity": {"reference": "Patient/a"}, "period": {"start": "2026-01-01",
                                                           "end": "2026-03-01"}, "inactive": True},
         {"entity": {"reference": "Patient/b"}, "period": {"start": "2026-02-01"}}]
-    long = roster_id("Organization/" + "x" * 60, "mo-cmhc")
+    long = roster_key("Organization/" + "x" * 60, "mo-cmhc")
     assert len(long) <= 64 and long.startswith("hh-roster-")
 
 
@@ -140,9 +150,9 @@ def test_an_import_brings_the_rosters_up_to_date(store, tmp_path):
     assert enrollments, "the synthetic extract has Health Home enrollments"
     for episode in enrollments:
         program = next(c["code"] for t in episode["type"] for c in t["coding"])
-        roster = store.read("Group", roster_id(episode["managingOrganization"]["reference"],
-                                               program))
-        assert episode["patient"] in [m["entity"] for m in roster["member"]]
+        key = roster_key(episode["managingOrganization"]["reference"], program)
+        group, = store.search("Group", [("identifier", f"{ROSTER_SYSTEM}|{key}")]).matches
+        assert episode["patient"] in [m["entity"] for m in group["member"]]
     versions = {g["id"]: g["meta"]["versionId"] for g in _all(store, "Group")}
     import_extract(store, "cyberaccess", cyberaccess, workers=0)  # the same file again
     assert {g["id"]: g["meta"]["versionId"] for g in _all(store, "Group")} == versions

@@ -19,9 +19,11 @@ from fhir_gateway.identifiers import CANONICAL_BASE, HH_PROGRAM
 ROSTER_SYSTEM = f"{CANONICAL_BASE}/sid/hh-roster"
 
 
-def roster_id(provider: str, program: str) -> str:
-    """The Group's id, derived from the Health Home and the program, so every enrollment
-    finds the same one (a FHIR id has at most 64 characters)."""
+def roster_key(provider: str, program: str) -> str:
+    """The roster's identifier value (system `ROSTER_SYSTEM`), derived from the Health Home
+    and the program, so every enrollment finds the same Group: it is created by a
+    conditional create on it, which both stores make once however many ask at the same
+    time (a PUT under a derived id would let a second first writer overwrite the first)."""
     org = provider.rsplit("/", 1)[-1]
     readable = f"hh-roster-{program}-{org}"
     return readable if len(readable) <= 64 else \
@@ -30,8 +32,8 @@ def roster_id(provider: str, program: str) -> str:
 
 def empty_roster(provider: str, program: str, provider_name: str | None = None) -> dict:
     return {
-        "resourceType": "Group", "id": roster_id(provider, program),
-        "identifier": [{"system": ROSTER_SYSTEM, "value": f"{provider}|{program}"}],
+        "resourceType": "Group",
+        "identifier": [{"system": ROSTER_SYSTEM, "value": roster_key(provider, program)}],
         "active": True, "type": "person", "actual": True,
         "code": {"coding": [{"system": HH_PROGRAM, "code": program}]},
         "name": f"Health Home roster: {provider_name or provider} ({program})",

@@ -186,10 +186,15 @@ def _enrollments_list(store: FhirStore, patient_id: str) -> dict:
 
 
 def _roster(store: FhirStore, provider: str, program: str) -> dict:
-    """The Health Home's roster Group for the program, created empty on first use."""
-    return _read_or_create(store, "Group", rosters.roster_id(provider, program),
-                           lambda: rosters.empty_roster(provider, program, store.read(
-                               *provider.split("/", 1)).get("name")))
+    """The Health Home's roster Group for the program, created empty on first use (a
+    conditional create: concurrent first enrollments make one)."""
+    identifier = f"{rosters.ROSTER_SYSTEM}|{rosters.roster_key(provider, program)}"
+    found = store.search("Group", [("identifier", identifier)]).matches
+    if found:
+        return found[0]
+    name = store.read(*provider.split("/", 1)).get("name")
+    return store.create(rosters.empty_roster(provider, program, name),
+                        if_none_exist=f"identifier={identifier}").resource
 
 
 def _read_or_create(store: FhirStore, resource_type: str, resource_id: str,
