@@ -147,6 +147,18 @@ def test_a_system_export_has_every_resource_of_the_store(http, data):
             assert line == http.get(f"/fhir/{resource_type}/{line['id']}").json()
 
 
+def test_decimals_are_exported_as_they_were_sent(http, data):
+    pid = data["Patient"][0]["id"]
+    body = (b'{"resourceType":"Observation","status":"final","code":{"text":"weight"},'
+            b'"subject":{"reference":"Patient/' + pid.encode() + b'"},'
+            b'"valueQuantity":{"value":70.10,"unit":"kg"}}')
+    r = http.post("/fhir/Observation", content=body,
+                  headers={"Content-Type": "application/fhir+json"})
+    assert r.status_code == 201, r.text
+    manifest = finished(http, kickoff(http, "/fhir/$export", _type="Observation"))
+    assert b'"value":70.10' in http.get(manifest["output"][0]["url"]).content
+
+
 def test_type_since_and_type_filter_choose_what_is_exported(http, data):
     files = read_back(http, finished(http, kickoff(http, "/fhir/$export",
                                                    _type="Patient,Encounter")))

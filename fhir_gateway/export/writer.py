@@ -19,6 +19,7 @@ from pathlib import Path
 import orjson
 
 from fhir_gateway.export.request import ExportRequest
+from fhir_gateway.formats import fhirjson
 from fhir_gateway.export.scope import Keep
 from fhir_gateway.outcome import FhirError
 from fhir_gateway.search.dates import parse_range
@@ -49,7 +50,7 @@ def export(store, request: ExportRequest, transaction_time: str, folder: Path, *
             for resource in _resources(store, request, resource_type, transaction_time,
                                        page_size, problems, stop):
                 if keep is None or keep(resource):
-                    out.write(orjson.dumps(resource) + b"\n")
+                    out.write(fhirjson.dumps(resource) + b"\n")
                     count += 1
                     if count % page_size == 0:
                         progress(f"{resource_type} (type {number} of {len(request.types)}): "
