@@ -70,6 +70,9 @@ def serve(
     demo: Annotated[bool, typer.Option("--demo/--no-demo", envvar="FHIR_GATEWAY_DEMO",
                                        help="load the synthetic population into an empty store")] = True,
     log_level: Annotated[str, typer.Option(envvar="FHIR_GATEWAY_LOG_LEVEL")] = "info",
+    deliver: Annotated[bool, typer.Option("--deliver/--no-deliver",
+                                          help="deliver Subscription notifications from "
+                                               "this process")] = True,
 ) -> None:
     """Run the FHIR R4 API at http://HOST:PORT/fhir."""
     import uvicorn
@@ -87,10 +90,15 @@ def serve(
             _load_demo(fhir_store, extracts, settings.mappings)
         simulators = _demo_lookups(settings, extracts)
     console.print(f"FHIR base: [bold]http://{host}:{port}/fhir[/bold]  store: {settings.store_url()}")
+    engine = _engine(fhir_store, settings) if deliver else None
+    if engine:
+        engine.start()
     try:
         uvicorn.run(create_app(fhir_store, settings), host=host, port=port, access_log=False,
                     log_level=log_level, http=FhirHttp)
     finally:
+        if engine:
+            engine.stop()
         for simulator in simulators:
             simulator.stop()
 
@@ -367,6 +375,89 @@ def validate(
     console.print(f"{len(paths)} file(s), {failed} with errors")
     if failed:
         raise typer.Exit(1)
+
+
+exchange = typer.Typer(help="Subscriptions out: the outbox of rest-hook notifications",
+                       no_args_is_help=True)
+app.add_typer(exchange, name="exchange")
+
+
+def _engine(fhir_store, settings: Settings):
+    from fhir_gateway.exchange.engine import Engine
+
+    try:
+        return Engine(fhir_store, settings)
+    except FhirError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+
+
+@exchange.command("status")
+def exchange_status(ctx: typer.Context, store: StoreOption = "") -> None:
+    """Subscriptions, their status and last error; outbox rows per subscription and state."""
+    settings = _settings(ctx, store=store)
+    engine = _engine(_open(settings), settings)
+    subscriptions, counts = engine.status()
+    out = Console(soft_wrap=True)
+    for sid, sub in sorted(subscriptions.items()):
+        out.print(f"Subscription/{escape(sid)} {sub['status']}  {escape(str(sub['criteria']))} "
+                  f"-> {escape(str(sub['endpoint']))}")
+        if sub["error"]:
+            out.print(f"  error: {escape(sub['error'])}")
+    if not subscriptions:
+        out.print("no Subscriptions")
+    for sid, state, rows, error in counts:
+        out.print(f"outbox Subscription/{escape(sid)} {state}: {rows}" +
+                  (f"  last error: {escape(error)}" if error and state != "done" else ""))
+    engine.stop()
+
+
+@exchange.command("retry")
+def exchange_retry(
+    ctx: typer.Context,
+    subscription: Annotated[str | None, typer.Option(help="only this Subscription's id")] = None,
+    store: StoreOption = "",
+) -> None:
+    """Failed and waiting notifications due now; Subscriptions in error back to active."""
+    settings = _settings(ctx, store=store)
+    engine = _engine(_open(settings), settings)
+    rows, revived = engine.retry(subscription)
+    engine.stop()
+    console.print(f"{rows} notification(s) due now; "
+                  f"{len(revived)} Subscription(s) active again"
+                  + (f": {', '.join(revived)}" if revived else ""))
+
+
+@exchange.command("run")
+def exchange_run(ctx: typer.Context, store: StoreOption = "") -> None:
+    """One delivery pass (for cron, or when `serve --no-deliver` runs the API)."""
+    settings = _settings(ctx, store=store)
+    engine = _engine(_open(settings), settings)
+    done = engine.run_once()
+    engine.stop()
+    console.print(f"{done.delivered} delivered, {done.failed} failed, {done.cancelled} "
+                  f"cancelled" + (f", {done.queued} queued from the store's history"
+                                  if engine.feed else ""))
+    if done.failed:
+        raise typer.Exit(1)
+
+
+@exchange.command("simulator")
+def exchange_simulator(
+    port: Annotated[int, typer.Option(help="port to listen on")] = 9000,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+) -> None:
+    """A partner endpoint that records notifications and can be told to fail (tests, demos)."""
+    from fhir_gateway.exchange.simulator import Simulator
+
+    simulator = Simulator(port, host)
+    console.print(f"Subscriber simulator at {simulator.url} (control: {simulator.url}/_control/)")
+    try:
+        simulator.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        simulator.stop()
 
 
 if __name__ == "__main__":

@@ -99,5 +99,25 @@ class Settings(BaseSettings):
     def export_folder(self) -> str:
         return self.export_dir or str(Path(user_data_dir("fhir-gateway")) / "exports")
 
+    # -- Subscriptions out (fhir_gateway/exchange/engine.py) ------------------------------
+    #: the outbox and change-feed cursor file when the store is HAPI (the embedded store
+    #: keeps its outbox in its own file); default: exchange.db under the user data dir
+    exchange_db: str = ""
+    #: seconds between delivery passes when nothing woke the worker
+    deliver_interval: float = 1.0
+    #: failed attempts of a notification before its Subscription goes `error`
+    deliver_attempts: int = 5
+    #: seconds before the first retry, doubled for each one after, up to deliver_max_backoff
+    deliver_backoff: float = 2.0
+    deliver_max_backoff: float = 600.0
+    #: seconds a partner has to take one notification (the whole call)
+    deliver_timeout: float = 10.0
+    #: seconds HAPI's history is read back past the cursor (commits that land out of
+    #: timestamp order are still seen)
+    feed_lag: float = 5.0
+
     def store_url(self) -> str:
         return self.store or default_store()
+
+    def exchange_db_path(self) -> str:
+        return self.exchange_db or str(Path(user_data_dir("fhir-gateway")) / "exchange.db")

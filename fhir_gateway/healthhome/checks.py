@@ -7,14 +7,16 @@ each mapping are cited in the ConceptMap's comments, as data).
 
 from __future__ import annotations
 
+from fhir_gateway.exchange.subscriptions import served
 from fhir_gateway.healthhome.billing import check_monthly_claim
 from fhir_gateway.healthhome.categories import category_issues
 from fhir_gateway.validation.reads import FULL, Reads
 from fhir_gateway.validation.service import ResourceCheck, StoreCheck, Validator, load_validator
 
 CHECKS = (ResourceCheck("Condition", Reads({"code": FULL, "category": FULL}), category_issues),)
-#: checks that read the store: an HH Monthly Claim's services, enrollment and month
-STORE_CHECKS = (StoreCheck("Claim", check_monthly_claim),)
+#: checks that read the store: an HH Monthly Claim's services, enrollment and month; a
+#: Subscription the gateway can deliver (exchange/subscriptions.py)
+STORE_CHECKS = (StoreCheck("Claim", check_monthly_claim), StoreCheck("Subscription", served))
 
 
 def health_home_validator(package_dir: str | None, all_of_profiled_types: bool = False

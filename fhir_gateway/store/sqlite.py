@@ -20,6 +20,7 @@ from pathlib import Path
 
 import orjson
 
+from fhir_gateway.exchange.changefeed import OutboxWriter
 from fhir_gateway.formats import fhirjson
 from fhir_gateway.outcome import FhirError, gone, invalid, missing_target, not_found
 from fhir_gateway.search import values
@@ -169,6 +170,8 @@ class SQLiteStore(BundleOperations):
         self._check_version(conn, reindexing)
         conn.executescript(SCHEMA)
         self._load_pids(conn)
+        #: queues Subscription notifications in each write transaction (exchange/changefeed.py)
+        self.outbox = OutboxWriter(conn, self._finds)
 
     def _check_version(self, conn: sqlite3.Connection, reindexing: bool) -> None:
         """Mark a new file with the schema version; refuse a file of another version."""
@@ -217,11 +220,14 @@ class SQLiteStore(BundleOperations):
             conn.execute("BEGIN IMMEDIATE")
             self._local.references, self._local.deleted = {}, set()
             self._local.pending = _PendingIndex()
+            self._local.changes = {}  # (type, id) -> version written, for the outbox
             try:
                 yield conn
                 self._flush_index()
+                queued = self.outbox.before_commit(conn, self._local.changes)
                 self._check_integrity(conn)
                 conn.execute("COMMIT")
+                self.outbox.after_commit(queued)
             except BaseException:
                 conn.execute("ROLLBACK")
                 self._load_pids(conn)  # parameters registered in the rolled-back work are gone
@@ -380,6 +386,7 @@ class SQLiteStore(BundleOperations):
             rid, version = row[0], row[1] + 1
             instant, epoch = now_instant()
             self._local.deleted.add((resource_type, resource_id))
+            self._local.changes.pop((resource_type, resource_id), None)
             self._local.heads.pop((resource_type, resource_id), None)
             self._clear_index(rid)
             conn.execute("UPDATE resource SET version=?, updated=?, deleted=1, body=NULL "
@@ -412,6 +419,7 @@ class SQLiteStore(BundleOperations):
         conn.execute("INSERT INTO version VALUES (?, ?, ?, ?, ?, ?)",
                      (rid, version, epoch, instant, method, body))
         self._index(rid, stored)
+        self._local.changes[(resource_type, resource_id)] = version
         return Written(stored, 201 if row is None or row[2] else 200)
 
     def _index(self, rid: int, resource: dict) -> None:
@@ -492,6 +500,12 @@ class SQLiteStore(BundleOperations):
                 found[system, value].append(rid)
                 heads[resource_type, rid] = (version, last_updated)
         return found
+
+    def _finds(self, resource_type: str, params: list[tuple[str, str]]) -> bool:
+        """Whether the search finds anything (in the open transaction, if any)."""
+        query = parse_query(resource_type, params, strict=True)
+        self._flush_index()
+        return bool(matching_ids(self, query, limit=1))
 
     def search(self, resource_type: str, params: list[tuple[str, str]],
                strict: bool = False) -> SearchResult:
