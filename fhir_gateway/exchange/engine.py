@@ -77,7 +77,7 @@ class Engine:
         if self.feed is not None:
             done.queued = self.feed.poll(list(subscriptions.values()))
         held = {s.id for s in subscriptions.values() if s.status == "error"}
-        lease = self.settings.deliver_timeout * 2 + 5
+        lease = self.settings.deliver_timeout * 2 + 1  # past any delivery's end
         for row in self.outbox.claim(BATCH, lease, held):
             subscription = subscriptions.get(row.subscription)
             if row.subscription in held:
