@@ -73,11 +73,12 @@ class OutboxWriter:
         """The stored Subscriptions that take notifications now (parsed once per version)."""
         now = time.time()
         found = []
-        for sid, version, body in conn.execute(
-                "SELECT id, version, body FROM resource WHERE type = 'Subscription' "
-                "AND deleted = 0"):
+        for sid, version in conn.execute("SELECT id, version FROM resource WHERE "
+                                         "type = 'Subscription' AND deleted = 0").fetchall():
             key = (sid, version)
             if key not in self._parsed:
+                body = conn.execute("SELECT body FROM resource WHERE type = 'Subscription' "
+                                    "AND id = ?", (sid,)).fetchone()[0]
                 self._parsed[key] = _parse(orjson.loads(body))
             subscription = self._parsed[key]
             if subscription is not None and subscription.queues(now):
@@ -162,8 +163,10 @@ class HapiFeed:
             query = parse_qsl(urlsplit(following[0]).query)
             bundle = hapi._json(hapi._request("GET", "", params=query))
 
-    def _search(self, resource_type: str, params: list[tuple[str, str]]) -> bool:
-        return bool(self.store.search(resource_type, [*params, ("_count", "1")]).matches)
+    def _search(self, resource_type: str, resource_id: str,
+                params: tuple[tuple[str, str], ...]) -> bool:
+        found = self.store.search(resource_type, [*params, ("_id", resource_id), ("_count", "1")])
+        return bool(found.matches)
 
 
 def _parse(resource: dict) -> Subscription | None:

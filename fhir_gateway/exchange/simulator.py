@@ -10,7 +10,7 @@ endpoints (JSON answers):
   recorded when it arrives: a sender killed meanwhile has still sent it);
 - `POST /_control/reset` forgets what it received and clears fail/delay;
 - `GET /_control/received` lists the notifications: method, path, headers, body (parsed
-  JSON or null), and the status it was answered with.
+  JSON or null), the status it was answered with, and when it arrived (`at`, epoch s).
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class _Handler(BaseHTTPRequestHandler):
                 parsed = body.decode("utf-8", "replace")
             state.received.append({"method": self.command, "path": self.path,
                                    "headers": dict(self.headers.items()), "body": parsed,
-                                   "status": status})
+                                   "status": status, "at": time.time()})
             delay = state.delay
         if delay:
             time.sleep(delay)

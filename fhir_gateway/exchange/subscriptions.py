@@ -10,7 +10,7 @@ do it) or absent (id-only: an empty POST to the endpoint), `channel.header` line
 `Name: value`. A Subscription written as `requested` is stored `active` (HAPI activates
 them the same way); `active`, `error` and `off` are stored as given.
 
-A change matches when the criteria, plus `_id=<the resource's id>`, find it in the store:
+A change matches when the criteria find that resource in the store (criteria plus `_id`):
 the store's own search decides, so a Subscription matches exactly what the same search
 URL would return.
 """
@@ -33,8 +33,8 @@ JSON_PAYLOADS = {FHIR_JSON, "application/json", "application/json+fhir"}
 #: until `fhir-gateway exchange retry`, so nothing is lost while a partner is down)
 QUEUEING = ("active", "error")
 
-#: (resource type, search pairs) -> whether they find the resource
-Search = Callable[[str, list[tuple[str, str]]], bool]
+#: (resource type, id, search pairs) -> whether the search finds that resource
+Search = Callable[[str, str, tuple[tuple[str, str], ...]], bool]
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class Subscription:
 
     def matches(self, search: Search, resource_type: str, resource_id: str) -> bool:
         return resource_type == self.resource_type and search(
-            resource_type, [*self.params, ("_id", resource_id)])
+            resource_type, resource_id, self.params)
 
 
 def accept(resource: dict) -> dict:

@@ -31,7 +31,8 @@ from fhir_gateway.search.registry import SearchParam, indexed_params, resource_t
 from fhir_gateway.store.base import (HistoryEntry, HistoryResult, SearchResult, StoreURLError,
                                       Written, one_match, version_number)
 from fhir_gateway.store.resolve import commit as resolve_and_commit
-from fhir_gateway.store.sqlsearch import INDEX, INDEX_TABLES, matching_ids, run_query
+from fhir_gateway.store.sqlsearch import (INDEX, INDEX_TABLES, matches_row, matching_ids,
+                                           run_query)
 from fhir_gateway.store.units import BundleOperations, Entries
 from fhir_gateway.validation.structure import check_update_id
 
@@ -141,6 +142,12 @@ def _content(resource: dict) -> bytes:
     if meta:
         stripped["meta"] = meta
     return fhirjson.dumps(stripped, orjson.OPT_SORT_KEYS)
+
+
+@lru_cache(maxsize=256)
+def _criteria(resource_type: str, params: tuple[tuple[str, str], ...]) -> SearchQuery:
+    """A Subscription's criteria, parsed once (read only)."""
+    return parse_query(resource_type, list(params), strict=True)
 
 
 def parse_etag(value: str) -> int:
@@ -501,11 +508,13 @@ class SQLiteStore(BundleOperations):
                 heads[resource_type, rid] = (version, last_updated)
         return found
 
-    def _finds(self, resource_type: str, params: list[tuple[str, str]]) -> bool:
-        """Whether the search finds anything (in the open transaction, if any)."""
-        query = parse_query(resource_type, params, strict=True)
+    def _finds(self, resource_type: str, resource_id: str, params: tuple[tuple[str, str], ...]
+               ) -> bool:
+        """Whether the search `params` finds the resource (as the open transaction has it)."""
+        row = self.connection().execute("SELECT rid FROM resource WHERE type=? AND id=?",
+                                        (resource_type, resource_id)).fetchone()
         self._flush_index()
-        return bool(matching_ids(self, query, limit=1))
+        return row is not None and matches_row(self, _criteria(resource_type, params), row[0])
 
     def search(self, resource_type: str, params: list[tuple[str, str]],
                strict: bool = False) -> SearchResult:

@@ -86,6 +86,22 @@ def matching_ids(store: Indexed, query: SearchQuery, limit: int) -> list[str]:
     return [row[0] for row in rows]
 
 
+def matches_row(store: Indexed, query: SearchQuery, rid: int) -> bool:
+    """Whether the live resource row `rid` meets the query's criteria, each probed on that
+    row's own index rows: what a Subscription asks of each change, at a cost that does not
+    grow with how many other resources match."""
+    clauses, args = ["r.rid = ?", "r.type = ?", "r.deleted = 0"], [rid, query.resource_type]
+    for c in query.criteria:
+        part = _criterion(store, query.resource_type, c, "r")
+        if part.row_condition:
+            clauses.append(part.sql)
+        else:
+            clauses.append(f"NOT {part.probe('r')}" if part.negate else part.probe("r"))
+        args.extend(part.args)
+    return store.connection().execute(f"SELECT 1 FROM resource r WHERE {' AND '.join(clauses)}",
+                                      args).fetchone() is not None
+
+
 #: which criterion drives the query: the most selective kinds first
 _SELECTIVITY = {"reference": 0, "token": 1, "uri": 1, "string": 2, "quantity": 3, "number": 3,
                 "date": 4}
