@@ -38,6 +38,10 @@ def test_dependencies_and_health_checks():
 def test_gateway_points_at_hapi_and_is_built_from_our_dockerfile():
     gateway = compose()["services"]["gateway"]
     assert gateway["environment"]["FHIR_GATEWAY_STORE"] == "http://hapi:8080/fhir"
+    # the Subscription outbox lives on a volume (a restart loses no notification)
+    exchange_dir = gateway["environment"]["FHIR_GATEWAY_EXCHANGE_DB"].rsplit("/", 1)[0]
+    assert f"exchange:{exchange_dir}" in gateway["volumes"]
+    assert "exchange" in compose()["volumes"]
     dockerfile = (DOCKER / "docker-compose.yml").parent / gateway["build"]["context"] / \
         gateway["build"]["dockerfile"]
     text = dockerfile.read_text()

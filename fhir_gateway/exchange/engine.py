@@ -162,6 +162,9 @@ class Engine:
         while not self._stop.is_set():
             try:
                 busy = self.run_once().delivered > 0
+            except FhirError as err:  # the store is down: said once a pass, tried again
+                log.warning("a delivery pass stopped: %s", err)
+                busy = False
             except Exception:  # noqa: BLE001 - the worker must outlive a bad pass
                 log.exception("a delivery pass failed")
                 busy = False
