@@ -66,9 +66,10 @@ def organization(client) -> str:
     return r.json()["id"]
 
 
-def subscribe(client, criteria: str, endpoint: str, payload: bool = True, **channel) -> dict:
+def subscribe(client, criteria: str, endpoint: str, payload: bool = True, end: str | None = None,
+              **channel) -> dict:
     body = {"resourceType": "Subscription", "status": "requested", "reason": "HH worklist",
-            "criteria": criteria,
+            "criteria": criteria, **({"end": end} if end else {}),
             "channel": {"type": "rest-hook", "endpoint": endpoint, **channel,
                         **({"payload": "application/fhir+json"} if payload else {})}}
     r = client.post("/fhir/Subscription", json=body)
@@ -150,6 +151,25 @@ def test_a_refused_transaction_queues_nothing(client, engine, simulator):
     bundle["entry"].pop()
     assert client.post("/fhir", json=bundle).status_code == 200
     assert engine.run_once().delivered == 1
+
+
+def test_a_subscription_turned_off_or_ended_sends_nothing(client, engine, simulator, on_hapi):
+    org = organization(client)
+    sub = subscribe(client, f"Task?owner=Organization/{org}", simulator.url)
+    task(client, org)  # queued while active ...
+    off = {k: v for k, v in sub.items() if k != "meta"} | {"status": "off"}
+    assert client.put(f"/fhir/Subscription/{sub['id']}", json=off).status_code == 200
+    task(client, org)  # ... and not queued once off
+    done = engine.run_once()
+    # the embedded store queued the first Task in its transaction (cancelled now); HAPI's
+    # feed reads the history after the Subscription went off, so queues neither
+    assert (done.delivered, done.cancelled) == (0, 0 if on_hapi else 1)
+    ended = subscribe(client, f"Task?owner=Organization/{org}", simulator.url,
+                      end="2020-01-01T00:00:00Z")
+    assert ended["status"] == "active"
+    task(client, org)
+    assert engine.run_once().delivered == 0
+    assert received(simulator) == []
 
 
 @pytest.mark.parametrize("change, where", [
