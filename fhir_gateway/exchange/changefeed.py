@@ -30,6 +30,7 @@ import orjson
 
 from fhir_gateway.exchange import outbox
 from fhir_gateway.exchange.subscriptions import Search, Subscription
+from fhir_gateway.outcome import FhirError
 
 log = logging.getLogger("fhir_gateway.exchange")
 
@@ -62,8 +63,19 @@ class OutboxWriter:
         if not subscriptions:
             return False
         wanted = [(s.id, rtype, rid, version) for (rtype, rid), version in changes.items()
-                  for s in subscriptions if s.matches(self.search, rtype, rid)]
+                  for s in subscriptions if self._matches(s, rtype, rid)]
         return bool(wanted) and outbox.enqueue(conn, wanted) > 0
+
+    def _matches(self, subscription: Subscription, rtype: str, rid: str) -> bool:
+        """A Subscription whose criteria this store can no longer run (its search parameters
+        changed since it was accepted) is skipped and logged: a partner's criteria must
+        not fail the write of the resource."""
+        try:
+            return subscription.matches(self.search, rtype, rid)
+        except FhirError:  # its message may quote the criteria's values: not logged (PHI)
+            log.warning("Subscription/%s: its criteria cannot be run on this store; it queues "
+                        "nothing", subscription.id)
+            return False
 
     def after_commit(self, queued: bool) -> None:
         if queued:
