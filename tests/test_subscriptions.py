@@ -217,6 +217,27 @@ def test_a_transient_failure_is_retried_after_its_backoff(client, store, tmp_pat
         engine.stop()
 
 
+def test_a_partner_that_is_down_holds_up_only_its_own_notifications(client, engine, simulator):
+    healthy = Simulator()
+    healthy.start()
+    try:
+        org = organization(client)
+        down = subscribe(client, f"Task?owner=Organization/{org}", simulator.url)
+        subscribe(client, f"Task?owner=Organization/{org}", healthy.url)
+        control(simulator, "fail")
+        tasks = [task(client, org) for _ in range(3)]
+        done = engine.run_once()
+        # the healthy partner gets all three; the one that is down is tried once, its other
+        # notifications wait with the failed one, their attempts not counted
+        assert (done.delivered, done.failed) == (3, 1)
+        assert sorted(r["body"]["id"] for r in received(healthy)) == sorted(t["id"] for t in tasks)
+        assert len(received(simulator)) == 1
+        _, counts = engine.status()
+        assert (down["id"], "pending", 3) in [c[:3] for c in counts]
+    finally:
+        healthy.stop()
+
+
 def test_a_failing_subscriber_goes_error_and_recovers_with_exchange_retry(
         client, engine, simulator, exchange_env):
     org = organization(client)

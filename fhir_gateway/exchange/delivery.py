@@ -13,6 +13,7 @@ the worker. Only a 2xx answer counts as delivered.
 
 from __future__ import annotations
 
+import threading
 from urllib.parse import urlsplit
 
 import orjson
@@ -32,6 +33,7 @@ class Sender:
     def __init__(self, timeout: float):
         self.timeout = timeout
         self._clients: dict[str, http_client.Client] = {}
+        self._lock = threading.Lock()  # partners are sent to from several threads
 
     def send(self, subscription: Subscription, row: Row, resource: dict | None) -> int:
         """Deliver; the partner's status. `Failed` when it was not a 2xx."""
@@ -60,11 +62,14 @@ class Sender:
         return answer.status_code
 
     def _client(self, origin: str) -> http_client.Client:
-        if origin not in self._clients:
-            # a request that reached the partner is not sent again here: the outbox retries
-            # it later, with the same notification id
-            self._clients[origin] = http_client.Client(origin, timeout=self.timeout, retries=1,
-                                                       backoff=0.0, pool_size=4)
+        with self._lock:
+            return self._clients.get(origin) or self._new_client(origin)
+
+    def _new_client(self, origin: str) -> http_client.Client:
+        # a request that reached the partner is not sent again here: the outbox retries it
+        # later, with the same notification id
+        self._clients[origin] = http_client.Client(origin, timeout=self.timeout, retries=1,
+                                                   backoff=0.0, pool_size=4)
         return self._clients[origin]
 
     def close(self) -> None:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,8 @@ from fhir_gateway.store.sqlite import SQLiteStore
 log = logging.getLogger("fhir_gateway.exchange")
 #: rows claimed per pass
 BATCH = 50
+#: Subscriptions delivered to at once (each one's rows in order, in one thread)
+PARTNERS_AT_ONCE = 8
 
 
 @dataclass
@@ -63,6 +67,7 @@ class Engine:
         else:
             raise TypeError(f"No change feed for {type(base).__name__}")
         self.sender = Sender(settings.deliver_timeout)
+        self._pool = ThreadPoolExecutor(PARTNERS_AT_ONCE, thread_name_prefix="exchange-partner")
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -78,18 +83,36 @@ class Engine:
             done.queued = self.feed.poll(list(subscriptions.values()))
         held = {s.id for s in subscriptions.values() if s.status == "error"}
         lease = self.settings.deliver_timeout * 2 + 1  # past any delivery's end
+        partners: dict[str, list[Row]] = {}
         for row in self.outbox.claim(BATCH, lease, held):
             subscription = subscriptions.get(row.subscription)
-            if row.subscription in held:
-                continue  # went `error` in this pass: waits, leased, for `exchange retry`
             if subscription is None or subscription.status not in QUEUEING:
                 self.outbox.cancel(row, "the Subscription is gone or off")
                 done.cancelled += 1
-                continue
-            self._deliver(subscription, row, done, held)
+            else:
+                partners.setdefault(row.subscription, []).append(row)
+        for each in self._pool.map(lambda item: self._deliver_all(subscriptions[item[0]], item[1]),
+                                   partners.items()):
+            done.delivered += each.delivered
+            done.failed += each.failed
+            done.cancelled += each.cancelled
         return done
 
-    def _deliver(self, subscription: Subscription, row: Row, done: Pass, held: set) -> None:
+    def _deliver_all(self, subscription: Subscription, rows: list[Row]) -> Pass:
+        """One Subscription's rows, in order, in a worker thread of their own: a partner that
+        is down or slow holds up only its own notifications. After a failure the rest wait
+        as long as the failed one (their attempts not counted: they were not tried)."""
+        done = Pass()
+        for index, row in enumerate(rows):
+            until = self._deliver(subscription, row, done)
+            if until is not None:
+                self.outbox.postpone([r.id for r in rows[index + 1:]], until)
+                break
+        return done
+
+    def _deliver(self, subscription: Subscription, row: Row, done: Pass) -> float | None:
+        """Send one row and settle it; None, or after a failure when the row is due again
+        (now, for a row given up on: the Subscription, now `error`, holds its rows)."""
         resource = None
         if subscription.full:
             try:
@@ -99,26 +122,26 @@ class Engine:
                     raise  # the store is unreachable: the row stays leased, due again later
                 self.outbox.cancel(row, f"{row.type}/{row.rid} version {row.version} is gone")
                 done.cancelled += 1
-                return
+                return None
         try:
             self.sender.send(subscription, row, resource)
         except Failed as err:
             attempts = row.attempts + 1
             settings = self.settings
+            done.failed += 1
+            log.info("notification %s for Subscription/%s failed (attempt %d): %s", row.id,
+                     subscription.id, attempts, err)
             if attempts >= settings.deliver_attempts:
                 self.outbox.failed(row, str(err), None)
                 self._set_status(subscription.id, "error",
                                  f"{attempts} attempts failed; the last: {err}")
-                held.add(subscription.id)
-            else:
-                self.outbox.failed(row, str(err), min(settings.deliver_max_backoff,
-                                                      settings.deliver_backoff * 2 ** (attempts - 1)))
-            done.failed += 1
-            log.info("notification %s for Subscription/%s failed (attempt %d): %s", row.id,
-                     subscription.id, attempts, err)
-            return
+                return time.time()
+            wait = min(settings.deliver_max_backoff, settings.deliver_backoff * 2 ** (attempts - 1))
+            self.outbox.failed(row, str(err), wait)
+            return time.time() + wait
         self.outbox.done(row)
         done.delivered += 1
+        return None
 
     def _set_status(self, subscription_id: str, status: str, error: str | None) -> bool:
         """Set a Subscription's status and error through the store; whether it changed."""
@@ -177,6 +200,7 @@ class Engine:
         self.wake.set()
         if self._thread is not None:
             self._thread.join(self.settings.deliver_timeout + 5)
+        self._pool.shutdown()
         self.sender.close()
         self.outbox.close()
 

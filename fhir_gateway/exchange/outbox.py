@@ -121,6 +121,12 @@ class Outbox:
                          (error, "pending" if retry_in is not None else "failed",
                           time.time() + (retry_in or 0), row.id))
 
+    def postpone(self, ids: list[str], until: float) -> None:
+        """Rows claimed but not tried (their partner just failed): due at `until`."""
+        with self.write() as conn:
+            conn.executemany("UPDATE outbox SET next_at = ? WHERE id = ?",
+                             [(until, i) for i in ids])
+
     def cancel(self, row: Row, why: str) -> None:
         with self.write() as conn:
             conn.execute("UPDATE outbox SET state = 'cancelled', error = ? WHERE id = ?",
