@@ -11,7 +11,7 @@
    `--interval` seconds, so half of that is the expected floor.
 
     .venv/bin/python bench/subscription_bench.py [--writes 300] [--subscriptions 20]
-        [--hapi http://localhost:18100/fhir] [--interval 0.2]
+        [--hapi http://localhost:18100/fhir] [--interval 0.2] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ def setup(store, subscriptions: int, endpoint: str) -> str:
 
 def commit_cost(folder: Path, writes: int, subscriptions: int, endpoint: str) -> float:
     """Seconds per create, `subscriptions` Subscriptions in the store (none delivered)."""
+    folder.mkdir(exist_ok=True)
     store = ValidatingStore(SQLiteStore(folder / f"commit-{subscriptions}.db"),
                             health_home_validator(DEFAULT_PROFILES))
     owner = setup(store, subscriptions, endpoint)
@@ -105,6 +106,7 @@ def main() -> None:
     parser.add_argument("--subscriptions", type=int, default=20)
     parser.add_argument("--hapi", default="", help="a HAPI base URL of your own (expunged)")
     parser.add_argument("--interval", type=float, default=0.2)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     sim = Simulator()
     sim.start()
@@ -113,9 +115,13 @@ def main() -> None:
     settings = Settings(exchange_db=str(folder / "exchange.db"), deliver_interval=args.interval,
                         feed_lag=2.0)
 
-    none = commit_cost(folder, args.writes, 0, sim.url)
-    some = commit_cost(folder, args.writes, args.subscriptions, sim.url)
-    print(f"Commit cost, embedded store ({args.writes} Task creates, one transaction each):")
+    runs: dict[int, list[float]] = {0: [], args.subscriptions: []}
+    for round_ in range(args.rounds):  # taken in turn: a shared machine's load swings
+        for n in runs:
+            runs[n].append(commit_cost(folder / f"round-{round_}", args.writes, n, sim.url))
+    none, some = (statistics.median(runs[n]) for n in runs)
+    print(f"Commit cost, embedded store ({args.writes} Task creates, one transaction each; "
+          f"medians of {args.rounds} runs taken in turn):")
     print(f"  no Subscription          {none * 1e6:8.0f} µs per create (baseline)")
     print(f"  {args.subscriptions:>3} Subscriptions on Task {some * 1e6:8.0f} µs per create "
           f"({some / none:.2f}x the baseline)")
