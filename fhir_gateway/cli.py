@@ -383,13 +383,19 @@ app.add_typer(exchange, name="exchange")
 
 
 def _engine(fhir_store, settings: Settings):
+    """The delivery engine of the store, or exit 2 saying why it cannot start."""
+    import sqlite3
+
     from fhir_gateway.exchange.engine import Engine
 
     try:
         return Engine(fhir_store, settings)
     except FhirError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
-        raise typer.Exit(2) from None
+    except sqlite3.Error as exc:  # the outbox file is not one this gateway can use
+        console.print(f"[red]error:[/red] Subscription outbox "
+                      f"({escape(settings.exchange_db_path())} or the store file): {exc}")
+    raise typer.Exit(2)
 
 
 @exchange.command("status")

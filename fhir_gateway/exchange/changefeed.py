@@ -108,7 +108,7 @@ class HapiFeed:
     def start(self) -> None:
         """On the first run, start the cursor at the server's latest change (its clock, not
         ours), or now: changes from then on are notified, the past was never promised."""
-        if self.box.read("SELECT 1 FROM feed_state WHERE name = ?", (self.name,)):
+        if self.box.read("SELECT 1 FROM subscription_feed WHERE name = ?", (self.name,)):
             return
         newest = self.store._json(self.store._request("GET", "_history",
                                                       params={"_count": "1"}))
@@ -116,17 +116,17 @@ class HapiFeed:
                   for e in newest.get("entry", [])]
         start = next((s for s in stamps if s), datetime.now(timezone.utc))
         with self.box.write() as conn:
-            conn.execute("INSERT OR IGNORE INTO feed_state VALUES (?, ?)",
+            conn.execute("INSERT OR IGNORE INTO subscription_feed VALUES (?, ?)",
                          (self.name, _instant(start)))
 
     def poll(self, subscriptions: list[Subscription]) -> int:
         """Queue the notifications of the changes since the cursor; how many were new."""
         started = datetime.now(timezone.utc)
         self.start()
-        rows = self.box.read("SELECT value FROM feed_state WHERE name = ?", (self.name,))
+        rows = self.box.read("SELECT value FROM subscription_feed WHERE name = ?", (self.name,))
         cursor = datetime.fromisoformat(rows[0][0])
         since = _instant(cursor - timedelta(seconds=self.lag))
-        seen = {k for (k,) in self.box.read("SELECT key FROM feed_seen WHERE at >= ?",
+        seen = {k for (k,) in self.box.read("SELECT key FROM subscription_feed_seen WHERE at >= ?",
                                             ((cursor - timedelta(seconds=self.lag)).timestamp(),))}
         changes: dict[tuple[str, str], int] = {}
         fresh: list[tuple[str, float]] = []
@@ -145,10 +145,10 @@ class HapiFeed:
                   for s in live if s.matches(self._search, rtype, rid)]
         with self.box.write() as conn:
             queued = outbox.enqueue(conn, wanted)
-            conn.executemany("INSERT OR IGNORE INTO feed_seen VALUES (?, ?)", fresh)
-            conn.execute("UPDATE feed_state SET value = ? WHERE name = ?",
+            conn.executemany("INSERT OR IGNORE INTO subscription_feed_seen VALUES (?, ?)", fresh)
+            conn.execute("UPDATE subscription_feed SET value = ? WHERE name = ?",
                          (_instant(latest), self.name))
-            conn.execute("DELETE FROM feed_seen WHERE at < ?",
+            conn.execute("DELETE FROM subscription_feed_seen WHERE at < ?",
                          ((latest - timedelta(seconds=self.lag * 4)).timestamp(),))
         return queued
 
@@ -184,7 +184,7 @@ class HapiFeed:
 def _parse(resource: dict) -> Subscription | None:
     try:
         return Subscription.of(resource)
-    except Exception:  # noqa: BLE001 - one that no longer parses (e.g. written before checks) queues nothing
+    except Exception:  # noqa: BLE001 - one that no longer parses (written before the checks)
         log.warning("Subscription/%s cannot be served; it queues no notifications",
                     resource.get("id"))
         return None

@@ -26,18 +26,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox(
+CREATE TABLE IF NOT EXISTS subscription_outbox(
   id TEXT PRIMARY KEY, subscription TEXT NOT NULL, type TEXT NOT NULL, rid TEXT NOT NULL,
   version INTEGER NOT NULL, created REAL NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
   next_at REAL NOT NULL, state TEXT NOT NULL DEFAULT 'pending', error TEXT, done_at REAL);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_at);
-CREATE INDEX IF NOT EXISTS outbox_subscription ON outbox(subscription, state);
-CREATE TABLE IF NOT EXISTS feed_state(name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS feed_seen(key TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS subscription_outbox_due ON subscription_outbox(state, next_at);
+CREATE INDEX IF NOT EXISTS subscription_outbox_partner ON subscription_outbox(subscription, state);
+CREATE TABLE IF NOT EXISTS subscription_feed(name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS subscription_feed_seen(key TEXT PRIMARY KEY, at REAL NOT NULL);
 """
 _NAMESPACE = uuid.UUID("6f1c1d0e-8a3b-5b7e-9f53-2b1f4c5d7e90")
-_INSERT = ("INSERT OR IGNORE INTO outbox(id, subscription, type, rid, version, created, "
-           "next_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+_INSERT = ("INSERT OR IGNORE INTO subscription_outbox(id, subscription, type, rid, version, "
+           "created, next_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
 
 
 @dataclass(frozen=True)
@@ -101,36 +101,36 @@ class Outbox:
         skip = f" AND subscription NOT IN ({', '.join('?' * len(held))})" if held else ""
         with self.write() as conn:
             rows = conn.execute(
-                "SELECT id, subscription, type, rid, version, created, attempts FROM outbox "
-                f"WHERE state = 'pending' AND next_at <= ?{skip} ORDER BY next_at LIMIT ?",
+                "SELECT id, subscription, type, rid, version, created, attempts "
+                f"FROM subscription_outbox WHERE state = 'pending' AND next_at <= ?{skip} ORDER BY next_at LIMIT ?",
                 (now, *held, limit)).fetchall()
-            conn.executemany("UPDATE outbox SET next_at = ? WHERE id = ?",
+            conn.executemany("UPDATE subscription_outbox SET next_at = ? WHERE id = ?",
                              [(now + lease, r[0]) for r in rows])
         return [Row(*r) for r in rows]
 
     def done(self, row: Row) -> None:
         with self.write() as conn:
-            conn.execute("UPDATE outbox SET state = 'done', done_at = ?, error = NULL, "
-                         "attempts = attempts + 1 WHERE id = ?", (time.time(), row.id))
+            conn.execute("UPDATE subscription_outbox SET state = 'done', done_at = ?, "
+                         "error = NULL, attempts = attempts + 1 WHERE id = ?", (time.time(), row.id))
 
     def failed(self, row: Row, error: str, retry_in: float | None) -> None:
         """One more failed attempt: due again in `retry_in` seconds, or given up (None)."""
         with self.write() as conn:
-            conn.execute("UPDATE outbox SET attempts = attempts + 1, error = ?, state = ?, "
-                         "next_at = ? WHERE id = ?",
+            conn.execute("UPDATE subscription_outbox SET attempts = attempts + 1, error = ?, "
+                         "state = ?, next_at = ? WHERE id = ?",
                          (error, "pending" if retry_in is not None else "failed",
                           time.time() + (retry_in or 0), row.id))
 
     def postpone(self, ids: list[str], until: float) -> None:
         """Rows claimed but not tried (their partner just failed): due at `until`."""
         with self.write() as conn:
-            conn.executemany("UPDATE outbox SET next_at = ? WHERE id = ?",
+            conn.executemany("UPDATE subscription_outbox SET next_at = ? WHERE id = ?",
                              [(until, i) for i in ids])
 
     def cancel(self, row: Row, why: str) -> None:
         with self.write() as conn:
-            conn.execute("UPDATE outbox SET state = 'cancelled', error = ? WHERE id = ?",
-                         (why, row.id))
+            conn.execute("UPDATE subscription_outbox SET state = 'cancelled', error = ? "
+                         "WHERE id = ?", (why, row.id))
 
     def retry(self, subscription: str | None = None) -> int:
         """Failed rows (of one subscription, or all) pending and due now, their attempts
@@ -140,16 +140,16 @@ class Outbox:
             where += " AND subscription = ?"
             args.append(subscription)
         with self.write() as conn:
-            return conn.execute(f"UPDATE outbox SET state = 'pending', attempts = 0, next_at = ? "
-                                f"WHERE {where}", args).rowcount
+            return conn.execute("UPDATE subscription_outbox SET state = 'pending', attempts = 0, "
+                                f"next_at = ? WHERE {where}", args).rowcount
 
     def counts(self) -> list[tuple[str, str, int, str | None]]:
         """(subscription, state, rows, the latest error) for each pair."""
         return self.read(
-            "SELECT subscription, state, COUNT(*), (SELECT error FROM outbox o2 WHERE "
+            "SELECT subscription, state, COUNT(*), (SELECT error FROM subscription_outbox o2 WHERE "
             "o2.subscription = o.subscription AND o2.state = o.state AND o2.error IS NOT NULL "
-            "ORDER BY next_at DESC LIMIT 1) FROM outbox o GROUP BY subscription, state "
-            "ORDER BY subscription, state")
+            "ORDER BY next_at DESC LIMIT 1) FROM subscription_outbox o "
+            "GROUP BY subscription, state ORDER BY subscription, state")
 
     def close(self) -> None:
         self._conn.close()

@@ -76,8 +76,9 @@ def accept(resource: dict) -> dict:
     if not isinstance(channel, dict):
         raise invalid("A Subscription needs a channel", "Subscription.channel")
     if channel.get("type") != "rest-hook":
-        raise FhirError(400, f"Channel type '{channel.get('type')}' is not served: this gateway "
-                             "delivers rest-hook only", "not-supported", "Subscription.channel.type")
+        raise FhirError(400, f"Channel type '{channel.get('type')}' is not served: this "
+                             "gateway delivers rest-hook only", "not-supported",
+                        "Subscription.channel.type")
     endpoint = channel.get("endpoint")
     parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
