@@ -33,6 +33,7 @@ bench: install hapi
 	$(BIN)/python bench/validation_bench.py
 	$(BIN)/python bench/adapter_bench.py
 	$(BIN)/python bench/eligibility_bench.py
+	$(BIN)/python bench/auth_overhead.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache docker/hapi-local/target

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
+from fhir_gateway.auth.setup import AuthConfigError, check_auth
 from fhir_gateway.config import Settings
 from fhir_gateway.outcome import FhirError
 from fhir_gateway.store import StoreURLError, open_store, sqlite_path
@@ -82,7 +83,18 @@ def serve(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = _settings(ctx, store=store, host=host, port=port, demo=demo)
+    try:
+        check_auth(settings)
+    except AuthConfigError as err:
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
+        raise typer.Exit(2) from None
     fhir_store = _open(settings)
+    if demo and settings.auth:
+        from fhir_gateway.auth.demo import ensure_demo_client
+
+        ensure_demo_client(settings.data_dir)
+        console.print("Demo client registered: TOKEN=$(.venv/bin/fhir-gateway token) gets a "
+                      "token for it", soft_wrap=True)
     simulators = []
     if demo:
         extracts = _demo_extracts_dir(settings.store_url())
@@ -464,6 +476,122 @@ def exchange_simulator(
         pass
     finally:
         simulator.stop()
+# -- SMART Backend Services clients -------------------------------------------------------
+
+clients_app = typer.Typer(help="Register the Backend Services clients that may ask for "
+                               "tokens (kept in the data dir, FHIR_GATEWAY_DATA_DIR)",
+                          no_args_is_help=True)
+app.add_typer(clients_app, name="clients")
+
+
+@clients_app.command("add")
+def clients_add(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Option(help="who the client is (shown in `clients list`)")],
+    jwks: Annotated[str, typer.Option(help="the client's public keys: a JWKS file, or the "
+                                           "https URL where the client publishes it")],
+    scope: Annotated[str, typer.Option(help='the scopes it may be granted, e.g. '
+                                            '"system/Patient.rs system/Condition.rs"')],
+    organization: Annotated[str | None, typer.Option(
+        help="Organization/ID: the Health Home, MCO or agency it acts for")] = None,
+) -> None:
+    """Register a client; print its id (alone on stdout, for scripts)."""
+    import json
+
+    from fhir_gateway.auth.clients import ClientError, Registry
+
+    settings = _settings(ctx)
+    try:
+        if jwks.startswith(("https://", "http://")):
+            client = Registry(settings.data_dir).add(name, scope, jwks_url=jwks,
+                                                     organization=organization)
+        else:
+            try:
+                document = json.loads(Path(jwks).read_text())
+            except (OSError, ValueError) as err:
+                raise ClientError(f"--jwks {jwks}: {err}") from None
+            client = Registry(settings.data_dir).add(name, scope, jwks=document,
+                                                     organization=organization)
+    except ClientError as err:
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    print(client.id)
+
+
+@clients_app.command("list")
+def clients_list(ctx: typer.Context) -> None:
+    """The registered clients: id, name, scopes, organization, keys."""
+    from fhir_gateway.auth.clients import Registry
+
+    for c in Registry(_settings(ctx).data_dir).all():
+        keys = c.jwks_url or f"{len(c.jwks['keys'])} key(s)"
+        print(f"{c.id}\t{c.name}\t{c.scope}\t{c.organization or '-'}\t{keys}\t{c.created}")
+
+
+@clients_app.command("remove")
+def clients_remove(ctx: typer.Context, client_id: Annotated[str, typer.Argument()]) -> None:
+    """Remove a client: it gets no new token (tokens it holds expire within their lifetime)."""
+    from fhir_gateway.auth.clients import Registry
+
+    if not Registry(_settings(ctx).data_dir).remove(client_id):
+        console.print(f"[red]error:[/red] no client {escape(client_id)}")
+        raise typer.Exit(1)
+    console.print(f"Removed client {escape(client_id)}")
+
+
+@clients_app.command("keygen")
+def clients_keygen(
+    out: Annotated[Path, typer.Argument(help="writes OUT.pem (private) and OUT.jwks.json")],
+    algorithm: Annotated[str, typer.Option(help="ES384 or RS384")] = "ES384",
+) -> None:
+    """Make a client key pair: the private key stays with the client, the JWKS is what
+    `clients add --jwks` registers."""
+    import json
+
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    from fhir_gateway.auth.keys import public_jwk, write_private_key
+
+    if algorithm not in ("ES384", "RS384"):
+        console.print("[red]error:[/red] --algorithm must be ES384 or RS384")
+        raise typer.Exit(2)
+    private = ec.generate_private_key(ec.SECP384R1()) if algorithm == "ES384" else \
+        rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    write_private_key(Path(f"{out}.pem"), private)
+    Path(f"{out}.jwks.json").write_text(json.dumps(
+        {"keys": [public_jwk(private.public_key(), algorithm)]}, indent=2))
+    console.print(f"Wrote {escape(str(out))}.pem (private: keep it) and "
+                  f"{escape(str(out))}.jwks.json (public: register it)")
+
+
+@app.command()
+def token(
+    ctx: typer.Context,
+    url: Annotated[str | None, typer.Option(help="the token endpoint; default: "
+                                                 "http://HOST:PORT/auth/token of the settings")] = None,
+    scope: Annotated[str, typer.Option(help="the scopes to ask for")] = "system/*.cruds",
+    client_id: Annotated[str | None, typer.Option(help="a registered client's id; default: "
+                                                       "the demo client")] = None,
+    key: Annotated[Path | None, typer.Option(exists=True, dir_okay=False,
+                                             help="that client's private key (PEM)")] = None,
+) -> None:
+    """Get an access token, as the demo client (`serve --demo` registers it) or as
+    --client-id with its --key; print it alone."""
+    from fhir_gateway.auth.demo import demo_client, request_token
+    from fhir_gateway.http_client import Unreachable
+
+    settings = _settings(ctx)
+    target = url or f"http://{settings.host}:{settings.port}/auth/token"
+    try:
+        if (client_id is None) != (key is None):
+            raise FileNotFoundError("--client-id and --key go together")
+        if client_id is None:
+            client_id, key = demo_client(settings.data_dir)
+        answer = request_token(target, client_id, key, scope)
+    except (FileNotFoundError, PermissionError, Unreachable, ValueError) as err:
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    print(answer["access_token"])
 
 
 if __name__ == "__main__":

@@ -14,6 +14,10 @@ def default_store() -> str:
     return f"sqlite:///{Path(user_data_dir('fhir-gateway')) / 'gateway.db'}"
 
 
+def default_data_dir() -> str:
+    return user_data_dir("fhir-gateway")
+
+
 def _shipped(installed: str, checkout: str) -> str:
     """A data folder the gateway ships: `fhir_gateway/data/<installed>` in an installed
     package (pyproject.toml puts it there), else `<checkout>` beside the package, where the
@@ -115,6 +119,23 @@ class Settings(BaseSettings):
     #: seconds HAPI's history is read back past the cursor (commits that land out of
     #: timestamp order are still seen)
     feed_lag: float = 5.0
+
+    #: require a SMART Backend Services bearer token on /fhir; `off` is allowed only when
+    #: listening on a loopback address (the gateway refuses to start otherwise)
+    auth: bool = True
+    #: where the gateway keeps its own files: the registered clients (clients.db), its
+    #: token signing key, the demo client's key
+    data_dir: str = Field(default_factory=default_data_dir)
+    #: a PEM private key (EC P-384 or RSA) to sign access tokens with; default: one
+    #: generated into the data dir on first start (share one between replicas)
+    signing_key: str = ""
+    #: seconds an access token is valid
+    token_lifetime: int = 300
+    #: an external OIDC authorization server whose access tokens are accepted too: its
+    #: `iss`, its JWKS URL, and the `aud` its tokens must carry (optional)
+    external_issuer: str = ""
+    external_jwks_url: str = ""
+    external_audience: str = ""
 
     def store_url(self) -> str:
         return self.store or default_store()

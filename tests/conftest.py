@@ -20,6 +20,10 @@ from fhir_gateway.config import DEFAULT_PROFILES
 from fhir_gateway.healthhome.checks import health_home_validator
 from fhir_gateway.validation.guard import ValidatingStore
 
+# The test harness serves on loopback without authorization (FHIR_GATEWAY_AUTH=off): every
+# Settings() and `serve` process of the tests reads it. tests/test_auth.py turns it on.
+os.environ["FHIR_GATEWAY_AUTH"] = "off"
+
 ROOT = Path(__file__).resolve().parents[1]
 HAPI_RUN = ROOT / "docker" / "hapi-local" / "run"
 FHIR_JSON = "application/fhir+json"

@@ -115,10 +115,18 @@ def test_the_installed_gateway_runs_outside_the_checkout(installed, tmp_path, ha
         done = run(installed, work, "load", str(members), "--store", store)
         assert re.search(r"1 file\(s\), 4 records: 4 created, 0 updated/unchanged, 0 failed",
                          done), done
+        # authorization on, as installed: a client registered and its token from the CLI
+        data = {"FHIR_GATEWAY_DATA_DIR": str(work / "data")}
+        run(installed, work, "clients", "keygen", str(work / "client"), env=data)
+        client_id = run(installed, work, "clients", "add", "--name", "test", "--jwks",
+                        str(work / "client.jwks.json"), "--scope", "system/*.cruds", env=data)
         server = LiveServer(work / "serve.db", store=store, command=[str(installed / "fhir-gateway")],
-                            cwd=work, environ=outside_environ())
+                            cwd=work, environ={**outside_environ(), **data})
         try:
-            check_eligibility_and_enrollment(server.base)
+            token = run(installed, work, "token", "--url",
+                        f"{server.base.removesuffix('/fhir')}/auth/token", "--client-id",
+                        client_id, "--key", str(work / "client.pem"), env=data)
+            check_eligibility_and_enrollment(server.base, {"Authorization": f"Bearer {token}"})
         finally:
             server.stop()
 
@@ -132,18 +140,22 @@ def write_member(path: Path) -> Path:
     return path
 
 
-def check_eligibility_and_enrollment(base: str) -> None:
-    r = httpx.get(f"{base}/Patient/m1/$hh-eligibility", params={"asOf": AS_OF}, timeout=30)
+def check_eligibility_and_enrollment(base: str, headers: dict) -> None:
+    assert httpx.get(f"{base}/Patient/m1/$hh-eligibility", timeout=30).status_code == 401
+    r = httpx.get(f"{base}/Patient/m1/$hh-eligibility", params={"asOf": AS_OF}, timeout=30,
+                  headers=headers)
     assert r.status_code == 200, r.text
     assert verdicts(r.json())["mo-cmhc"] is True
-    r = httpx.post(f"{base}/Patient/m1/$enroll", json=enroll_params("mo-cmhc"), timeout=30)
+    r = httpx.post(f"{base}/Patient/m1/$enroll", json=enroll_params("mo-cmhc"), timeout=30,
+                   headers=headers)
     assert r.status_code == 201, r.text
     assert r.json()["period"]["start"] == "2026-06-01"
 
 
-def run(bin_dir: Path, cwd: Path, *args: str) -> str:
+def run(bin_dir: Path, cwd: Path, *args: str, env: dict | None = None) -> str:
     """`fhir-gateway ARGS` of the installation; its output with whitespace collapsed."""
-    done = subprocess.run([str(bin_dir / "fhir-gateway"), *args], cwd=cwd, env=outside_environ(),
+    done = subprocess.run([str(bin_dir / "fhir-gateway"), *args], cwd=cwd,
+                          env={**outside_environ(), **(env or {})},
                           capture_output=True, text=True, timeout=300)
     out = " ".join((done.stdout + done.stderr).split())
     assert done.returncode == 0, out

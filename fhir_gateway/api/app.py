@@ -11,10 +11,13 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from fhir_gateway import __version__
-from fhir_gateway.api import exchange, export, operations, rest
+from fhir_gateway.api import auth as auth_routes
+from fhir_gateway.api import exchange, export, health, operations, rest
 from fhir_gateway.api.formats import FhirFormats, outcome_body, wants_xml
 from fhir_gateway.api.http import outcome_response
 from fhir_gateway.api.limits import BodyLimit
+from fhir_gateway.auth.setup import setup as auth_setup
+from fhir_gateway.auth.middleware import BearerAuth
 from fhir_gateway.config import Settings
 from fhir_gateway.exchange.messages import Rules as MessageRules
 from fhir_gateway.healthhome.checks import health_home_validator
@@ -27,6 +30,8 @@ _HTTP_CODES = {404: "not-found", 405: "not-supported", 406: "not-supported", 413
 
 
 def create_app(store: FhirStore, settings: Settings | None = None) -> FastAPI:
+    """Raises `auth.AuthConfigError` for settings that would serve without authorization
+    on an address other than loopback."""
     app = FastAPI(title="Health Home FHIR Gateway", version=__version__,
                   description="FHIR R4 gateway for Medicaid Health Homes (MO HealthNet, KanCare)")
     app.state.store = store
@@ -34,6 +39,9 @@ def create_app(store: FhirStore, settings: Settings | None = None) -> FastAPI:
     app.state.validator = health_home_validator(settings.profiles, settings.validate_all)
     app.state.lookups = lookup_clients(settings)
     app.state.message_rules = MessageRules.load()
+    app.state.tokens = auth_setup(settings)  # None: FHIR_GATEWAY_AUTH=off (loopback only)
+    app.include_router(auth_routes.router)  # before rest: `.well-known` is no type
+    app.include_router(health.router)
     app.include_router(operations.router)  # before rest: `Patient/$hh-status` is no id
     app.include_router(exchange.router)  # before rest: `$process-message` is no type
     app.include_router(export.router)  # before rest: `$export` is no type
@@ -64,6 +72,7 @@ def create_app(store: FhirStore, settings: Settings | None = None) -> FastAPI:
         body, media = outcome_body(err, wants_xml(request))
         return Response(body, status_code=500, media_type=media)
 
+    app.add_middleware(BearerAuth, service=app.state.tokens)  # inside FhirFormats: XML refusals
     app.add_middleware(FhirFormats)
     app.add_middleware(BodyLimit, max_body=settings.max_body)
     app.add_middleware(AccessLog)

@@ -25,9 +25,13 @@ TYPE_EXPORTS = {"Patient": [{"name": "export", "definition":
                 "Group": [{"name": "export", "definition": f"{BULK}/OperationDefinition/group-export"}]}
 
 
+SMART_OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+
+
 @cache
-def capability_statement(base: str, validator=None) -> dict:
-    """`validator` (the validation service, if any) adds each type's supportedProfile."""
+def capability_statement(base: str, validator=None, token_url: str | None = None) -> dict:
+    """`validator` (the validation service, if any) adds each type's supportedProfile;
+    `token_url` (authorization on) adds `rest.security` with SMART's oauth-uris."""
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -42,6 +46,7 @@ def capability_statement(base: str, validator=None) -> dict:
         "format": ["application/fhir+xml", "xml", "application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
+            **({"security": _security(token_url)} if token_url else {}),
             "resource": [_resource(t, validator) for t in sorted(resource_types())],
             "interaction": [{"code": "transaction"}, {"code": "batch"},
                             {"code": "history-system"}],
@@ -52,6 +57,19 @@ def capability_statement(base: str, validator=None) -> dict:
                           {"name": "export", "definition": f"{BULK}/OperationDefinition/export"}],
         }],
     }
+
+
+def _security(token_url: str) -> dict:
+    return {
+        "extension": [{"url": SMART_OAUTH_URIS,
+                       "extension": [{"url": "token", "valueUri": token_url}]}],
+        "service": [{"coding": [{
+            "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+            "code": "SMART-on-FHIR"}], "text": "SMART Backend Services (OAuth2 client "
+                                               "credentials, private_key_jwt)"}],
+        "description": "Every request but /metadata and /.well-known/smart-configuration "
+                       "needs a bearer access token from the token endpoint; SMART v1 and v2 "
+                       "system scopes."}
 
 
 def _resource(resource_type: str, validator) -> dict:

@@ -99,7 +99,7 @@ async def export_status(request: Request, job_id: str) -> Response:
     return JSONResponse({
         "transactionTime": job.transaction_time,
         "request": job.request_url,
-        "requiresAccessToken": False,
+        "requiresAccessToken": request.app.state.tokens is not None,  # the files are under /fhir
         "output": entries("output"),
         "error": entries("error"),
     })

@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from fhir_gateway import bundle as bundles
+from fhir_gateway.api import auth as auth_routes
 from fhir_gateway.api.capability import capability_statement
 from fhir_gateway.api.http import (
     check_accept,
@@ -23,6 +24,7 @@ from fhir_gateway.api.http import (
     version_headers,
     written_response,
 )
+from fhir_gateway.auth.access import access_of
 from fhir_gateway.outcome import FhirError, Issue, invalid, operation_outcome
 from fhir_gateway.search.query import (
     DEFAULT_COUNT,
@@ -64,7 +66,8 @@ def _params(request: Request) -> list[tuple[str, str]]:
 @router.get("/metadata")
 async def metadata(request: Request) -> Response:
     check_accept(request)
-    statement = capability_statement(base_url(request), request.app.state.validator)
+    token_url = auth_routes.token_url(request) if request.app.state.tokens else None
+    statement = capability_statement(base_url(request), request.app.state.validator, token_url)
     return fhir_response(statement, pretty=is_pretty(request))
 
 
@@ -76,6 +79,8 @@ async def system_bundle(request: Request) -> Response:
         raise invalid("POST to the base URL takes a Bundle of type transaction or batch",
                       "resourceType")
     kind = body.get("type")
+    if kind in ("transaction", "batch"):
+        access_of(request).check_bundle(body)
     store = _store(request)
     if kind == "transaction":
         result = await run_in_threadpool(store.transaction, body)
@@ -109,8 +114,15 @@ async def _search(request: Request, resource_type: str, params: list[tuple[str, 
     (re-based, with the gateway's links) unless the gateway must indent them."""
     check_accept(request)
     store = _store(request)
-    search = store.search if is_pretty(request) else getattr(store, "search_raw", store.search)
+    access = access_of(request)
+    access.check_chains(resource_type, params)
+    filtered = not access.grant.everything("r") and any(
+        k.split(":")[0] in ("_include", "_revinclude") for k, _ in params)
+    search = store.search if is_pretty(request) or filtered else \
+        getattr(store, "search_raw", store.search)
     result = await run_in_threadpool(search, resource_type, params, _strict(request))
+    if filtered:  # included resources of types outside the scopes are left out
+        result.included = [r for r in result.included if access.visible(r)]
     if isinstance(result, StoredSearchset):
         body = bundles.stored_searchset(result, base_url(request), resource_type, params)
     else:
