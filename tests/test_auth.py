@@ -373,6 +373,32 @@ def test_operations_need_the_scopes_of_what_they_read_and_write(gateway):
     assert system_search.status_code == 403
 
 
+def test_a_bulk_export_is_kicked_off_polled_and_read_with_a_token(gateway):
+    writer = bearer(gateway.token("system/*.cruds"))
+    gateway.http.post(f"{gateway.base}/Patient", json=patient(), headers=writer)
+    reader = {"Authorization": bearer(gateway.token("system/*.rs"))["Authorization"],
+              "Prefer": "respond-async", "Accept": FHIR_JSON}
+    assert gateway.http.get(f"{gateway.base}/$export?_type=Patient").status_code == 401
+    patient_only = {**reader, "Authorization": bearer(gateway.token(
+        "system/Patient.rs"))["Authorization"]}
+    assert gateway.http.get(f"{gateway.base}/$export?_type=Patient",
+                            headers=patient_only).status_code == 403
+    kicked = gateway.http.get(f"{gateway.base}/$export?_type=Patient", headers=reader)
+    assert kicked.status_code == 202, kicked.text
+    status_url = kicked.headers["content-location"]
+    assert gateway.http.get(status_url).status_code == 401
+    deadline = time.time() + 60
+    while (status := gateway.http.get(status_url, headers=reader)).status_code == 202:
+        assert time.time() < deadline
+        time.sleep(0.2)
+    assert status.status_code == 200, status.text
+    assert status.json()["requiresAccessToken"] is True
+    file_url = status.json()["output"][0]["url"]
+    assert gateway.http.get(file_url).status_code == 401
+    got = gateway.http.get(file_url, headers=reader)
+    assert got.status_code == 200 and '"resourceType":"Patient"' in got.text.replace(" ", "")
+
+
 # -- an external issuer -------------------------------------------------------------------
 
 class JwksServer:
