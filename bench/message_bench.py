@@ -35,7 +35,7 @@ from fhir_gateway.api.app import create_app  # noqa: E402
 from fhir_gateway.config import DEFAULT_PROFILES  # noqa: E402
 from fhir_gateway.healthhome.checks import health_home_validator  # noqa: E402
 from fhir_gateway.store.sqlite import SQLiteStore  # noqa: E402
-from fhir_gateway.validation.guard import ValidatingStore  # noqa: E402
+from fhir_gateway.store import guarded  # noqa: E402
 
 KINDS = ("admit", "transfer", "discharge")
 
@@ -62,8 +62,8 @@ async def run(stays: int, kind: str) -> float:
     """Messages/s of one kind of work over a fresh store holding the members (even stays,
     by DCN)."""
     with tempfile.TemporaryDirectory() as folder:
-        store = ValidatingStore(SQLiteStore(Path(folder) / "bench.db"),
-                                health_home_validator(DEFAULT_PROFILES))
+        store = guarded(SQLiteStore(Path(folder) / "bench.db"),
+                        health_home_validator(DEFAULT_PROFILES))
         transport = httpx.ASGITransport(app=create_app(store))
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway.test") as c:
             for stay in range(0, stays, 2):

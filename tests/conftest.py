@@ -18,7 +18,7 @@ from fhir_gateway.store.hapi import HapiStore
 from fhir_gateway.store.sqlite import SQLiteStore
 from fhir_gateway.config import DEFAULT_PROFILES
 from fhir_gateway.healthhome.checks import health_home_validator
-from fhir_gateway.validation.guard import ValidatingStore
+from fhir_gateway.store import backend, guarded
 
 # The test harness serves on loopback without authorization (FHIR_GATEWAY_AUTH=off): every
 # Settings() and `serve` process of the tests reads it. tests/test_auth.py turns it on.
@@ -67,14 +67,14 @@ def store(request, tmp_path):
         url = request.getfixturevalue("hapi_url")
         expunge(url)
         inner = HapiStore(url)
-    s = ValidatingStore(inner, health_home_validator(DEFAULT_PROFILES))
+    s = guarded(inner, health_home_validator(DEFAULT_PROFILES))
     yield s
     s.close()
 
 
 @pytest.fixture
 def on_hapi(store) -> bool:
-    return isinstance(store.inner, HapiStore)
+    return isinstance(backend(store), HapiStore)
 
 
 @pytest.fixture

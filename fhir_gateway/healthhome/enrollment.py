@@ -366,3 +366,23 @@ def dd_referral(program: Program, patient: dict, when: str) -> dict:
             "performerType": {"text": performer},
             "reasonCode": [{"text": "Developmental disability on record without an open "
                                     "Division of DD episode"}]}
+
+
+# -- who is a member on a given day ------------------------------------------------------
+
+def enrollment_on(episodes: list[dict], day: date, statuses: frozenset[str] | set[str]
+                  ) -> dict | None:
+    """The member's Health Home enrollment on `day`: an HH Enrollment (an hh-program type)
+    in one of `statuses`, with a managing Organization, whose period holds the day; of
+    several, the one that started last. None: not a member that day."""
+    found = [e for e in episodes
+             if e.get("status") in statuses and episode_program(e)
+             and (e.get("managingOrganization") or {}).get("reference")
+             and _covers(e.get("period") or {}, day)]
+    return max(found, key=lambda e: e["period"]["start"][:10], default=None)
+
+
+def _covers(period: dict, day: date) -> bool:
+    start, end = period.get("start"), period.get("end")
+    return isinstance(start, str) and start[:10] <= day.isoformat() and \
+        (not isinstance(end, str) or day.isoformat() <= end[:10])

@@ -1,7 +1,8 @@
 """The search parameters the gateway knows, from the FHIR R4 definitions (data, not code).
 
 `r4-definitions.json` is vendored from the spec (see scripts/vendor_r4_definitions.py);
-additional SearchParameter resources (our IG's, later) are registered the same way.
+the SearchParameter resources of the gateway's IG package (profiles/package/, e.g. `Task`
+`due`) are registered the same way, so both stores know them (HAPI installs the package).
 """
 
 from __future__ import annotations
@@ -9,8 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
+from pathlib import Path
 
 import orjson
+
+from fhir_gateway.config import DEFAULT_PROFILES
 
 from fhir_gateway.search.fhirpath import Extractor, compile_expression
 
@@ -34,7 +38,15 @@ class SearchParam:
 @cache
 def _definitions() -> dict:
     raw = resources.files("fhir_gateway.search").joinpath("r4-definitions.json").read_bytes()
-    return orjson.loads(raw)
+    definitions = orjson.loads(raw)
+    definitions["searchParameters"] += ig_search_parameters(DEFAULT_PROFILES)
+    return definitions
+
+
+def ig_search_parameters(package: str) -> list[dict]:
+    """The SearchParameter resources of an IG package folder (`SearchParameter-*.json`)."""
+    return [orjson.loads(path.read_bytes())
+            for path in sorted(Path(package).glob("SearchParameter-*.json"))]
 
 
 @cache

@@ -9,11 +9,27 @@ from fhir_gateway.store.base import FhirStore, StoreURLError
 def open_store(url: str, profiles: str = DEFAULT_PROFILES, validate_all: bool = False
                ) -> FhirStore:
     """The store behind `url`, wrapped so that every write is validated first (against the
-    IG package `profiles`; with `validate_all`, every resource of a profiled type)."""
+    IG package `profiles`; with `validate_all`, every resource of a profiled type) and
+    followed by its Health Home follow-ups (`guarded`)."""
     from fhir_gateway.healthhome.checks import health_home_validator
+
+    return guarded(_open(url), health_home_validator(profiles, validate_all))
+
+
+def guarded(inner: FhirStore, validator) -> FhirStore:
+    """`inner` as every caller gets it: each write validated (`ValidatingStore`), then its
+    Health Home follow-ups written with it (`FollowUpStore`: transitional care)."""
+    from fhir_gateway.store.followups import FollowUpStore
     from fhir_gateway.validation.guard import ValidatingStore
 
-    return ValidatingStore(_open(url), health_home_validator(profiles, validate_all))
+    return ValidatingStore(FollowUpStore(inner, validator), validator)
+
+
+def backend(store: FhirStore) -> FhirStore:
+    """The store under its wrappers (the SQLite file's or HAPI's)."""
+    while "inner" in vars(store):
+        store = store.inner
+    return store
 
 
 def _open(url: str) -> FhirStore:

@@ -71,12 +71,17 @@ def commit(store: Resolvable, entries: Entries, representation: bool = False) ->
                     answers[position] = _process(store, entry, representation)
                 except FhirError as err:
                     raise bundles.at_entry(err, index) from None
-    except FhirError as err:  # refused at commit: name the entry whose resource it was
-        index = next((i for i, e in entries if err.source and "resource" in e
-                      and (e["resource"].get("resourceType"), e.get("_id")) == err.source),
-                     None)
-        raise bundles.at_entry(err, index) from None
+    except FhirError as err:
+        raise named(err, entries) from None
     return [answers[position] for position in range(len(entries))]
+
+
+def named(err: FhirError, entries: Entries) -> FhirError:
+    """An error the transaction was refused with at commit, pointed at the entry whose
+    resource it was (a unit that joined an outer one is refused when that one commits)."""
+    index = next((i for i, e in entries if err.source and "resource" in e
+                  and (e["resource"].get("resourceType"), e.get("_id")) == err.source), None)
+    return bundles.at_entry(err, index)
 
 
 def _assign_ids(store: Resolvable, entries: Entries) -> dict[str, str]:

@@ -39,8 +39,8 @@ from fhir_gateway.validation.structure import check_update_id
 #: `PRAGMA user_version` of a store file whose tables and index match this code. Raise it
 #: when the tables or the index rules (what `_index` writes) change: older files are then
 #: refused until `fhir-gateway reindex` rebuilds their index. Files made before versioning
-#: read 0.
-SCHEMA_VERSION = 1
+#: read 0. Version 2: the IG's SearchParameters are indexed too (Task `due`).
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS resource(
   rid INTEGER PRIMARY KEY, type TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL,

@@ -233,6 +233,8 @@ def _schema(type_name: str) -> dict[str, tuple[str, str | None, tuple | None,
             sub = getattr(base, "__name__", "").removesuffix("Type")
             kind = "resource" if sub == "Resource" else "complex"
         codes = tuple(extra["enum_values"]) if extra.get("enum_values") else None
+        if codes and "+" in codes:  # the model lists a few codes and "+" (Task.status): no
+            codes = None            # complete list to check against
         annotation = _item_annotation(info.annotation) if not info.metadata else None
         primitive = _primitive(annotation, kind, config) \
             if kind in _JSON_OK and annotation and config is not None else None
