@@ -12,7 +12,7 @@ from datetime import date, timedelta
 import pytest
 
 from exchange_messages import ACT_CODE, VISITS, dcn, message, mrn
-from fhir_gateway.healthhome.transitions import SYSTEM
+from fhir_gateway.healthhome.transitions import SYSTEM, TASK_PROFILE
 from fhir_gateway.identifiers import HH_PROGRAM
 
 CORE_SERVICE = "http://fhir.health-home-gateway.org/CodeSystem/hh-core-service"
@@ -85,6 +85,7 @@ def assert_followed_up(client, pid: str = "member1", due: list[str] = DUE,
                                              "display": "Comprehensive transitional care"}
         assert task["for"] == {"reference": f"Patient/{pid}"} and task["focus"] == ref
         assert task["owner"] == {"reference": "Organization/hh1"}
+        assert task["meta"]["profile"] == [TASK_PROFILE]  # and the guard checked it
     assert [t["identifier"][0]["value"] for t in found_tasks] == \
         [f"{VISITS}|{value}#tc-7", f"{VISITS}|{value}#tc-30"]
     return found_tasks

@@ -28,6 +28,8 @@ from fhir_gateway.identifiers import CANONICAL_BASE
 RULES = Path(__file__).with_name("transitions.yaml")
 #: the identifier system of what the transitional-care rules write
 SYSTEM = f"{CANONICAL_BASE}/sid/hh-transition"
+#: the IG profile of the follow-up Tasks (profiles/src)
+TASK_PROFILE = f"{CANONICAL_BASE}/StructureDefinition/hh-transitional-care-task"
 ADMISSION = "admission"
 
 
@@ -152,7 +154,8 @@ def follow_up_tasks(encounter: dict, enrollment: dict, discharged: date, rules: 
                     now: str) -> list[dict]:
     """One requested Task per window: see the member within `days` of the discharge."""
     return [{
-        "resourceType": "Task", "identifier": [identifier(encounter, key)],
+        "resourceType": "Task", "meta": {"profile": [TASK_PROFILE]},
+        "identifier": [identifier(encounter, key)],
         "status": "requested", "intent": "order", "priority": "urgent" if days <= 7 else "routine",
         "code": {"coding": [rules.service]},
         "description": f"Transitional care: see the member within {days} days of the "
