@@ -135,9 +135,10 @@ def encounter(status: str, klass: str, end: str | None = None, pid: str = "membe
             "subject": {"reference": f"Patient/{pid}"}, "period": period}
 
 
-def test_a_discharge_in_a_transaction_opens_the_follow_ups_once(client):
+@pytest.mark.parametrize("kind", ["transaction", "batch"])
+def test_a_discharge_in_a_transaction_or_batch_opens_the_follow_ups_once(client, kind):
     enrolled_member(client)
-    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [{
+    bundle = {"resourceType": "Bundle", "type": kind, "entry": [{
         "resource": encounter("finished", "IMP", "2026-03-04T10:30:00-06:00"),
         "request": {"method": "PUT", "url": "Encounter/stay2"}}]}
     for _ in range(2):
