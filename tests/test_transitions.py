@@ -85,7 +85,9 @@ def assert_followed_up(client, pid: str = "member1", due: list[str] = DUE,
                                              "display": "Comprehensive transitional care"}
         assert task["for"] == {"reference": f"Patient/{pid}"} and task["focus"] == ref
         assert task["owner"] == {"reference": "Organization/hh1"}
-        assert task["meta"]["profile"] == [TASK_PROFILE]  # and the guard checked it
+        assert task["meta"]["profile"] == [TASK_PROFILE]
+        outcome = ok(client.post("/fhir/Task/$validate", json=task))
+        assert not [i for i in outcome["issue"] if i["severity"] in ("error", "fatal")], outcome
     assert [t["identifier"][0]["value"] for t in found_tasks] == \
         [f"{VISITS}|{value}#tc-7", f"{VISITS}|{value}#tc-30"]
     return found_tasks

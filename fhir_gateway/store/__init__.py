@@ -22,7 +22,7 @@ def guarded(inner: FhirStore, validator) -> FhirStore:
     from fhir_gateway.store.followups import FollowUpStore
     from fhir_gateway.validation.guard import ValidatingStore
 
-    return ValidatingStore(FollowUpStore(inner, validator), validator)
+    return ValidatingStore(FollowUpStore(inner), validator)
 
 
 def backend(store: FhirStore) -> FhirStore:
