@@ -229,3 +229,28 @@ def test_other_encounters_of_members_ask_for_nothing(client, klass):
     ok(client.put("/fhir/Encounter/stay2", json=encounter("finished", klass,
                                                           "2026-03-04T10:30:00-06:00")), 201)
     assert found(client, "Communication") == [] and tasks(client) == []
+
+
+def test_the_rule_file_decides_which_stays_count_and_what_one_service_completes():
+    """`transitions.yaml` is data: a psychiatric stay marked only by its type counts when
+    its coding is listed, and `completes: all` lets one service complete both windows."""
+    from dataclasses import replace
+
+    from fhir_gateway.healthhome import transitions
+
+    rules = transitions.Rules.load()
+    psych = {**encounter("finished", "NONAC", "2026-03-04T10:30:00-06:00"), "id": "stay2",
+             "type": [{"coding": [{"system": "http://example.org/encounter-type",
+                                   "code": "psych-inpatient"}]}]}
+    assert transitions.discharged_on(psych, rules) is None  # NONAC is not a listed class
+    listed = replace(rules, discharge_types=frozenset({
+        "http://example.org/encounter-type|psych-inpatient"}))
+    assert transitions.discharged_on(psych, listed) == date(2026, 3, 4)
+    enrollment = {"managingOrganization": {"reference": "Organization/hh1"}}
+    open_tasks = [{**t, "id": t["identifier"][0]["value"][-5:]} for t in
+                  transitions.follow_up_tasks(psych, enrollment, date(2026, 3, 4), rules, "now")]
+    procedure = {**service("2026-03-06"), "id": "p1"}
+    assert len(transitions.completed(procedure, date(2026, 3, 6), open_tasks, rules, "now")) == 1
+    both = replace(rules, completes="all")
+    done = transitions.completed(procedure, date(2026, 3, 6), open_tasks, both, "now")
+    assert [t["status"] for t in done] == ["completed", "completed"]
