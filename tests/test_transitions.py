@@ -254,3 +254,26 @@ def test_the_rule_file_decides_which_stays_count_and_what_one_service_completes(
     both = replace(rules, completes="all")
     done = transitions.completed(procedure, date(2026, 3, 6), open_tasks, both, "now")
     assert [t["status"] for t in done] == ["completed", "completed"]
+
+
+def test_a_store_from_before_task_due_is_upgraded_by_reindex(tmp_path):
+    """Schema version 2 indexes the IG's `due`: a version-1 file (no `due` rows) is refused
+    until `fhir-gateway reindex` rebuilds its index, then the worklist finds its Tasks."""
+    import sqlite3
+
+    from test_cli import cli, output, store_url, total
+    from fhir_gateway.store.sqlite import SQLiteStore
+
+    db = tmp_path / "v1.db"
+    store = SQLiteStore(db)
+    store.create({"resourceType": "Task", "status": "requested", "intent": "order",
+                  "restriction": {"period": {"start": "2026-03-04", "end": "2026-03-11"}}})
+    store.close()
+    with sqlite3.connect(db) as conn:  # as version 1 wrote it: no index rows for `due`
+        conn.execute("DELETE FROM idx_date WHERE pid IN (SELECT pid FROM param WHERE "
+                     "type = 'Task' AND code = 'due')")
+        conn.execute("PRAGMA user_version = 1")
+    served = cli("serve", "--no-demo", "--store", store_url(db), cwd=tmp_path)
+    assert served.returncode == 2 and "has schema version 1" in output(served)
+    assert cli("reindex", "--store", store_url(db), cwd=tmp_path).returncode == 0
+    assert total(db, "Task", ("due", "lt2026-03-12")) == 1
