@@ -156,7 +156,7 @@ def follow_up_tasks(encounter: dict, enrollment: dict, discharged: date, rules: 
     return [{
         "resourceType": "Task", "meta": {"profile": [TASK_PROFILE]},
         "identifier": [identifier(encounter, key)],
-        "status": "requested", "intent": "order", "priority": "urgent" if days <= 7 else "routine",
+        "status": "requested", "intent": "order",
         "code": {"coding": [rules.service]},
         "description": f"Transitional care: see the member within {days} days of the "
                        f"discharge of {discharged.isoformat()}",
