@@ -18,7 +18,6 @@ from fhir_gateway.store.hapi import HapiStore
 from fhir_gateway.store.sqlite import SQLiteStore
 from fhir_gateway.config import DEFAULT_PROFILES
 from fhir_gateway.healthhome.checks import health_home_validator
-from fhir_gateway.search.registry import ig_search_parameters
 from fhir_gateway.store import backend, guarded
 
 # The test harness serves on loopback without authorization (FHIR_GATEWAY_AUTH=off): every
@@ -54,15 +53,9 @@ def hapi_url(tmp_path_factory):
 
 
 def expunge(url: str) -> None:
-    """Empty the HAPI server, then put back the IG's SearchParameters its package installed
-    at start (expunging removes them too, and HAPI forgets them at its next refresh)."""
     r = httpx.post(f"{url}/$expunge", json=EXPUNGE, timeout=120,
                    headers={"Content-Type": FHIR_JSON})
     assert r.status_code == 200, r.text
-    for parameter in ig_search_parameters(DEFAULT_PROFILES):
-        r = httpx.put(f"{url}/SearchParameter/{parameter['id']}", json=parameter, timeout=60,
-                      headers={"Content-Type": FHIR_JSON})
-        assert r.status_code in (200, 201), r.text
 
 
 @pytest.fixture(params=["sqlite", "hapi"])

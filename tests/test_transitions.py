@@ -13,7 +13,22 @@ import pytest
 
 from exchange_messages import ACT_CODE, VISITS, dcn, message, mrn
 from fhir_gateway.healthhome.transitions import SYSTEM, TASK_PROFILE
+from fhir_gateway.config import DEFAULT_PROFILES
 from fhir_gateway.identifiers import HH_PROGRAM
+from fhir_gateway.search.registry import ig_search_parameters
+from fhir_gateway.store import backend
+from fhir_gateway.store.hapi import HapiStore
+
+@pytest.fixture(autouse=True)
+def task_due(request):
+    """HAPI: the IG's SearchParameters back after the store fixture's expunge (it removes
+    the ones the package installed at start, and HAPI forgets them at its next refresh)."""
+    if "store" in request.fixturenames:
+        store = backend(request.getfixturevalue("store"))
+        if isinstance(store, HapiStore):
+            for parameter in ig_search_parameters(DEFAULT_PROFILES):
+                store.update("SearchParameter", parameter["id"], parameter)
+
 
 CORE_SERVICE = "http://fhir.health-home-gateway.org/CodeSystem/hh-core-service"
 #: the Da Vinci flow of exchange_messages: discharged 2026-03-04 (hospital's local date)
