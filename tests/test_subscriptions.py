@@ -21,6 +21,7 @@ from fhir_gateway.cli import app as cli
 from fhir_gateway.config import Settings
 from fhir_gateway.exchange.engine import Engine
 from fhir_gateway.exchange.simulator import Simulator
+from fhir_gateway.store import backend
 from fhir_gateway.store.hapi import HapiStore
 
 FAST = {"deliver_backoff": 0.0, "deliver_attempts": 3, "deliver_timeout": 2.0,
@@ -38,7 +39,7 @@ def simulator():
 @pytest.fixture
 def exchange_env(store, tmp_path) -> dict[str, str]:
     """The environment that points the CLI (and a `serve`) at the test's store."""
-    inner = store.inner
+    inner = backend(store)
     url = inner.base if isinstance(inner, HapiStore) else f"sqlite:///{inner.path}"
     return {"FHIR_GATEWAY_STORE": url, "FHIR_GATEWAY_EXCHANGE_DB": str(tmp_path / "exchange.db"),
             **{f"FHIR_GATEWAY_{k.upper()}": str(v) for k, v in FAST.items()}}
@@ -280,9 +281,9 @@ def test_kill_9_mid_delivery_delivers_again_after_restart(store, tmp_path, simul
                                                          exchange_env):
     """SIGKILL while the partner holds the notification: nothing was marked done, so the
     restarted gateway sends it again, with the same notification id."""
-    hapi = exchange_env["FHIR_GATEWAY_STORE"] if isinstance(store.inner, HapiStore) else None
+    hapi = exchange_env["FHIR_GATEWAY_STORE"] if isinstance(backend(store), HapiStore) else None
     env = {k: v for k, v in exchange_env.items() if k != "FHIR_GATEWAY_STORE"}
-    db = tmp_path / "live.db" if hapi else Path(store.inner.path)
+    db = tmp_path / "live.db" if hapi else Path(backend(store).path)
     store.close()
     server = LiveServer(db, env=env, store=hapi)
     try:

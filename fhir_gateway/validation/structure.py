@@ -7,10 +7,12 @@ the resource we store is still the JSON the client sent, never the model's re-se
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import date, time
 from decimal import Decimal
 from functools import cache, lru_cache
+from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, List, Union, get_args, get_origin  # noqa: UP035
 
@@ -210,6 +212,12 @@ _JSON_OK = {
 
 
 @cache
+def _complete_codes() -> dict[str, list[str]]:
+    """The R4 code lists the models cut short (`code-lists.json`)."""
+    return json.loads(Path(__file__).with_name("code-lists.json").read_text())
+
+
+@cache
 def _schema(type_name: str) -> dict[str, tuple[str, str | None, tuple | None,
                                               Primitive | None]]:
     """alias -> (kind, complex type name, required codes, Primitive) for one model class.
@@ -233,8 +241,8 @@ def _schema(type_name: str) -> dict[str, tuple[str, str | None, tuple | None,
             sub = getattr(base, "__name__", "").removesuffix("Type")
             kind = "resource" if sub == "Resource" else "complex"
         codes = tuple(extra["enum_values"]) if extra.get("enum_values") else None
-        if codes and "+" in codes:  # the model lists a few codes and "+" (Task.status): no
-            codes = None            # complete list to check against
+        if codes and "+" in codes:  # the model lists the first codes and "+" (Task.status)
+            codes = tuple(_complete_codes().get(f"{model.__name__}.{alias}") or ()) or None
         annotation = _item_annotation(info.annotation) if not info.metadata else None
         primitive = _primitive(annotation, kind, config) \
             if kind in _JSON_OK and annotation and config is not None else None
