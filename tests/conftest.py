@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,6 +26,11 @@ from fhir_gateway.store import backend, guarded
 # The test harness serves on loopback without authorization (FHIR_GATEWAY_AUTH=off): every
 # Settings() and `serve` process of the tests reads it. tests/test_auth.py turns it on.
 os.environ["FHIR_GATEWAY_AUTH"] = "off"
+# What the gateway keeps in the user's data directory by default (export jobs, the exchange
+# outbox, clients, keys) is this session's own: a job left unfinished by one test session
+# must not be resumed by another, nor the machine user's files touched.
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="fhir-gateway-tests-")
+atexit.register(shutil.rmtree, os.environ["XDG_DATA_HOME"], True)
 
 ROOT = Path(__file__).resolve().parents[1]
 HAPI_RUN = ROOT / "docker" / "hapi-local" / "run"
@@ -56,6 +64,13 @@ def expunge(url: str) -> None:
     r = httpx.post(f"{url}/$expunge", json=EXPUNGE, timeout=120,
                    headers={"Content-Type": FHIR_JSON})
     assert r.status_code == 200, r.text
+
+
+@pytest.fixture(autouse=True)
+def own_export_dir(tmp_path, monkeypatch):
+    """Each test's apps keep export jobs of their own: an app resumes the unfinished jobs of
+    its export directory at start, which must not be another test's (on another store)."""
+    monkeypatch.setenv("FHIR_GATEWAY_EXPORT_DIR", str(tmp_path / "exports"))
 
 
 @pytest.fixture(params=["sqlite", "hapi"])
