@@ -34,6 +34,8 @@ from store_bench import DCN, member_bundles  # noqa: E402
 
 from fhir_gateway.store.sqlite import SQLiteStore  # noqa: E402
 
+os.environ.setdefault("FHIR_GATEWAY_AUTH", "off")  # loopback; tokens: bench/auth_overhead.py
+
 ROOT = Path(__file__).resolve().parents[1]
 JSON = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import copy
+import os
 import statistics
 import sys
 import tempfile
@@ -36,6 +37,8 @@ from fhir_gateway.config import DEFAULT_PROFILES  # noqa: E402
 from fhir_gateway.healthhome.checks import health_home_validator  # noqa: E402
 from fhir_gateway.store.sqlite import SQLiteStore  # noqa: E402
 from fhir_gateway.store import guarded  # noqa: E402
+
+os.environ.setdefault("FHIR_GATEWAY_AUTH", "off")  # loopback; tokens: bench/auth_overhead.py
 
 KINDS = ("admit", "transfer", "discharge")
 

@@ -12,6 +12,7 @@ memory flat while ingesting.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import sqlite3
 import statistics
@@ -25,6 +26,8 @@ from fastapi.testclient import TestClient
 
 from fhir_gateway.api.app import create_app
 from fhir_gateway.store.sqlite import SQLiteStore
+
+os.environ.setdefault("FHIR_GATEWAY_AUTH", "off")  # loopback; tokens: bench/auth_overhead.py
 
 DCN = "http://fhir.health-home-gateway.org/sid/mo-healthnet-dcn"
 ICD = "http://hl7.org/fhir/sid/icd-10-cm"

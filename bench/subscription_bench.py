@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -31,6 +32,8 @@ from fhir_gateway.healthhome.checks import health_home_validator
 from fhir_gateway.store.hapi import HapiStore
 from fhir_gateway.store.sqlite import SQLiteStore
 from fhir_gateway.validation.guard import ValidatingStore
+
+os.environ.setdefault("FHIR_GATEWAY_AUTH", "off")  # loopback; tokens: bench/auth_overhead.py
 
 
 def subscription(criteria: str, endpoint: str) -> dict:
