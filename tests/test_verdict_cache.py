@@ -133,3 +133,16 @@ def test_cached_and_full_verdicts_agree_on_mutated_examples(all_of_profiled_type
     assert not disagreements, disagreements[:3]
     # the property means something only if all three verdicts occur and forms are shared
     assert min(verdicts.values()) > 100 and shared > 100, (verdicts, shared)
+
+
+def test_the_exact_json_of_a_passed_resource_passes_again_and_nothing_else_does():
+    validator = Validator(DEFAULT_PROFILES, False, CHECKS)
+    resource = seeds()[0]
+    validator.check(copy.deepcopy(resource))
+    assert len(validator._exact_passes) == 1
+    validator.check(copy.deepcopy(resource))  # the same bytes: no new entry
+    assert len(validator._exact_passes) == 1
+    broken = {**copy.deepcopy(resource), "status": 17}
+    with pytest.raises(FhirError):
+        validator.check(broken)
+    assert len(validator._exact_passes) == 1

@@ -84,6 +84,11 @@ class Validator:
             prepare(self.conformance)  # compile every profile now, not on the first write
         self._reads: dict[tuple, Reads | Mark] = {}
         self._passes = lru_cache(maxsize=2048)(self._form_passes)  # bounded: imports stay flat
+        #: the exact JSON of resources that passed: a canonical key costs 20-40x writing the
+        #: JSON, and the resources a message repeats (its Organization, Location,
+        #: Practitioner) and those checked twice (by a caller, then by the store's guard)
+        #: come back byte for byte
+        self._exact_passes: dict[bytes, bool] = {}
         # fhirpathpy keeps evaluation state in module globals: one profile run at a time
         self._lock = threading.Lock()
 
@@ -104,9 +109,16 @@ class Validator:
         structure, 422 for profiles and checks). A resource whose canonical form passed
         before passes without them."""
         resource = check_shape(resource, expected_type)
+        exact = _exact_form(resource)
+        if exact is not None and exact in self._exact_passes:
+            return resource  # this very JSON passed: what a message's repeated parts hit
         key = canonical_key(resource, self.reads(resource))
         if key is None or not self._passes(key):
             self._full_check(resource)
+        if exact is not None:
+            if len(self._exact_passes) >= EXACT_PASSES:
+                self._exact_passes.clear()  # bounded, and cheaper than an LRU's bookkeeping
+            self._exact_passes[exact] = True
         return resource
 
     def validate(self, resource: dict, profile: str | None = None) -> list[Issue]:
@@ -195,6 +207,19 @@ class Validator:
 
     def _checks_for(self, resource_type: str) -> list[ResourceCheck]:
         return [c for c in self.checks if c.resource_type == resource_type]
+
+
+#: resources whose exact JSON is remembered as passed (small ones: see `_exact_form`)
+EXACT_PASSES = 4096
+_EXACT_MAX = 16384  # bytes: larger resources are rare enough to go the canonical way
+
+
+def _exact_form(resource: dict) -> bytes | None:
+    try:
+        form = fhirjson.dumps(resource)
+    except TypeError:  # deeper than orjson writes: the canonical way says why
+        return None
+    return form if len(form) <= _EXACT_MAX else None
 
 
 def errors(issues: list[Issue]) -> list[Issue]:
