@@ -459,12 +459,17 @@ def _coverage(coverages: list[dict], rules_set: RuleSet, state: str,
         if _identifier_systems(cov) & foreign:
             continue  # another state's Medicaid or CHIP
         for code in _codes(cov.get("type"), rules["system"]):
-            if code in rules["medicaid_codes"] or any(
-                    code.startswith(p) for p in rules["medicaid_prefixes"]):
-                medicaid = True
-            if code in rules["chip_codes"]:
-                chip = True
+            is_medicaid, is_chip = coverage_kind(code, rules_set)
+            medicaid, chip = medicaid or is_medicaid, chip or is_chip
     return medicaid, chip
+
+
+def coverage_kind(code: str, rules: RuleSet) -> tuple[bool, bool]:
+    """Whether a Source of Payment Typology code is (Medicaid, CHIP) coverage."""
+    kinds = rules.facts["coverage"]
+    return (code in kinds["medicaid_codes"] or any(code.startswith(p) for p in
+                                                    kinds["medicaid_prefixes"]),
+            code in kinds["chip_codes"])
 
 
 def _identifier_systems(cov: dict) -> set[str]:
@@ -647,10 +652,8 @@ def evaluate(resources: list[dict], state: str | None = None, as_of: date | None
         found, why = _condition_categories(cond, rules, code, birth)
         cats |= found
         left_out += why
-    cats |= _observation_categories(observations, facts, as_of, pediatric)
-    for cat, implied in (facts.get("implies") or {}).items():
-        if cat in cats:
-            cats |= set(implied)
+    cats = _with_implied(cats | _observation_categories(observations, facts, as_of, pediatric),
+                         facts)
     # a diagnosis left out matters only when nothing else brought its category
     left_out = list(dict.fromkeys(why for cat, why in left_out if cat not in cats))
     primary = _primary_categories(by_type, pid, conditions, rules, code, birth, as_of)
@@ -660,10 +663,42 @@ def evaluate(resources: list[dict], state: str | None = None, as_of: date | None
     verdicts, notes = _judge(rules, code, frozenset(cats), primary, medicaid, chip,
                              pediatric, key_age)
     told = "".join(f" {why}" for why in left_out)
-    return Evaluation(code, as_of, sorted(cats), medicaid, chip,
-                      [ProgramVerdict(c, ok, list(basis), rule, text + told, source, list(also))
-                       for c, ok, basis, rule, text, source, also in verdicts], age,
+    return Evaluation(code, as_of, sorted(cats), medicaid, chip, _verdicts(verdicts, told), age,
                       [*notes, *left_out])
+
+
+def judge_facts(rules: RuleSet, state: str, cats: frozenset, primary: frozenset | None,
+                medicaid: bool, chip: bool, pediatric: bool) -> list[ProgramVerdict]:
+    """The verdicts for facts derived elsewhere: the potential-enrollee lists derive the
+    categories from claims in SQL and judge each distinct combination here, with the same
+    rules and the same memoised judgement as `evaluate` (`implies` applied as it does)."""
+    verdicts, _ = _judge(rules, state, frozenset(_with_implied(set(cats), rules.facts)),
+                         primary, medicaid, chip, pediatric, None)
+    return _verdicts(verdicts)
+
+
+def code_categories(code: str, state: str, rules: RuleSet) -> frozenset:
+    """The categories an ICD-10-CM code counts toward in `state` on its own: targets that
+    need a verified onset (epilepsy, head injury) are left out, as `evaluate` leaves them
+    out of a Condition whose onset it cannot tell."""
+    return _icd_targets(code, state, rules.package)[0]
+
+
+def member_state(patient: dict, rules: RuleSet) -> str:
+    """The state whose rules apply to a Patient (identifiers, then the address)."""
+    return _derive_state(patient, [], rules)
+
+
+def _with_implied(cats: set[str], facts: dict) -> set[str]:
+    for cat, implied in (facts.get("implies") or {}).items():
+        if cat in cats:
+            cats |= set(implied)
+    return cats
+
+
+def _verdicts(judged: tuple, told: str = "") -> list[ProgramVerdict]:
+    return [ProgramVerdict(c, ok, list(basis), rule, text + told, source, list(also))
+            for c, ok, basis, rule, text, source, also in judged]
 
 
 @lru_cache(maxsize=8192)
