@@ -316,6 +316,61 @@ def eligibility(
     console.print(f"{count} member(s) evaluated; report: {escape(str(out))}")
 
 
+@app.command("potential-enrollees")
+def potential_enrollees(
+    ctx: typer.Context,
+    month: Annotated[str, typer.Option(help="the month of the lists, YYYY-MM")],
+    claims: Annotated[Path, typer.Option(exists=True, readable=True,
+                                         help="claims extract: .csv, .parquet, or FHIR .ndjson "
+                                              "(Claim, ExplanationOfBenefit)")],
+    members: Annotated[Path, typer.Option(exists=True, readable=True,
+                                          help="member file: .csv, .parquet, or FHIR .ndjson "
+                                               "(Patient, Coverage, EpisodeOfCare)")],
+    out: Annotated[Path, typer.Option(file_okay=False, help="directory for the lists")],
+    provider: Annotated[str | None, typer.Option(help="only this provider's list")] = None,
+    engine: Annotated[str, typer.Option(help="duckdb (embedded) or spark (pyspark)")] = "duckdb",
+    policy: Annotated[Path | None, typer.Option(
+        exists=True, dir_okay=False, help="attribution policy YAML; default: "
+                                          "fhir_gateway/healthhome/potential_enrollees.yaml")] = None,
+) -> None:
+    """Monthly lists of potential Health Home enrollees from claims: per provider a CSV and
+    a Group of the members who meet a program's rules, are not enrolled and are attributed
+    to that provider."""
+    from fhir_gateway.healthhome import potential_enrollees as pe
+    from fhir_gateway.healthhome.eligibility import RuleFiles
+    from fhir_gateway.healthhome.monthly_claims import month as parse_month
+    from fhir_gateway.healthhome.sql_engines import ENGINES
+
+    try:
+        within = parse_month(month, "--month")
+    except FhirError as err:
+        console.print(f"[red]error:[/red] {escape(str(err))}")
+        raise typer.Exit(2) from None
+    if engine not in ENGINES:
+        console.print(f"[red]error:[/red] --engine must be {' or '.join(ENGINES)}, not "
+                      f"{escape(engine)}")
+        raise typer.Exit(2)
+    settings = _settings(ctx)
+    try:
+        rules_policy = pe.Policy.load(policy or pe.POLICY)
+        lists = pe.compute(claims, members, within, RuleFiles.of(settings), engine=engine,
+                           policy=rules_policy, provider=provider)
+    except ValueError as err:  # InputError, a bad policy, pyspark missing
+        console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    written = pe.write(lists, out)
+    counts = lists.counts
+    console.print(f"{within.text}: {counts['claim_lines']} claim lines, {counts['members']} "
+                  f"members, {counts['attributed']} attributed to a provider, "
+                  f"{counts['enrolled']} of them already enrolled; "
+                  f"{counts['potential_enrollees']} potential enrollees on "
+                  f"{len(lists.providers)} provider list(s) in {escape(str(out))} "
+                  f"({len(written)} files)", soft_wrap=True)
+    for name, rows in lists.providers.items():
+        console.print(f"  {escape(name)}: {len({r.member_id for r in rows})} member(s)",
+                      soft_wrap=True)
+
+
 @app.command()
 def synth(
     members: Annotated[int, typer.Option(help="how many synthetic people")] = 100,

@@ -1,5 +1,5 @@
 """Health Home operations: on Patient `$hh-status`, `$hh-eligibility`, `$enroll`,
-`$disenroll`; on the system `$generate-claims`.
+`$disenroll`; on the system `$generate-claims`, `$potential-enrollees`.
 
 Registered before the generic REST routes, so `Patient/$hh-status` is not read as an id.
 """
@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from datetime import date
 
+import base64
+
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -15,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fhir_gateway.api.http import fhir_response, is_pretty, read_body, version_headers
 from fhir_gateway.api.rest import base_url
-from fhir_gateway.healthhome import billing, monthly_claims, services
+from fhir_gateway.healthhome import billing, monthly_claims, potential_enrollees, services
 from fhir_gateway.healthhome import enrollment as hh_enrollment
 from fhir_gateway.healthhome.eligibility import Evaluation, RuleFiles, evaluate
 from fhir_gateway.healthhome.status import to_parameters
@@ -171,7 +173,15 @@ async def generate_claims(request: Request) -> Response:
     """Parameters(`month` valueDate YYYY-MM, `provider`? valueReference Organization): the
     month's HH Monthly Claims; the answer lists the claims created and the enrolled members
     not billed, each with the reason."""
-    params = _parameters(await read_body(request))
+    within, provider = _month_and_provider(_parameters(await read_body(request)))
+    run = await run_in_threadpool(billing.generate_claims, request.app.state.store,
+                                  _files(request), within, provider)
+    return fhir_response(_claim_run(run), pretty=is_pretty(request))
+
+
+def _month_and_provider(params: dict) -> tuple[monthly_claims.Month, str | None]:
+    """The `month` (valueDate YYYY-MM) and optional `provider` (valueReference to an
+    Organization) of a monthly operation."""
     within = monthly_claims.month((params.get("month") or {}).get("valueDate"), "month")
     provider = None
     if "provider" in params:
@@ -179,9 +189,7 @@ async def generate_claims(request: Request) -> Response:
         if not provider.startswith("Organization/"):
             raise invalid("Parameter 'provider' must reference the Health Home Organization",
                           "provider")
-    run = await run_in_threadpool(billing.generate_claims, request.app.state.store,
-                                  _files(request), within, provider)
-    return fhir_response(_claim_run(run), pretty=is_pretty(request))
+    return within, provider
 
 
 def _claim_run(run: billing.ClaimRun) -> dict:
@@ -203,3 +211,35 @@ def _claim_run(run: billing.ClaimRun) -> dict:
 
 def _reference(name: str, reference: str | None) -> list[dict]:
     return [{"name": name, "valueReference": {"reference": reference}}] if reference else []
+
+
+# -- $potential-enrollees ------------------------------------------------------------------
+
+@router.post("/$potential-enrollees")
+async def potential_enrollees_list(request: Request) -> Response:
+    """Parameters(`month` valueDate YYYY-MM, `provider`? valueReference Organization): the
+    month's lists of potential Health Home enrollees over the store's claims, per provider a
+    Group and the CSV (as an Attachment), each member with program, rule and diagnoses."""
+    within, provider = _month_and_provider(_parameters(await read_body(request)))
+    lists = await run_in_threadpool(potential_enrollees.from_store, request.app.state.store,
+                                    _files(request), within, provider)
+    return fhir_response(_enrollee_lists(lists), pretty=is_pretty(request))
+
+
+def _enrollee_lists(lists: potential_enrollees.Lists) -> dict:
+    out = [{"name": "month", "valueDate": lists.month.text},
+           {"name": "potentialEnrollees", "valueInteger": lists.members}]
+    for provider, rows in lists.providers.items():
+        enrollees = [{"name": "enrollee", "part": [
+            *_reference("patient", f"Patient/{e.member_id}"),
+            {"name": "program", "valueCode": e.program}, {"name": "rule", "valueString": e.rule},
+            *({"name": "diagnosis", "valueCode": code} for code in e.diagnoses)]} for e in rows]
+        csv_bytes = potential_enrollees.csv_text(rows).encode()
+        out.append({"name": "list", "part": [
+            *_reference("provider", provider),
+            {"name": "group", "resource": potential_enrollees.group(provider, rows, lists)},
+            {"name": "csv", "valueAttachment": {
+                "contentType": "text/csv", "data": base64.b64encode(csv_bytes).decode(),
+                "title": f"{potential_enrollees.file_stem(lists, provider)}.csv"}},
+            *enrollees]})
+    return {"resourceType": "Parameters", "parameter": out}

@@ -347,3 +347,21 @@ def write(lists: Lists, folder: Path) -> list[Path]:
         group_path.write_bytes(fhirjson.dumps(group(provider, rows, lists)))
         written += [csv_path, group_path]
     return written
+
+
+def from_store(store, files: RuleFiles, within: Month, provider: str | None = None) -> Lists:
+    """The month's lists over what the store holds (`$potential-enrollees`): its Claims,
+    ExplanationOfBenefits, Patients, Coverages and HH enrollments are written page by page to
+    temporary files of the columnar formats, then the same SQL runs on them with DuckDB."""
+    from fhir_gateway.healthhome import fhir_extracts
+
+    rules = files.rules()
+    with tempfile.TemporaryDirectory(prefix="fhir-gateway-enrollees-") as tmp:
+        claims, members = fhir_extracts.export_store(store, Path(tmp), within, rules)
+        db = open_engine("duckdb")
+        try:
+            lists = run(db, claims, members, within, rules, Policy.load(), provider)
+        finally:
+            db.close()
+    lists.fhir_ids = True
+    return lists
