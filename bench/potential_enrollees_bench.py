@@ -24,17 +24,20 @@ import tempfile
 import time
 from pathlib import Path
 
-CODES = ["Z00.00", "I10", "E11.9", "F20.9", "J45.909", "F32.9", "F10.20", "F17.210", "E66.9",
-         "F41.1", "J44.9", "M54.5", "R51.9", "K21.9", "Z23", "J06.9", "N39.0", "F209", "E119",
-         "Z79.4", "R10.9", "M25.50", "H52.4", "B20", "F84.0", "I50.9", "F31.9", "E78.5"]
+#: diagnoses of routine visits (no Health Home category)
+COMMON = ["Z00.00", "M54.5", "R51.9", "K21.9", "Z23", "J06.9", "N39.0", "R10.9", "M25.50",
+          "H52.4", "E78.5", "Z79.4"]
+#: chronic conditions a member may carry (some without the dot, as claims carry them)
+CHRONIC = ["I10", "E11.9", "F20.9", "J45.909", "F32.9", "F10.20", "F17.210", "E66.9", "F41.1",
+           "J44.9", "F209", "E119", "B20", "F84.0", "I50.9", "F31.9"]
 
 
 def generate(folder: Path, members: int, claims: int) -> tuple[Path, Path]:
     import duckdb
 
     con = duckdb.connect()
-    codes = "[" + ", ".join(f"'{c}'" for c in CODES) + "]"
-    n = len(CODES)
+    common, chronic = (("[" + ", ".join(f"'{c}'" for c in codes) + "]", len(codes))
+                       for codes in (COMMON, CHRONIC))
     members_path, claims_path = folder / "members.parquet", folder / "claims.parquet"
     con.execute(f"""
         COPY (SELECT 'M' || lpad(CAST(i AS VARCHAR), 8, '0') AS member_id,
@@ -53,13 +56,17 @@ def generate(folder: Path, members: int, claims: int) -> tuple[Path, Path]:
                      DATE '2025-05-01' + CAST(hash(i, 6) % 425 AS INT) AS service_date,
                      'P' || CAST((m * 7 + hash(i, 7) % 3) % 2000 AS VARCHAR) AS provider_id,
                      ['CMHC', 'FQHC', 'RHC', 'HOSP'][1 + CAST(m % 4 AS INT)] AS provider_type,
-                     {codes}[1 + CAST(hash(m, 8) % {n} AS INT)] || ';'
-                       || {codes}[1 + CAST(hash(i, 9) % {n} AS INT)]
-                       || CASE WHEN hash(i, 10) % 3 = 0
-                               THEN ';' || {codes}[1 + CAST(hash(m, 11) % {n} AS INT)] ELSE '' END
+                     -- 60% of members have a chronic condition (a second one for some),
+                     -- the principal diagnosis of half their visits
+                     CASE WHEN hash(m, 8) % 10 < 6 AND hash(i, 9) % 2 = 0
+                          THEN {chronic[0]}[1 + CAST(hash(m, 10) % {chronic[1]} AS INT)]
+                          ELSE {common[0]}[1 + CAST(hash(i, 11) % {common[1]} AS INT)] END
+                       || CASE WHEN hash(m, 12) % 4 = 0 AND hash(i, 13) % 3 = 0
+                               THEN ';' || {chronic[0]}[1 + CAST(hash(m, 14) % {chronic[1]} AS INT)]
+                               ELSE ';' || {common[0]}[1 + CAST(hash(i, 15) % {common[1]} AS INT)] END
                        AS diagnosis_codes,
                      '99213' AS procedure_code
-              FROM (SELECT i, hash(i, 12) % {members} AS m FROM range({claims}) t(i)))
+              FROM (SELECT i, hash(i, 16) % {members} AS m FROM range({claims}) t(i)))
         TO '{claims_path}' (FORMAT parquet, ROW_GROUP_SIZE 1000000)""")
     return claims_path, members_path
 
