@@ -34,7 +34,7 @@ INSTALLED_AS = {"fhir_gateway": "fhir_gateway",
                 **{folder: name.replace(".", "/") for name, folder in
                    PYPROJECT["tool"]["setuptools"]["package-dir"].items()}}
 #: the files the gateway reads at run time (modules, rules, IG, mappings, XSDs, samples)
-RUNTIME_FILES = (".py", ".json", ".yaml", ".xsd", ".xml")
+RUNTIME_FILES = (".py", ".json", ".yaml", ".xsd", ".xml", ".sql")
 
 
 def dockerfile_sources() -> list[str]:
@@ -194,8 +194,12 @@ def test_the_dependencies_are_what_the_code_imports():
     """A module imported at run time is a dependency (httpx was a dev one); a dependency
     is imported somewhere (urllib3 was not)."""
     declared = {distribution(r) for r in PYPROJECT["project"]["dependencies"]}
+    # an extra's package is imported only where that extra is used (pyspark: --engine spark)
+    extras = {distribution(r) for name, reqs in PYPROJECT["project"]["optional-dependencies"]
+              .items() if name != "dev" for r in reqs}
     imported = imported_distributions()
-    assert {d: sorted(where) for d, where in imported.items() if d not in declared} == {}
+    assert {d: sorted(where) for d, where in imported.items()
+            if d not in declared | extras} == {}
     # a namespace (`fhir`) can be provided by more than one distribution: one is enough
     assert sorted(declared - set(imported)) == []
 

@@ -54,7 +54,9 @@ def capability_statement(base: str, validator=None, token_url: str | None = None
                            "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message"},
                           {"name": "generate-claims", "definition":
                            f"{CANONICAL_BASE}/OperationDefinition/generate-claims"},
-                          {"name": "export", "definition": f"{BULK}/OperationDefinition/export"}],
+                          {"name": "export", "definition": f"{BULK}/OperationDefinition/export"},
+                          {"name": "potential-enrollees", "definition":
+                           f"{CANONICAL_BASE}/OperationDefinition/potential-enrollees"}],
         }],
     }
 
