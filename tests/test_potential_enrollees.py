@@ -308,6 +308,14 @@ def test_bad_input_is_named_by_file_line_and_field(csv_files, tmp_path):
                  "--out", str(tmp_path / "o"))
     assert result.returncode == 2 and "no column provider_id, diagnosis_codes" in result.stderr
 
+    extra_field = tmp_path / "extra-field.csv"
+    extra_field.write_text(claims.read_text() + "m1,2026-01-11,P1,CMHC,F209,99213,surplus\n")
+    result = cli("--month", "2026-06", "--claims", str(extra_field), "--members", str(members),
+                 "--out", str(tmp_path / "o"))
+    assert result.returncode == 2
+    assert f"{extra_field} line {len(CLAIMS) + 2}: Expected Number of Columns: 6 Found: 7" in \
+        " ".join(result.stderr.split())
+
     ndjson = write_ndjson(tmp_path / "c.ndjson", [fhir_claims()[1],
                                                   {**fhir_claims()[1], "provider": None}])
     result = cli("--month", "2026-06", "--claims", str(ndjson), "--members", str(members),

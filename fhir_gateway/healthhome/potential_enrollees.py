@@ -41,7 +41,12 @@ from fhir_gateway.healthhome.eligibility import (
     judge_facts,
 )
 from fhir_gateway.healthhome.monthly_claims import Month
-from fhir_gateway.healthhome.sql_engines import columnar_format, first_bad_row, open_engine
+from fhir_gateway.healthhome.sql_engines import (
+    columnar_format,
+    engine_errors,
+    first_bad_row,
+    open_engine,
+)
 from fhir_gateway.identifiers import CANONICAL_BASE, MO_HEALTHNET_DCN
 
 SQL_DIR = Path(__file__).with_name("sql")
@@ -53,6 +58,8 @@ CLAIM_COLUMNS = {"member_id": True, "service_date": True, "provider_id": True,
 MEMBER_COLUMNS = {"member_id": True, "dcn": False, "birth_date": False, "state": True,
                   "coverage_type": False, "coverage_start": False, "coverage_end": False,
                   "enrolled_program": False}
+#: DuckDB's memory inside the gateway process (`$potential-enrollees`); beyond it, it spills
+SERVER_MEMORY = "1GB"
 #: diagnosis codes read per claim line (an 837I carries up to 25)
 MAX_DIAGNOSES = 40
 
@@ -123,10 +130,23 @@ def compute(claims: Path, members: Path, within: Month, files: RuleFiles = RuleF
         db = open_engine(engine, spark_session)
         try:
             lists = run(db, claims, members, within, rules, policy, provider)
+        except engine_errors() as err:  # e.g. a CSV row with more fields than the header
+            raise InputError(_engine_message(str(err), claims, members)) from None
         finally:
             db.close()
     lists.fhir_ids = fhir
     return lists
+
+
+def _engine_message(text: str, claims: Path, members: Path) -> str:
+    """An engine's error about an input file, as file, line and what is wrong."""
+    where = re.search(r"^\s*file = (.+)$", text, re.M)
+    line = re.search(r"CSV Error on Line: (\d+)", text)
+    detail = next((row.strip() for row in text.splitlines()[1:] if row.strip()
+                   and not row.startswith(("Original Line", "Possible fixes", "*"))), "")
+    if where and line:
+        return f"{where[1].strip()} line {line[1]}: {detail or 'not readable as CSV'}"
+    return f"{claims} / {members}: {text.strip().splitlines()[0]}"
 
 
 def _sql(name: str, **values) -> str:
@@ -358,7 +378,7 @@ def from_store(store, files: RuleFiles, within: Month, provider: str | None = No
     rules = files.rules()
     with tempfile.TemporaryDirectory(prefix="fhir-gateway-enrollees-") as tmp:
         claims, members = fhir_extracts.export_store(store, Path(tmp), within, rules)
-        db = open_engine("duckdb")
+        db = open_engine("duckdb", memory_limit=SERVER_MEMORY)
         try:
             lists = run(db, claims, members, within, rules, Policy.load(), provider)
         finally:

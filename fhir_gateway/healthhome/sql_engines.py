@@ -51,8 +51,11 @@ class DuckDBEngine:
         if columnar_format(path) == "parquet":
             glob = quoted if not path.is_dir() else "'" + str(path / "*.parquet").replace("'", "''") + "'"
             source = f"read_parquet({glob})"
-        else:
-            source = f"read_csv({quoted}, header = true, all_varchar = true)"
+        else:  # the header row names the columns; every value is text (no guessing)
+            columns = ", ".join("'" + name.replace("'", "''") + "': 'VARCHAR'"
+                                for name in csv_header(path))
+            source = (f"read_csv({quoted}, header = true, auto_detect = false, delim = ',', "
+                      f"quote = '\"', escape = '\"', columns = {{{columns}}})")
         self.con.execute(f"CREATE OR REPLACE TEMP VIEW {view} AS SELECT * FROM {source}")
         return [row[0].lower() for row in self.con.execute(f"DESCRIBE {view}").fetchall()]
 
@@ -147,9 +150,31 @@ class SparkEngine:
             self.spark.stop()
 
 
-def open_engine(name: str, spark_session=None):
+def csv_header(path: Path) -> list[str]:
+    """The column names of a CSV file's header row."""
+    with path.open(newline="") as fh:
+        header = next(csv.reader(fh), [])
+    if not header or not all(name.strip() for name in header):
+        raise ValueError(f"{path} line 1: a header row naming the columns is needed")
+    return [name.strip() for name in header]
+
+
+def engine_errors() -> tuple[type[BaseException], ...]:
+    """The exception types an engine raises for input it cannot read (not our bugs)."""
+    import duckdb
+
+    found: list[type[BaseException]] = [duckdb.Error]
+    try:
+        from pyspark.errors import PySparkException
+        found.append(PySparkException)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+def open_engine(name: str, spark_session=None, memory_limit: str | None = None):
     if name == "duckdb":
-        return DuckDBEngine()
+        return DuckDBEngine(memory_limit=memory_limit)
     if name == "spark":
         return SparkEngine(spark_session)
     raise ValueError(f"unknown engine {name!r}: {' or '.join(ENGINES)}")
