@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+#: DuckDB's memory limit for the lists (the machine is shared); beyond it, DuckDB spills
+MEMORY_LIMIT = "4GB"
 #: diagnoses of routine visits (no Health Home category)
 COMMON = ["Z00.00", "M54.5", "R51.9", "K21.9", "Z23", "J06.9", "N39.0", "R10.9", "M25.50",
           "H52.4", "E78.5", "Z79.4"]
@@ -88,7 +90,8 @@ def job(kind: str, claims: str, members: str) -> dict:
         from fhir_gateway.healthhome import potential_enrollees as pe
         from fhir_gateway.healthhome.monthly_claims import month
 
-        lists = pe.compute(Path(claims), Path(members), month("2026-06"), engine=kind)
+        lists = pe.compute(Path(claims), Path(members), month("2026-06"), engine=kind,
+                           memory_limit=MEMORY_LIMIT)
         out = {"counts": lists.counts, "providers": len(lists.providers)}
     out["seconds"] = time.perf_counter() - started
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

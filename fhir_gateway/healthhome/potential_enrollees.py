@@ -115,7 +115,7 @@ class Lists:
 
 def compute(claims: Path, members: Path, within: Month, files: RuleFiles = RuleFiles(), *,
             engine: str = "duckdb", policy: Policy | None = None, provider: str | None = None,
-            spark_session=None) -> Lists:
+            spark_session=None, memory_limit: str | None = None) -> Lists:
     """The month's lists from a claims file and a member file (CSV, Parquet or NDJSON)."""
     from fhir_gateway.healthhome import fhir_extracts
 
@@ -127,7 +127,7 @@ def compute(claims: Path, members: Path, within: Month, files: RuleFiles = RuleF
             claims = fhir_extracts.claims_csv(claims, Path(tmp) / "claims.csv")
         if fhir_extracts.is_ndjson(members):
             members = fhir_extracts.members_csv(members, Path(tmp) / "members.csv", within, rules)
-        db = open_engine(engine, spark_session)
+        db = open_engine(engine, spark_session, memory_limit)
         try:
             lists = run(db, claims, members, within, rules, policy, provider)
         except engine_errors() as err:  # e.g. a CSV row with more fields than the header

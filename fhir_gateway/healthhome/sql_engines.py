@@ -38,7 +38,8 @@ class DuckDBEngine:
         import duckdb
 
         self._spill = tempfile.TemporaryDirectory(prefix="fhir-gateway-duckdb-")
-        config = {"temp_directory": self._spill.name, "preserve_insertion_order": "false"}
+        config = {"temp_directory": self._spill.name, "preserve_insertion_order": "false",
+                  "enable_progress_bar": "false"}
         if threads:
             config["threads"] = str(threads)
         if memory_limit:
