@@ -38,13 +38,13 @@ class DuckDBEngine:
         import duckdb
 
         self._spill = tempfile.TemporaryDirectory(prefix="fhir-gateway-duckdb-")
-        config = {"temp_directory": self._spill.name, "preserve_insertion_order": "false",
-                  "enable_progress_bar": "false"}
+        config = {"temp_directory": self._spill.name, "preserve_insertion_order": "false"}
         if threads:
             config["threads"] = str(threads)
         if memory_limit:
             config["memory_limit"] = memory_limit
         self.con = duckdb.connect(":memory:", config=config)
+        self.con.execute("SET enable_progress_bar = false")
 
     def read(self, view: str, path: Path) -> list[str]:
         """The file as a view; its column names (lower case)."""
