@@ -26,7 +26,7 @@ import orjson
 from fhir_gateway.formats import fhirjson
 from fhir_gateway.healthhome.eligibility import EligibilityInputError, RuleSet, member_state
 from fhir_gateway.healthhome.monthly_claims import Month, in_force
-from fhir_gateway.healthhome.potential_enrollees import CLAIM_COLUMNS, MEMBER_COLUMNS, InputError
+from fhir_gateway.healthhome.claims_formats import CLAIM_COLUMNS, MEMBER_COLUMNS, InputError
 from fhir_gateway.healthhome.status import episode_program
 from fhir_gateway.identifiers import HH_PROGRAM, ICD10CM, MO_HEALTHNET_DCN
 from fhir_gateway.store.base import FhirStore

@@ -33,6 +33,8 @@ from string import Template
 import yaml
 
 from fhir_gateway.formats import fhirjson
+from fhir_gateway.healthhome import fhir_extracts
+from fhir_gateway.healthhome.claims_formats import CLAIM_COLUMNS, MEMBER_COLUMNS, InputError
 from fhir_gateway.healthhome.eligibility import (
     RuleFiles,
     RuleSet,
@@ -51,21 +53,10 @@ from fhir_gateway.identifiers import CANONICAL_BASE, MO_HEALTHNET_DCN
 
 SQL_DIR = Path(__file__).with_name("sql")
 POLICY = Path(__file__).with_name("potential_enrollees.yaml")
-#: the claims extract: name -> required
-CLAIM_COLUMNS = {"member_id": True, "service_date": True, "provider_id": True,
-                 "provider_type": False, "diagnosis_codes": True, "procedure_code": False}
-#: the member file: name -> required
-MEMBER_COLUMNS = {"member_id": True, "dcn": False, "birth_date": False, "state": True,
-                  "coverage_type": False, "coverage_start": False, "coverage_end": False,
-                  "enrolled_program": False}
 #: DuckDB's memory inside the gateway process (`$potential-enrollees`); beyond it, it spills
 SERVER_MEMORY = "1GB"
 #: diagnosis codes read per claim line (an 837I carries up to 25)
 MAX_DIAGNOSES = 40
-
-
-class InputError(ValueError):
-    """An input the lists cannot be computed from; the message names file, line and field."""
 
 
 @dataclass(frozen=True)
@@ -117,8 +108,6 @@ def compute(claims: Path, members: Path, within: Month, files: RuleFiles = RuleF
             engine: str = "duckdb", policy: Policy | None = None, provider: str | None = None,
             spark_session=None, memory_limit: str | None = None) -> Lists:
     """The month's lists from a claims file and a member file (CSV, Parquet or NDJSON)."""
-    from fhir_gateway.healthhome import fhir_extracts
-
     rules = files.rules()
     policy = policy or Policy.load()
     with tempfile.TemporaryDirectory(prefix="fhir-gateway-enrollees-") as tmp:
@@ -166,7 +155,7 @@ def _columns(db, view: str, path: Path, wanted: dict[str, bool]) -> str:
         have = db.read(f"{view}_file", path)
     except ValueError as err:
         raise InputError(str(err)) from None
-    except Exception as err:  # the engine's own: a file that is not CSV or Parquet
+    except engine_errors() as err:  # a file that is not CSV or Parquet
         raise InputError(f"{path}: cannot be read as {kind.upper()} "
                          f"({str(err).splitlines()[0]})") from None
     missing = [name for name, required in wanted.items() if required and name not in have]
@@ -373,8 +362,6 @@ def from_store(store, files: RuleFiles, within: Month, provider: str | None = No
     """The month's lists over what the store holds (`$potential-enrollees`): its Claims,
     ExplanationOfBenefits, Patients, Coverages and HH enrollments are written page by page to
     temporary files of the columnar formats, then the same SQL runs on them with DuckDB."""
-    from fhir_gateway.healthhome import fhir_extracts
-
     rules = files.rules()
     with tempfile.TemporaryDirectory(prefix="fhir-gateway-enrollees-") as tmp:
         claims, members = fhir_extracts.export_store(store, Path(tmp), within, rules)
