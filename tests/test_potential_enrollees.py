@@ -384,3 +384,17 @@ def test_the_operation_lists_what_the_store_holds(client):
     bad = ask(client, "2026-13")
     assert bad.status_code == 400 and "YYYY-MM" in bad.text
     assert ask(client, "2026-06", "Patient/m1").status_code == 400
+
+
+def test_a_store_without_claims_answers_no_lists(client):
+    """A store with members but no claims (the demo's) was a 500: DuckDB sniffed an empty
+    code table and found no CSV dialect."""
+    for org in ("payer", "P1", "P2", "P3", "P4", "P5"):
+        put(client, {"resourceType": "Organization", "id": org, "name": f"Provider {org}"})
+    for resource in fhir_members():
+        put(client, resource)
+    answer = ask(client, "2026-06")
+    assert answer.status_code == 200, answer.text
+    assert answered(answer.json()) == {}
+    assert next(p["valueInteger"] for p in answer.json()["parameter"]
+                if p["name"] == "potentialEnrollees") == 0

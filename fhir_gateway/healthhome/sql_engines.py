@@ -68,7 +68,8 @@ class DuckDBEngine:
             csv.writer(fh).writerows(rows)
         columns = ", ".join(f"'{n}': '{t}'" for n, t in (c.split() for c in schema.split(",")))
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM read_csv("
-                         f"'{path}', header = false, columns = {{{columns}}})")
+                         f"'{path}', header = false, auto_detect = false, delim = ',', quote = '\"', "
+                         f"columns = {{{columns}}})")  # nothing to sniff: an empty table is one
 
     def view(self, name: str, sql: str, materialise: bool = False) -> None:
         kind = "TABLE" if materialise else "VIEW"
