@@ -72,7 +72,7 @@ def _bill(store: FhirStore, files: RuleFiles, enrollment: dict, within: rules.Mo
         return f"program {program.code} has no monthly claim policy (enrollment.yaml)", None
     if not home:
         return "the enrollment names no Health Home (managingOrganization)", None
-    existing = _month_claims(store, patient, within)
+    existing = _billing(_about(store, "Claim", patient, []), within)
     if existing:
         return f"{within.text} is already billed", existing[0]
     procedures = store.search("Procedure", [
@@ -117,12 +117,12 @@ def _enrollments(store: FhirStore, provider: str | None) -> Iterator[dict]:
         offset += PAGE
 
 
-def _month_claims(store: FhirStore, patient: str, within: rules.Month,
-                  other_than: str | None = None) -> list[dict]:
-    """The member's HH Monthly Claims that bill the month (withdrawn ones aside)."""
-    found = store.search("Claim", [("patient", patient), ("_count", "1000")]).matches
-    return [c for c in found if rules.is_monthly_claim(c) and c.get("id") != other_than
-            and c.get("status") not in rules.WITHDRAWN and rules.billed_month(c) == within]
+def _billing(claims: list[dict], within: rules.Month, other_than: str | None = None
+             ) -> list[dict]:
+    """The HH Monthly Claims among `claims` that bill the month (withdrawn ones aside)."""
+    return [c for c in claims if rules.is_monthly_claim(c)
+            and c.get("status") not in rules.WITHDRAWN and rules.billed_month(c) == within
+            and (c.get("id") is None or c.get("id") != other_than)]
 
 
 def _coverage(store: FhirStore, patient: str, within: rules.Month) -> dict | None:
@@ -166,10 +166,7 @@ def check_monthly_claim(store: FhirStore, resource: dict, unit: dict[str, dict])
     issues = rules.claim_issues(resource, services, _about(store, "EpisodeOfCare", patient, pending))
     if issues:
         raise rules.refuse(issues)
-    others = [c for c in _about(store, "Claim", patient, pending)
-              if rules.is_monthly_claim(c) and c.get("status") not in rules.WITHDRAWN
-              and rules.billed_month(c) == within
-              and (c.get("id") is None or c.get("id") != resource.get("id"))]
+    others = _billing(_about(store, "Claim", patient, pending), within, resource.get("id"))
     if others:
         raise FhirError(409, f"{within.text} is already billed for this member by "
                              f"Claim/{others[0].get('id', '(same transaction)')}", "duplicate",
@@ -178,8 +175,7 @@ def check_monthly_claim(store: FhirStore, resource: dict, unit: dict[str, dict])
 
 def _about(store: FhirStore, resource_type: str, patient: str, pending: list[dict]) -> list[dict]:
     """The member's stored resources of a type (EpisodeOfCare, Claim) and those of the unit."""
-    key = "patient"
-    stored = store.search(resource_type, [(key, patient), ("_count", "1000")]).matches \
+    stored = store.search(resource_type, [("patient", patient), ("_count", "1000")]).matches \
         if patient.startswith("Patient/") else []
     return stored + [r for r in pending if r.get("resourceType") == resource_type
-                     and (r.get(key) or {}).get("reference") == patient]
+                     and (r.get("patient") or {}).get("reference") == patient]
