@@ -13,6 +13,7 @@ from __future__ import annotations
 import anyio
 import orjson
 
+from fhir_gateway.auth import context
 from fhir_gateway.auth.access import UNRESTRICTED, Forbidden, needs
 from fhir_gateway.auth.tokens import InvalidToken, TokenService
 from fhir_gateway.outcome import FhirError
@@ -34,6 +35,7 @@ class BearerAuth:
         state = scope.setdefault("state", {})
         if self.service is None:
             state["access"] = UNRESTRICTED
+            context.access.set(UNRESTRICTED)
             return await self.app(scope, receive, send)
         if path.rstrip("/") in OPEN:
             return await self.app(scope, receive, send)
@@ -60,6 +62,7 @@ class BearerAuth:
             return await _refuse(send, 403, str(err), "forbidden",
                                  f'{REALM}, error="insufficient_scope"')
         state["access"] = access
+        context.access.set(access)
         await self.app(scope, receive, send)
 
 
