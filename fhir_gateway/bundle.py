@@ -27,10 +27,10 @@ def searchset(result: SearchResult, base: str, resource_type: str,
     prefix = f"{base}/" if base else ""
     bundle = {"resourceType": "Bundle", "id": str(uuid.uuid4()),
               "meta": {"lastUpdated": now_instant()[0]}, "type": "searchset",
-              "total": result.total}
+              **_total(result.total)}
     if result.summary != "count":
         bundle["link"] = _links(result.total, result.count, result.offset,
-                                f"{prefix}{resource_type}", params)
+                                f"{prefix}{resource_type}", params, result.more)
         entries = [_entry(project(r, result.summary, result.elements), prefix, "match")
                    for r in result.matches]
         entries += [_entry(project(r, result.summary, result.elements), prefix, "include")
@@ -78,8 +78,9 @@ def history(result: HistoryResult, base: str, path: str,
         entries.append(entry)
     bundle = {"resourceType": "Bundle", "id": str(uuid.uuid4()),
               "meta": {"lastUpdated": now_instant()[0]}, "type": "history",
-              "total": result.total,
-              "link": _links(result.total, result.count, result.offset, f"{prefix}{path}", params)}
+              **_total(result.total),
+              "link": _links(result.total, result.count, result.offset, f"{prefix}{path}", params,
+                             result.more)}
     if entries:
         bundle["entry"] = entries
     return bundle
@@ -90,8 +91,13 @@ def _entry(resource: dict, prefix: str, mode: str) -> dict:
             "resource": resource, "search": {"mode": mode}}
 
 
+def _total(total: int | None) -> dict:
+    """`total`, left out when unknown (a client's view of what the store counted)."""
+    return {} if total is None else {"total": total}
+
+
 def _links(total: int | None, count: int, offset: int, url: str,
-           params: list[tuple[str, str]]) -> list[dict]:
+           params: list[tuple[str, str]], more: bool = False) -> list[dict]:
     kept = [(k, v) for k, v in params if k not in _PAGING]
 
     def page(at: int) -> str:
@@ -104,6 +110,8 @@ def _links(total: int | None, count: int, offset: int, url: str,
     if count and total is not None and offset + count < total:
         links.append({"relation": "next", "url": page(offset + count)})
         links.append({"relation": "last", "url": page((total - 1) // count * count)})
+    elif count and total is None and more:
+        links.append({"relation": "next", "url": page(offset + count)})
     return links
 
 

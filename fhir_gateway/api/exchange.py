@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from fhir_gateway.api.http import fhir_response, is_pretty, read_body
 from fhir_gateway.api.rest import base_url
+from fhir_gateway.auth.view import store_for
 from fhir_gateway.exchange import messages
 from fhir_gateway.outcome import FhirError
 
@@ -24,7 +25,7 @@ async def process_message(request: Request) -> Response:
         raise FhirError(422, "Only synchronous processing is supported (async=false)",
                         "not-supported", "async")
     body = await read_body(request)
-    answer = await run_in_threadpool(messages.process, request.app.state.store, body,
+    answer = await run_in_threadpool(messages.process, store_for(request), body,
                                      base_url(request), request.app.state.message_rules,
                                      request.app.state.validator)
     return fhir_response(answer, pretty=is_pretty(request))

@@ -23,7 +23,9 @@ from starlette.concurrency import run_in_threadpool
 
 from fhir_gateway.api.http import fhir_response, prefer
 from fhir_gateway.api.rest import base_url
-from fhir_gateway.export.jobs import Exporter, JobStore
+from fhir_gateway.auth.access import access_of
+from fhir_gateway.auth.view import store_for
+from fhir_gateway.export.jobs import Exporter, Job, JobStore
 from fhir_gateway.export.request import parse_kickoff
 from fhir_gateway.export.scope import group_members
 from fhir_gateway.outcome import FhirError, Issue, operation_outcome
@@ -72,9 +74,11 @@ async def _kickoff(request: Request, level: str, group_id: str | None = None) ->
                              "'Prefer: respond-async'", "required", "Prefer")
     params = list(request.query_params.multi_items())
     export = parse_kickoff(level, params, sorted(resource_types()), group_id)
+    access = access_of(request)
+    export.client_id, export.organization = access.client_id, access.organization
     exporter = _exporter(request.app)
     if group_id is not None:  # 404 now rather than a failed job later
-        await run_in_threadpool(group_members, exporter.store, group_id)
+        await run_in_threadpool(group_members, store_for(request), group_id)
     job = exporter.submit(str(request.url), export)
     status_url = f"{base_url(request)}/$export-status/{job.id}"
     body = operation_outcome([Issue(f"Export accepted; poll {status_url}", "informational",
@@ -82,9 +86,17 @@ async def _kickoff(request: Request, level: str, group_id: str | None = None) ->
     return fhir_response(body, 202, {"Content-Location": status_url})
 
 
+def _job(request: Request, job_id: str) -> Job | None:
+    """The job, if the requesting client is the one that asked for it."""
+    job = _exporter(request.app).jobs.get(job_id)
+    if job is None or job.request.client_id not in (None, access_of(request).client_id):
+        return None
+    return job
+
+
 @router.get("/$export-status/{job_id}")
 async def export_status(request: Request, job_id: str) -> Response:
-    job = _exporter(request.app).jobs.get(job_id)
+    job = _job(request, job_id)
     if job is None:
         raise FhirError(404, f"No export job {job_id[:40]}", "not-found")
     if job.status in ("accepted", "in-progress"):
@@ -107,7 +119,8 @@ async def export_status(request: Request, job_id: str) -> Response:
 
 @router.delete("/$export-status/{job_id}")
 async def export_cancel(request: Request, job_id: str) -> Response:
-    if not await run_in_threadpool(_exporter(request.app).cancel, job_id):
+    if _job(request, job_id) is None or \
+            not await run_in_threadpool(_exporter(request.app).cancel, job_id):
         raise FhirError(404, f"No export job {job_id[:40]}", "not-found")
     body = operation_outcome([Issue(f"Export {job_id} cancelled; its files are deleted",
                                     "informational", "information")])
@@ -117,7 +130,7 @@ async def export_cancel(request: Request, job_id: str) -> Response:
 @router.get("/$export-file/{job_id}/{name}")
 async def export_file(request: Request, job_id: str, name: str) -> Response:
     exporter = _exporter(request.app)
-    job = exporter.jobs.get(job_id)
+    job = _job(request, job_id)
     names = {o["file"] for kind in ("output", "error")
              for o in (job.outcome or {}).get(kind, [])} if job and job.status == "completed" \
         else set()

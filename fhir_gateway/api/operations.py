@@ -17,6 +17,8 @@ from starlette.concurrency import run_in_threadpool
 
 from fhir_gateway.api.http import fhir_response, is_pretty, read_body, version_headers
 from fhir_gateway.api.rest import base_url
+from fhir_gateway.auth.access import access_of
+from fhir_gateway.auth.view import admitting, own_provider, store_for
 from fhir_gateway.healthhome import billing, monthly_claims, potential_enrollees, services
 from fhir_gateway.healthhome import enrollment as hh_enrollment
 from fhir_gateway.healthhome.eligibility import Evaluation, RuleFiles, evaluate
@@ -50,7 +52,7 @@ async def _hh_status(request: Request, patient_id: str | None, identifier: str |
     if getattr(state, "lookup_turns", None) is None:  # made in the event loop, on first use
         state.lookup_turns = anyio.CapacityLimiter(state.settings.lookup_concurrency)
     # lookups take their turns apart from the worker threads that serve everything else
-    statuses = await anyio.to_thread.run_sync(services.member_status, state.store,
+    statuses = await anyio.to_thread.run_sync(services.member_status, store_for(request),
                                               state.lookups, patient_id, identifier,
                                               limiter=state.lookup_turns)
     return fhir_response(to_parameters(statuses), pretty=is_pretty(request))
@@ -77,7 +79,7 @@ async def hh_eligibility_posted(request: Request) -> Response:
 async def hh_eligibility(request: Request, patient_id: str) -> Response:
     """Evaluate what the store holds for one member."""
     state, as_of = request.query_params.get("state"), request.query_params.get("asOf")
-    result = await run_in_threadpool(services.member_eligibility, request.app.state.store,
+    result = await run_in_threadpool(services.member_eligibility, store_for(request),
                                      _files(request), patient_id, state, _day(as_of, "asOf"))
     return _eligibility_response(request, result)
 
@@ -138,8 +140,10 @@ async def enroll(request: Request, patient_id: str) -> Response:
     wanted = hh_enrollment.Request(_code(params, "program"), provider, _date(params, "start"),
                                    _code(params, "source"), reason if override else None,
                                    _agreement(params))
-    episode = await run_in_threadpool(services.enroll, request.app.state.store,
-                                      _files(request), patient_id, wanted)
+    store = store_for(request)
+    episode = await run_in_threadpool(
+        lambda: services.enroll(admitting(store, patient_id, provider), _files(request),
+                                patient_id, wanted))
     headers = version_headers(episode, base_url(request))
     return fhir_response(episode, 201, headers, pretty=is_pretty(request))
 
@@ -161,7 +165,7 @@ def _agreement(params: dict) -> hh_enrollment.Agreement | None:
 async def disenroll(request: Request, patient_id: str) -> Response:
     params = _parameters(await read_body(request))
     program, reason, end = _code(params, "program"), _code(params, "reason"), _date(params, "end")
-    episode = await run_in_threadpool(services.disenroll, request.app.state.store,
+    episode = await run_in_threadpool(services.disenroll, store_for(request),
                                       _files(request), patient_id, program, reason, end)
     return fhir_response(episode, 200, version_headers(episode), pretty=is_pretty(request))
 
@@ -173,15 +177,16 @@ async def generate_claims(request: Request) -> Response:
     """Parameters(`month` valueDate YYYY-MM, `provider`? valueReference Organization): the
     month's HH Monthly Claims; the answer lists the claims created and the enrolled members
     not billed, each with the reason."""
-    within, provider = _month_and_provider(_parameters(await read_body(request)))
-    run = await run_in_threadpool(billing.generate_claims, request.app.state.store,
+    within, provider = _month_and_provider(request, _parameters(await read_body(request)))
+    run = await run_in_threadpool(billing.generate_claims, store_for(request),
                                   _files(request), within, provider)
     return fhir_response(_claim_run(run), pretty=is_pretty(request))
 
 
-def _month_and_provider(params: dict) -> tuple[monthly_claims.Month, str | None]:
+def _month_and_provider(request: Request, params: dict
+                        ) -> tuple[monthly_claims.Month, str | None]:
     """The `month` (valueDate YYYY-MM) and optional `provider` (valueReference to an
-    Organization) of a monthly operation."""
+    Organization) of a monthly operation; a Health Home client's is its own."""
     within = monthly_claims.month((params.get("month") or {}).get("valueDate"), "month")
     provider = None
     if "provider" in params:
@@ -189,7 +194,7 @@ def _month_and_provider(params: dict) -> tuple[monthly_claims.Month, str | None]
         if not provider.startswith("Organization/"):
             raise invalid("Parameter 'provider' must reference the Health Home Organization",
                           "provider")
-    return within, provider
+    return within, own_provider(access_of(request), provider)
 
 
 def _claim_run(run: billing.ClaimRun) -> dict:
@@ -220,8 +225,8 @@ async def potential_enrollees_list(request: Request) -> Response:
     """Parameters(`month` valueDate YYYY-MM, `provider`? valueReference Organization): the
     month's lists of potential Health Home enrollees over the store's claims, per provider a
     Group and the CSV (as an Attachment), each member with program, rule and diagnoses."""
-    within, provider = _month_and_provider(_parameters(await read_body(request)))
-    lists = await run_in_threadpool(potential_enrollees.from_store, request.app.state.store,
+    within, provider = _month_and_provider(request, _parameters(await read_body(request)))
+    lists = await run_in_threadpool(potential_enrollees.from_store, store_for(request),
                                     _files(request), within, provider)
     return fhir_response(_enrollee_lists(lists), pretty=is_pretty(request))
 

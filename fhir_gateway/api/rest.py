@@ -25,6 +25,7 @@ from fhir_gateway.api.http import (
     written_response,
 )
 from fhir_gateway.auth.access import access_of
+from fhir_gateway.auth.view import store_for
 from fhir_gateway.outcome import FhirError, Issue, invalid, operation_outcome
 from fhir_gateway.search.query import (
     DEFAULT_COUNT,
@@ -41,7 +42,7 @@ router = APIRouter(prefix="/fhir")
 
 
 def _store(request: Request) -> FhirStore:
-    return request.app.state.store
+    return store_for(request)
 
 
 def base_url(request: Request) -> str:

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from fhir_gateway.auth.audience import Audience
 from fhir_gateway.config import Settings
 from fhir_gateway.exchange.changefeed import HapiFeed, parse_subscriptions
 from fhir_gateway.exchange.delivery import Failed, Sender
@@ -103,18 +104,22 @@ class Engine:
         is down or slow holds up only its own notifications. After a failure the rest wait
         as long as the failed one (their attempts not counted: they were not tried)."""
         done = Pass()
+        audience = Audience(self.store, subscription.organization)
         for index, row in enumerate(rows):
-            until = self._deliver(subscription, row, done)
+            until = self._deliver(subscription, row, done, audience)
             if until is not None:
                 self.outbox.postpone([r.id for r in rows[index + 1:]], until)
                 break
         return done
 
-    def _deliver(self, subscription: Subscription, row: Row, done: Pass) -> float | None:
+    def _deliver(self, subscription: Subscription, row: Row, done: Pass, audience: Audience
+                 ) -> float | None:
         """Send one row and settle it; None, or after a failure when the row is due again
-        (now, for a row given up on: the Subscription, now `error`, holds its rows)."""
+        (now, for a row given up on: the Subscription, now `error`, holds its rows). A
+        Health Home's Subscription is sent only what its client may see: a row about
+        anyone else is cancelled unsent."""
         resource = None
-        if subscription.full:
+        if subscription.full or audience.restricted:
             try:
                 resource = self.store.vread(row.type, row.rid, str(row.version))
             except FhirError as err:
@@ -123,6 +128,12 @@ class Engine:
                 self.outbox.cancel(row, f"{row.type}/{row.rid} version {row.version} is gone")
                 done.cancelled += 1
                 return None
+            if not audience.sees(resource):
+                self.outbox.cancel(row, "not the subscriber's to see")
+                done.cancelled += 1
+                return None
+            if not subscription.full:
+                resource = None
         try:
             self.sender.send(subscription, row, resource)
         except Failed as err:

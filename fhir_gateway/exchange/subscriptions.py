@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from urllib.parse import parse_qsl, urlsplit
 
+from fhir_gateway.auth.audience import owner
 from fhir_gateway.outcome import FhirError, invalid
 from fhir_gateway.search.query import RESULT_PARAMS, parse_query
 from fhir_gateway.search.registry import resource_types
@@ -49,6 +50,8 @@ class Subscription:
     full: bool  # payload: the full resource (else id-only)
     headers: tuple[tuple[str, str], ...]
     end: float | None = None  # epoch seconds of `end`, if any
+    #: the Health Home whose client created it: it is sent only what that client may see
+    organization: str | None = None
 
     @classmethod
     def of(cls, resource: dict) -> Subscription:
@@ -58,7 +61,7 @@ class Subscription:
         return cls(resource["id"], resource.get("status", ""), rtype, tuple(params),
                    channel.get("endpoint", ""), bool(channel.get("payload")),
                    tuple(parse_header(h, i) for i, h in enumerate(channel.get("header", []))),
-                   _epoch(resource.get("end")))
+                   _epoch(resource.get("end")), owner(resource))
 
     def queues(self, now: float) -> bool:
         return self.status in QUEUEING and (self.end is None or now < self.end)

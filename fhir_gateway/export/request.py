@@ -33,6 +33,10 @@ class ExportRequest:
     since: str | None = None
     #: per type, the searches whose matches are exported (ORed); a type without: all
     type_filters: dict[str, list[list[tuple[str, str]]]] = field(default_factory=dict)
+    #: who asked: only that client polls, downloads or cancels it, and the export holds
+    #: only what the client's organization may see (`scope.py`)
+    client_id: str | None = None
+    organization: str | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -42,7 +46,7 @@ class ExportRequest:
         filters = {t: [[tuple(p) for p in q] for q in qs]
                    for t, qs in data.get("type_filters", {}).items()}
         return cls(data["level"], data.get("group_id"), list(data.get("types", [])),
-                   data.get("since"), filters)
+                   data.get("since"), filters, data.get("client_id"), data.get("organization"))
 
 
 def parse_kickoff(level: str, params: list[tuple[str, str]], all_types: list[str],

@@ -1,15 +1,16 @@
 """Which resources one export may include: the one place that decides it.
 
-Today that is the level's compartment: a system-level export has everything, a
-Patient-level export the resources in any Patient's compartment, a Group-level export
-those in its members' compartments. Access control (a later issue) plugs in here: a
-client's own filter is ANDed with the compartment's, and the writer asks nothing else.
+The level's compartment: a system-level export has everything, a Patient-level export the
+resources in any Patient's compartment, a Group-level export those in its members'
+compartments; ANDed with what the client that asked may see (`auth/audience.py`: a Health
+Home client's members, as they are when the job runs). The writer asks nothing else.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from fhir_gateway.auth.audience import Audience
 from fhir_gateway.export.compartments import patient_id, patients_of
 from fhir_gateway.export.request import ExportRequest
 
@@ -19,6 +20,14 @@ Keep = Callable[[dict], bool]
 def job_scope(store, request: ExportRequest) -> Keep | None:
     """The test every exported resource passes (None: all of them). Read when the job
     runs, not at kick-off: a Group's members are those it has at the transaction time."""
+    level = _level(store, request)
+    audience = Audience(store, request.organization)
+    if not audience.restricted:
+        return level
+    return audience.sees if level is None else lambda r: level(r) and audience.sees(r)
+
+
+def _level(store, request: ExportRequest) -> Keep | None:
     if request.level == "patient":
         return lambda resource: bool(patients_of(resource))
     if request.level == "group":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from fhir_gateway.auth import context
 from fhir_gateway.outcome import FhirError, Issue, invalid
 from fhir_gateway.search.dates import parse_range
 from fhir_gateway.search.registry import SearchParam, params_for, resource_types
@@ -49,6 +50,11 @@ SUPPORTED_MODIFIERS = {
     "uri": {"missing", "below"},
 }
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+
+
+#: the modifier of the criterion `auth/view.py` adds: the member param references one of the
+#: values' Patient ids (or, `_id`, is one), however many there are (no `MAX_VALUES`)
+WITHIN = "within"
 
 
 @dataclass
@@ -109,6 +115,9 @@ def parse_query(resource_type: str, pairs: list[tuple[str, str]], strict: bool =
             if strict:
                 raise FhirError(400, message, "not-supported", name) from None
             query.warnings.append(Issue(message + "; ignored", "not-supported", "warning", [name]))
+    limit = context.within.get()
+    if limit is not None and limit[0] == resource_type:
+        query.criteria.append(Criterion(params[limit[1]], sorted(limit[2]), WITHIN))
     return query
 
 

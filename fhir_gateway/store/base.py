@@ -39,6 +39,9 @@ class SearchResult:
     warnings: list[Issue] = field(default_factory=list)
     summary: str | None = None
     elements: list[str] = field(default_factory=list)
+    #: with `total` None (what a client may see was sorted out after the store counted):
+    #: whether a next page may hold more
+    more: bool = False
 
 
 @dataclass
@@ -78,9 +81,10 @@ class HistoryEntry:
 @dataclass
 class HistoryResult:
     entries: list[HistoryEntry]
-    total: int
+    total: int | None
     count: int
     offset: int
+    more: bool = False  # as `SearchResult.more`
 
 
 class FhirStore(Protocol):

@@ -10,11 +10,13 @@ transaction whose entries are all safe to repeat; never a read timeout or an ans
 
 from __future__ import annotations
 
+from urllib.parse import urlencode
+
 from fhir_gateway import http_client
 from fhir_gateway.formats import fhirjson
 from fhir_gateway.http_client import REPEATABLE, Response
 from fhir_gateway.outcome import FhirError
-from fhir_gateway.search.query import SearchQuery, parse_query
+from fhir_gateway.search.query import WITHIN, SearchQuery, parse_query
 from fhir_gateway.search.registry import resource_types
 from fhir_gateway.store.base import (
     HistoryEntry,
@@ -46,12 +48,15 @@ class HapiStore(BundleOperations):
                                          headers={"Accept": FHIR_JSON})
 
     # -- HTTP ---------------------------------------------------------------------------
-    def _request(self, method: str, path: str, *, params=None, json=None, headers=None,
-                 repeatable: bool = False) -> Response:
+    def _request(self, method: str, path: str, *, params=None, json=None, form=None,
+                 headers=None, repeatable: bool = False) -> Response:
         body = None
         if json is not None:  # orjson: the JSON library of the hot paths
             body = fhirjson.dumps(json)
             headers = {"Content-Type": FHIR_JSON, **(headers or {})}
+        if form is not None:
+            body = urlencode(form).encode()
+            headers = {"Content-Type": "application/x-www-form-urlencoded", **(headers or {})}
         try:
             return self.client.request(method, path, params=params, body=body,
                                        headers=headers, repeatable=repeatable)
@@ -150,7 +155,14 @@ class HapiStore(BundleOperations):
         forwarded.append(("_count", str(query.count)))
         if query.offset:  # page 1 without it: HAPI's normal search, not its offset mode
             forwarded.append(("_offset", str(query.offset)))
-        return query, self._request("GET", resource_type, params=forwarded)
+        within = next((c for c in query.criteria if c.modifier == WITHIN), None)
+        if within is None:
+            return query, self._request("GET", resource_type, params=forwarded)
+        # a per-Health-Home client's members: as many ids as it has, so in a form body
+        members = ",".join(within.values if within.param.code == "_id"
+                           else (f"Patient/{i}" for i in within.values))
+        return query, self._request("POST", f"{resource_type}/_search", repeatable=True,
+                                    form=[*forwarded, (within.param.code, members)])
 
     def _total(self, resource_type: str, criteria: list[tuple[str, str]]) -> int:
         params = [*criteria, ("_summary", "count")]

@@ -19,7 +19,7 @@ from fhir_gateway.formats import fhirjson
 from fhir_gateway.outcome import invalid
 from fhir_gateway.search import values
 from fhir_gateway.search.dates import parse_range
-from fhir_gateway.search.query import Criterion, Include, SearchQuery, split_prefix
+from fhir_gateway.search.query import WITHIN, Criterion, Include, SearchQuery, split_prefix
 from fhir_gateway.search.registry import params_for
 from fhir_gateway.search.values import normalize
 from fhir_gateway.store.base import SearchResult
@@ -161,6 +161,13 @@ def _where(store: Indexed, query: SearchQuery, alias: str) -> tuple[str, list]:
 
 def _criterion(store: Indexed, resource_type: str, c: Criterion, alias: str) -> _Rows:
     param = c.param
+    if c.modifier == WITHIN:  # the member a per-Health-Home client may see: ids as one JSON
+        ids = fhirjson.dumps(c.values).decode()
+        if param.code == "_id":
+            return _Rows(f"{alias}.id IN (SELECT value FROM json_each(?))", [ids],
+                         row_condition=True, rank=-1)
+        return _Rows("pid = ? AND ttype = 'Patient' AND tid IN (SELECT value FROM json_each(?))",
+                     [store.pid(resource_type, param.code), ids], "idx_ref", rank=0)
     if param.code == "_id":
         marks = ", ".join("?" * len(c.values))
         op = "NOT IN" if c.modifier == "not" else "IN"

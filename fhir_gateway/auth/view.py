@@ -1,0 +1,186 @@
+"""A store as one client may use it: the store contract, with what the client may not see
+left out and what it may not write refused.
+
+Every route that touches stored data takes its store from `store_for(request)`, so reads,
+searches, `_include`, history, transactions, batches and the Health Home operations all
+answer from the same rules (`audience.py`): what a client may not see reads as absent (404,
+never counted), what it may not write is a 403. A client whose access is not restricted
+gets the store itself.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl, urlsplit
+
+from fhir_gateway import bundle as bundles
+from fhir_gateway.auth import context
+from fhir_gateway.auth.access import Access, Forbidden, access_of
+from fhir_gateway.auth.audience import Audience, layout, owner, with_owner
+from fhir_gateway.auth.audience import OWNER
+from fhir_gateway.outcome import FhirError, not_found
+from fhir_gateway.search.query import parse_query
+from fhir_gateway.store.base import FhirStore, HistoryResult, SearchResult, Written
+from fhir_gateway.store.units import BundleOperations, Entries
+
+
+def store_for(request) -> FhirStore:
+    """The app's store as the requesting client may use it."""
+    return view(request.app.state.store, access_of(request))
+
+
+def view(store: FhirStore, access: Access) -> FhirStore:
+    audience = Audience.of(store, access)
+    return ClientView(store, audience) if audience.restricted else store
+
+
+def admitting(store: FhirStore, patient_id: str, provider: str) -> FhirStore:
+    """The view `$enroll` works on: the member-to-be counts as the client's member (if the
+    client may enroll them into `provider`)."""
+    if isinstance(store, ClientView):
+        store.audience.check_enroll(patient_id, provider)
+    return store
+
+
+def own_provider(access: Access, provider: str | None) -> str | None:
+    """The Health Home a monthly operation runs for: a Health Home client's own."""
+    if access.organization is None:
+        return provider
+    if provider not in (None, access.organization):
+        raise Forbidden(f"A Health Home client runs this for its own Health Home "
+                        f"({access.organization}), not {provider}", "provider")
+    return access.organization
+
+
+class ClientView(BundleOperations):
+    def __init__(self, store: FhirStore, audience: Audience):
+        self._store, self.audience = store, audience
+
+    # -- reading ---------------------------------------------------------------------------
+    def read(self, resource_type: str, resource_id: str) -> dict:
+        try:
+            return self._shown(self._store.read(resource_type, resource_id))
+        except FhirError as err:
+            if err.status == 410:  # deleted: that it was there is the client's to know only
+                self.read_any(resource_type, resource_id)
+            raise
+
+    def vread(self, resource_type: str, resource_id: str, version: str) -> dict:
+        return self._shown(self._store.vread(resource_type, resource_id, version))
+
+    def _shown(self, resource: dict) -> dict:
+        if not self._sees(resource):
+            raise not_found(resource["resourceType"], resource["id"])
+        return resource
+
+    def _sees(self, resource: dict) -> bool:
+        if self.audience.sees(resource):
+            return True
+        context.note_withheld(f"{resource.get('resourceType')}/{resource.get('id')}",
+                              "not-member")
+        return False
+
+    def search(self, resource_type: str, params: list[tuple[str, str]],
+               strict: bool = False) -> SearchResult:
+        limit = self.audience.within(resource_type)
+        if limit is False:  # a type about members, and the client has none, or no member type
+            query = parse_query(resource_type, params, strict)
+            return SearchResult([], 0, query.count, query.offset, warnings=query.warnings,
+                                summary=query.summary, elements=query.elements)
+        if resource_type in layout().owned:
+            params = [*params, ("_tag", f"{OWNER}|{self.audience.organization}")]
+        token = context.within.set(limit)
+        try:
+            result = self._store.search(resource_type, params, strict)
+        finally:
+            context.within.reset(token)
+        result.included = [r for r in result.included if self._sees(r)]
+        return result
+
+    def history(self, resource_type: str | None = None, resource_id: str | None = None,
+                since: str | None = None, count: int = 20, offset: int = 0) -> HistoryResult:
+        """What the client may see of the history; deletions only of what it may see. The
+        store's total counts versions the client may not see: it is left out."""
+        if resource_id is not None:
+            self.read_any(resource_type, resource_id)
+        result = self._store.history(resource_type, resource_id, since, count, offset)
+        if resource_id is not None:
+            return result
+        kept = [e for e in result.entries if e.resource is not None and self._sees(e.resource)]
+        return HistoryResult(kept, None, count, offset,
+                             more=result.total is not None and offset + count < result.total)
+
+    def read_any(self, resource_type: str, resource_id: str) -> None:
+        """404 unless some version of the resource is the client's to see."""
+        page = self._store.history(resource_type, resource_id, None, 100, 0)
+        if not any(e.resource is not None and self.audience.sees(e.resource)
+                   for e in page.entries):
+            raise not_found(resource_type, resource_id)
+
+    # -- writing ---------------------------------------------------------------------------
+    def create(self, resource: dict, if_none_exist: str | None = None) -> Written:
+        if if_none_exist:
+            return self.conditional_create(resource, if_none_exist)
+        return self._store.create(self._writable(resource))
+
+    def update(self, resource_type: str, resource_id: str, resource: dict,
+               if_match: str | None = None) -> Written:
+        self._replaceable(resource_type, resource_id)
+        return self._store.update(resource_type, resource_id, self._writable(resource),
+                                  if_match)
+
+    def delete(self, resource_type: str, resource_id: str) -> None:
+        self._replaceable(resource_type, resource_id)
+        self._store.delete(resource_type, resource_id)
+
+    def commit(self, entries: Entries, representation: bool = False) -> list[dict]:
+        checked = []
+        for index, entry in entries:
+            where = None if index is None else f"Bundle.entry[{index}]"
+            try:
+                checked.append((index, self._checked_entry(entry, where)))
+            except FhirError as err:
+                raise err if index is None else bundles.at_entry(err, index) from None
+        return self._store.commit(checked, representation)
+
+    def _checked_entry(self, entry: dict, where: str | None) -> dict:
+        request = entry.get("request") or {}
+        method, url = str(request.get("method", "")).upper(), str(request.get("url", ""))
+        split = urlsplit(url)
+        parts = [p for p in split.path.split("/") if p]
+        if method in ("GET", "HEAD"):
+            raise Forbidden("A Health Home client reads and searches with requests of their "
+                            "own, not inside a batch or transaction", where)
+        if split.query:
+            self.audience.check_criteria(parts[0], parse_qsl(split.query), where)
+        elif method in ("PUT", "PATCH", "DELETE") and len(parts) == 2:
+            self._replaceable(parts[0], parts[1], where)
+        if isinstance(request.get("ifNoneExist"), str) and parts:
+            self.audience.check_criteria(parts[0], parse_qsl(request["ifNoneExist"]), where)
+        if isinstance(entry.get("resource"), dict):
+            entry = {**entry, "resource": self._writable(entry["resource"], where)}
+        return entry
+
+    def _writable(self, resource: dict, where: str | None = None) -> dict:
+        self.audience.check_write(resource, where)
+        if resource.get("resourceType") in layout().owned:
+            return with_owner(resource, self.audience.organization)
+        return resource
+
+    def _replaceable(self, resource_type: str, resource_id: str, where: str | None = None
+                     ) -> None:
+        """What an update or delete replaces must be the client's to write too."""
+        try:
+            existing = self._store.read(resource_type, resource_id)
+        except FhirError:
+            return  # nothing there (or deleted): the new content decides
+        if resource_type in layout().owned and owner(existing) != self.audience.organization:
+            raise Forbidden(f"{resource_type}/{resource_id} belongs to another client's "
+                            "organization", where)
+        self.audience.check_write(existing, where)
+
+    # -- the rest of the contract ----------------------------------------------------------
+    def is_empty(self) -> bool:
+        return self._store.is_empty()
+
+    def close(self) -> None:
+        pass  # the app's store outlives a request's view
