@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     #: `$hh-status` calls running at once; more wait their turn without holding a worker
     #: thread, so slow sources cannot starve reads and writes
     lookup_concurrency: int = 8
+    #: how long a Health Home client's member list may be reused (seconds; 0: read for
+    #: every request). Enrollments written through this gateway take effect at once;
+    #: this bounds how late one written to the store some other way is seen.
+    members_cache_seconds: float = Field(30.0, ge=0)
     #: the largest request body taken, in bytes (413 beyond); a 100-entry transaction is a
     #: few hundred KB
     max_body: int = 32 * 1024 * 1024

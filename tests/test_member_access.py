@@ -191,13 +191,25 @@ def test_transactions_and_batches(homes):
     assert "Bundle.entry[1]" in refused.text
     assert get(homes, "state", "Condition?code=F33.1").json()["total"] == 0
     # a batch: the entry about the other's member is refused alone, the rest is stored
+    # reads and searches in a batch see what the client sees
     batch = {"resourceType": "Bundle", "type": "batch",
              "entry": [_entry(about_a), _entry(about_b),
-                       {"request": {"method": "GET", "url": "Patient/pb"}}]}
+                       {"request": {"method": "GET", "url": "Patient/pb"}},
+                       {"request": {"method": "GET", "url": "Patient/pa"}},
+                       {"request": {"method": "GET", "url": "Condition?code=F20.0"}}]}
     answer = send(homes, "a", "POST", "", batch)
     assert answer.status_code == 200, answer.text
-    statuses = [e["response"]["status"][:3] for e in answer.json()["entry"]]
-    assert statuses == ["201", "403", "403"]
+    entries = answer.json()["entry"]
+    assert [e["response"]["status"][:3] for e in entries] == ["201", "403", "404", "200", "200"]
+    assert entries[3]["resource"]["id"] == "pa"
+    assert entries[4]["resource"]["total"] == 1
+    assert ids(entries[4]["resource"]) == {"Condition/c-pa"}
+    assert get(homes, "state", "Condition?code=F33.1").json()["total"] == 1
+    # a transaction's reads would see its writes in one unit: refused, nothing written
+    reading = {"resourceType": "Bundle", "type": "transaction",
+               "entry": [_entry(about_a), {"request": {"method": "GET", "url": "Patient/pa"}}]}
+    refused = send(homes, "a", "POST", "", reading)
+    assert refused.status_code == 403 and "Bundle.entry[1]" in refused.text
     assert get(homes, "state", "Condition?code=F33.1").json()["total"] == 1
     # the state's client writes about anyone
     assert send(homes, "state", "POST", "", transaction).status_code == 200
@@ -294,3 +306,22 @@ def test_subscriptions_deliver_only_what_their_creator_may_see(homes, store, tmp
     finally:
         engine.stop()
         sim.stop()
+
+
+def test_an_enrollment_written_counts_at_once(homes):
+    """The member lists are reused between requests, but not past an enrollment write."""
+    assert get(homes, "a", "Patient/pn").status_code == 404
+    assert get(homes, "a", "Patient").json()["total"] == 1
+    episode = {"resourceType": "Bundle", "type": "transaction", "entry": [_entry({
+        "resourceType": "EpisodeOfCare", "status": "active",
+        "type": [{"coding": [{"system": HH_PROGRAM, "code": "mo-cmhc"}]}],
+        "patient": {"reference": "Patient/pn"},
+        "managingOrganization": {"reference": "Organization/hh-a"},
+        "period": {"start": "2026-03-01"}})]}
+    assert send(homes, "state", "POST", "", episode).status_code == 200
+    assert get(homes, "a", "Patient/pn").status_code == 200
+    assert get(homes, "a", "Patient").json()["total"] == 2
+    enrollment_id = get(homes, "a", "EpisodeOfCare?patient=Patient/pn").json()[
+        "entry"][0]["resource"]["id"]
+    assert send(homes, "state", "DELETE", f"EpisodeOfCare/{enrollment_id}").status_code == 200
+    assert get(homes, "a", "Patient/pn").status_code == 404

@@ -17,6 +17,7 @@ count only what the client may see.
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -28,6 +29,7 @@ from fhir_gateway.auth.access import Access, Forbidden
 from fhir_gateway.export.compartments import patient_id, patients_of
 from fhir_gateway.identifiers import CANONICAL_BASE, HH_PROGRAM
 from fhir_gateway.search.registry import params_for
+from fhir_gateway.store.watch import watch_of
 
 LAYOUT = Path(__file__).with_name("members.yaml")
 #: the tag that names the organization whose client created an `owned` resource
@@ -103,12 +105,15 @@ class Audience:
 
     store: object
     organization: str | None
+    #: how long a member list computed for an earlier request may serve (0: never); it is
+    #: computed again at once after this gateway wrote an EpisodeOfCare (`store/watch.py`)
+    cache_seconds: float = 0.0
     admitted: set[str] = field(default_factory=set)  # `$enroll`: the member-to-be
     _members: frozenset[str] | None = None
 
     @classmethod
-    def of(cls, store, access: Access) -> Audience:
-        return cls(store, access.organization)
+    def of(cls, store, access: Access, cache_seconds: float = 0.0) -> Audience:
+        return cls(store, access.organization, cache_seconds)
 
     @property
     def restricted(self) -> bool:
@@ -116,8 +121,20 @@ class Audience:
 
     def members(self) -> frozenset[str]:
         if self._members is None:
-            self._members = frozenset(self._enrolled()) | self.admitted
+            self._members = self._remembered() | self.admitted
         return self._members
+
+    def _remembered(self) -> frozenset[str]:
+        watch = watch_of(self.store) if self.cache_seconds > 0 else None
+        if watch is None:
+            return frozenset(self._enrolled())
+        key, now, changes = f"members {self.organization}", time.monotonic(), watch.changes
+        hit = watch.derived.get(key)
+        if hit is not None and hit[0] == changes and now - hit[1] < self.cache_seconds:
+            return hit[2]
+        members = frozenset(self._enrolled())
+        watch.derived[key] = (changes, now, members)  # the count before: a write meanwhile
+        return members                                # makes it stale at once
 
     def _enrolled(self) -> set[str]:
         found: set[str] = set()

@@ -18,11 +18,13 @@ def open_store(url: str, profiles: str = DEFAULT_PROFILES, validate_all: bool = 
 
 def guarded(inner: FhirStore, validator) -> FhirStore:
     """`inner` as every caller gets it: each write validated (`ValidatingStore`), then its
-    Health Home follow-ups written with it (`FollowUpStore`: transitional care)."""
+    Health Home follow-ups written with it (`FollowUpStore`: transitional care), and the
+    writes that change enrollments counted (`EnrollmentWatch`: member lists' freshness)."""
     from fhir_gateway.store.followups import FollowUpStore
+    from fhir_gateway.store.watch import EnrollmentWatch
     from fhir_gateway.validation.guard import ValidatingStore
 
-    return ValidatingStore(FollowUpStore(inner), validator)
+    return ValidatingStore(FollowUpStore(EnrollmentWatch(inner)), validator)
 
 
 def backend(store: FhirStore) -> FhirStore:

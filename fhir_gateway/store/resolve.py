@@ -190,11 +190,12 @@ def _process(store: Resolvable, entry: dict, representation: bool) -> dict:
             store.delete(path.split("/")[0], found)
         return {"response": {"status": "204 No Content"}}
     if method in ("GET", "HEAD"):
-        return {"resource": _get(store, url), "response": {"status": "200 OK"}}
+        return {"resource": answer_get(store, url), "response": {"status": "200 OK"}}
     raise FhirError(405, f"Method {method} is not supported in a Bundle entry", "not-supported")
 
 
-def _get(store: Resolvable, url: str) -> dict:
+def answer_get(store: Resolvable, url: str) -> dict:
+    """What a GET entry of a Bundle answers: a searchset, a resource, a version."""
     path, _, query = url.partition("?")
     parts = path.strip("/").split("/")
     if len(parts) == 1:

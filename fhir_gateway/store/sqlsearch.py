@@ -120,6 +120,7 @@ class _Rows:
     negate: bool = False
     row_condition: bool = False
     rank: int = 0
+    within: bool = False  # a client's member limit: probed last, drives only alone
 
     def rids(self) -> str:
         rid = f"{self.alias.strip()}.rid" if self.alias else "rid"
@@ -144,8 +145,9 @@ def _where(store: Indexed, query: SearchQuery, alias: str) -> tuple[str, list]:
     unique = {(c.param.code, c.modifier, tuple(c.values), repr(c.chained), c.target_type): c
               for c in query.criteria}
     parts = sorted((_criterion(store, query.resource_type, c, alias) for c in unique.values()),
-                   key=lambda p: (p.negate, p.row_condition is False and p.rank, p.rank))
-    plus = "+" if parts else ""
+                   key=lambda p: (p.within, p.negate, p.row_condition is False and p.rank,
+                                  p.rank))
+    plus = "+" if any(not p.within for p in parts) else ""
     clauses = [f"{plus}{alias}.type = ?", f"{plus}{alias}.deleted = 0"]
     args: list = [query.resource_type]
     for i, part in enumerate(parts):
@@ -165,9 +167,9 @@ def _criterion(store: Indexed, resource_type: str, c: Criterion, alias: str) -> 
         ids = fhirjson.dumps(c.values).decode()
         if param.code == "_id":
             return _Rows(f"{alias}.id IN (SELECT value FROM json_each(?))", [ids],
-                         row_condition=True, rank=-1)
+                         row_condition=True, within=True)
         return _Rows("pid = ? AND ttype = 'Patient' AND tid IN (SELECT value FROM json_each(?))",
-                     [store.pid(resource_type, param.code), ids], "idx_ref", rank=0)
+                     [store.pid(resource_type, param.code), ids], "idx_ref", within=True)
     if param.code == "_id":
         marks = ", ".join("?" * len(c.values))
         op = "NOT IN" if c.modifier == "not" else "IN"
