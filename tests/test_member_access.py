@@ -245,6 +245,11 @@ def test_health_home_operations(homes):
         {"name": "month", "valueDate": "2026-06"},
         {"name": "provider", "valueReference": {"reference": "Organization/hh-b"}}]}
     assert send(homes, "a", "POST", "$generate-claims", claims).status_code == 403
+    # hospital notifications are an HIE's (a client without an organization) to send
+    message = {"resourceType": "Bundle", "type": "message", "entry": []}
+    refused = send(homes, "a", "POST", "$process-message", message)
+    assert refused.status_code == 403 and "HIE" in refused.text
+    assert send(homes, "state", "POST", "$process-message", message).status_code == 400
 
 
 def _export(gw, who: str, path: str) -> dict[str, list[dict]]:
