@@ -407,6 +407,26 @@ def reindex(ctx: typer.Context, store: StoreOption = "") -> None:
 
 
 @app.command()
+def relabel(ctx: typer.Context, store: StoreOption = "") -> None:
+    """Add the 42 CFR Part 2 labels to the substance use disorder resources stored before
+    labelling on write (or before `privacy/part2.yaml` listed their codes); both stores."""
+    from fhir_gateway.privacy.relabel import count, relabel as relabel_store
+
+    fhir_store = _open(_settings(ctx, store=store))
+    try:
+        with Progress(*Progress.get_default_columns(), console=console) as progress:
+            task = progress.add_task("Relabelling", total=count(fhir_store))
+            changed = relabel_store(fhir_store, lambda n: progress.advance(task, n))
+    except FhirError as exc:
+        console.print(f"[red]error:[/red] {escape(str(exc))}; resources labelled before it "
+                      "stay labelled; running again resumes")
+        raise typer.Exit(2) from None
+    finally:
+        fhir_store.close()
+    console.print(f"Labelled {changed} resource(s) as 42 CFR Part 2 data")
+
+
+@app.command()
 def validate(
     ctx: typer.Context,
     paths: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, readable=True,

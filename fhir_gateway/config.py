@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from platformdirs import user_data_dir
 from pydantic import AfterValidator, Field
@@ -140,6 +140,11 @@ class Settings(BaseSettings):
     external_issuer: str = ""
     external_jwks_url: str = ""
     external_audience: str = ""
+    #: 42 CFR Part 2 data (`fhir_gateway/privacy/`) for clients registered without an
+    #: organization (the state, MCOs, HIEs): `withhold` (default) or `disclose`. The seeds
+    #: are silent; a client with an organization sees it when that organization recorded it
+    #: or the patient's Consent permits it
+    part2_unaffiliated: Literal["withhold", "disclose"] = "withhold"
 
     def store_url(self) -> str:
         return self.store or default_store()

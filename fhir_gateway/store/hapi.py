@@ -40,6 +40,11 @@ _CONDITIONAL_RACE = "HAPI-2745"
 class HapiStore(BundleOperations):
     """FhirStore backed by a FHIR server's REST API (HAPI FHIR JPA in production)."""
 
+    #: HAPI keeps the earlier versions' meta.tag and meta.security on update (they are
+    #: removed only by $meta-delete): the Part 2 labels and the recorder carry over by
+    #: themselves (`privacy/write.py`)
+    meta_is_additive = True
+
     def __init__(self, base_url: str, timeout: float = 30.0, retries: int = 2,
                  pool_size: int = 32):
         self.base = base_url.rstrip("/")

@@ -5,13 +5,15 @@ store, so wrapping the store is the one place where validation cannot be skipped
 gives both stores the same verdicts: HAPI's parser silently drops unknown elements, the
 gateway refuses them with the path of the problem. The verdicts are the validation
 service's (`service.py`). In a batch, an invalid entry gets its own error and the valid
-ones are still stored.
+ones are still stored. Being the one place, it also labels what it lets through for 42 CFR
+Part 2 (`privacy/write.py`): what is stored is the labelled resource.
 """
 
 from __future__ import annotations
 
 from fhir_gateway import bundle as bundles
 from fhir_gateway.outcome import FhirError
+from fhir_gateway.privacy.write import label_bundle, label_entries, label_one
 from fhir_gateway.store.base import FhirStore, Written
 from fhir_gateway.store.units import BundleOperations, Entries
 from fhir_gateway.validation.service import Validator
@@ -34,12 +36,14 @@ class ValidatingStore(BundleOperations):
     def create(self, resource: dict, if_none_exist: str | None = None) -> Written:
         if if_none_exist:
             return self.conditional_create(resource, if_none_exist)
-        return self.inner.create(self._checked(resource))
+        return self.inner.create(label_one(self.inner, self._checked(resource)))
 
     def update(self, resource_type: str, resource_id: str, resource: dict,
                if_match: str | None = None) -> Written:
+        checked = self._checked(resource, resource_type)
         return self.inner.update(resource_type, resource_id,
-                                 self._checked(resource, resource_type), if_match)
+                                 label_one(self.inner, checked, resource_type, resource_id),
+                                 if_match)
 
     def _checked(self, resource: dict, resource_type: str | None = None,
                  unit: dict[str, dict] | None = None) -> dict:
@@ -55,14 +59,15 @@ class ValidatingStore(BundleOperations):
                     self._checked(entry["resource"], unit=unit)
                 except FhirError as err:
                     raise bundles.at_entry(err, index) from None
+        label_entries(self.inner, entries)
         return self.inner.commit(entries, representation)
 
     def transaction(self, bundle: dict, checked_by: Validator | None = None) -> dict:
         """`checked_by`: the validator that has already passed every entry's resource. When
         it is this store's own (the importer's workers run it, rebuilt in their processes,
-        before they build the Bundle), the entries are not checked twice."""
+        before they build the Bundle), the entries are not checked twice (but labelled)."""
         if checked_by is self.validator:
-            return self.inner.transaction(bundle)
+            return self.inner.transaction(label_bundle(self.inner, bundle))
         return super().transaction(bundle)
 
 

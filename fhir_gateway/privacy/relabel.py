@@ -1,0 +1,45 @@
+"""Label the SUD resources a store holds from before labelling on write existed (or from
+before `part2.yaml` listed their codes): `fhir-gateway relabel`.
+
+It streams each labelled type page by page (sorted by id) and rewrites only the resources
+whose labels would change: the resource as stored, its meta (recorder included) kept, the
+two labels added. The rewrite goes to the store under its wrappers: the content is what was
+validated when it was written (a profile changed since must not stop the labelling), and
+it is no new clinical write for the Health Home follow-ups. Running it again changes
+nothing. Works on both stores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fhir_gateway.export.writer import scan
+from fhir_gateway.privacy.labels import labelled
+from fhir_gateway.privacy.sud import is_sud, rules
+from fhir_gateway.store import backend
+from fhir_gateway.store.base import FhirStore
+
+PAGE = 500
+
+
+def labelled_types() -> tuple[str, ...]:
+    """The resource types `part2.yaml` reads codes of."""
+    return tuple(rules().elements)
+
+
+def count(store: FhirStore) -> int:
+    """How many resources relabelling looks at (for a progress bar)."""
+    return sum(store.search(t, [("_summary", "count")]).total or 0 for t in labelled_types())
+
+
+def relabel(store: FhirStore, advance: Callable[[int], None] = lambda n: None) -> int:
+    """Label every SUD resource of `store` that lacks its labels; the number rewritten."""
+    changed, raw = 0, backend(store)
+    for resource_type in labelled_types():
+        for resource in scan(store, resource_type, [], PAGE):
+            relabelled = labelled(resource, is_sud(resource), None, None, True)
+            if relabelled is not resource:
+                raw.update(resource_type, resource["id"], relabelled)
+                changed += 1
+            advance(1)
+    return changed
