@@ -124,7 +124,7 @@ def test_the_readme_configuration_table_lists_every_setting_with_its_default():
     readme = (ROOT / "README.md").read_text()
     table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     rows = {name: line for line in table.splitlines() if line.startswith("|")
-            for name in re.findall(r"FHIR_GATEWAY_([A-Z_]+)", line)}
+            for name in re.findall(r"FHIR_GATEWAY_([A-Z0-9_]+)", line)}
     assert sorted(rows) == sorted(name.upper() for name in Settings.model_fields)
     for name, line in rows.items():
         cells = [c.strip() for c in line.strip("|").split("|")]

@@ -16,6 +16,7 @@ import pytest
 from conftest import ROOT, patient
 from test_auth import ES, _gateway, bearer
 from fhir_gateway.config import Settings
+from fhir_gateway.demo import demo_population
 from fhir_gateway.privacy.consent import (DISCLOSE, disclosable, part2_consenting_patients,
                                           permits)
 from fhir_gateway.privacy.labels import (PART2_TOKEN, RECORDED_BY, is_part2, recorded_by)
@@ -274,6 +275,17 @@ def test_the_importer_labels_the_sud_diagnoses_of_an_extract(store):
     assert found and all(is_part2(c) for c in found)
     others = store.search("Condition", [("code", f"{ICD10}|F43.10"), ("_count", "100")]).matches
     assert others and not any(is_part2(c) for c in others)
+
+
+def test_the_demo_populations_sud_diagnoses_are_labelled(store):
+    bundles = demo_population()
+    sud = [e["resource"]["code"]["coding"][0]["code"] for b in bundles for e in b["entry"]
+           if is_sud(e["resource"])]
+    assert sud, "the demo has members with a substance use disorder"
+    for bundle in bundles:
+        store.transaction(bundle)
+    found = store.search("Condition", [("_security", PART2_TOKEN), ("_count", "1000")]).matches
+    assert sorted(c["code"]["coding"][0]["code"] for c in found) == sorted(sud)
 
 
 def test_relabel_labels_what_was_stored_before_and_then_changes_nothing(store):
