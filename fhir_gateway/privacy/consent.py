@@ -26,6 +26,9 @@ from fhir_gateway.privacy.labels import PART2, is_part2, recorded_by, same_code
 from fhir_gateway.search.dates import now_instant, parse_range
 from fhir_gateway.store.base import FhirStore
 
+__all__ = ["DISCLOSE", "WITHHOLD", "disclosable", "is_part2", "part2_consenting_patients",
+           "permits", "recorded_by", "unaffiliated_disclosed"]
+
 CONSENT_SCOPE = "http://terminology.hl7.org/CodeSystem/consentscope"
 #: what `Settings.part2_unaffiliated` may say: Part 2 data for clients without organization
 Unaffiliated = Literal["withhold", "disclose"]
