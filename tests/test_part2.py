@@ -20,6 +20,7 @@ from fhir_gateway.demo import demo_population
 from fhir_gateway.privacy.consent import (DISCLOSE, disclosable, part2_consenting_patients,
                                           permits)
 from fhir_gateway.privacy.labels import (PART2_TOKEN, RECORDED_BY, is_part2, recorded_by)
+from fhir_gateway.privacy.relabel import relabel_one
 from fhir_gateway.privacy.sud import is_sud
 from fhir_gateway.store import backend
 from fhir_gateway.store.hapi import HapiStore
@@ -304,6 +305,16 @@ def test_relabel_labels_what_was_stored_before_and_then_changes_nothing(store):
     again = cli("relabel", "--store", store_url(store))
     assert "Labelled 0 resource(s)" in " ".join(again.stderr.split())
     assert raw.read("Condition", old)["meta"]["versionId"] == stored["meta"]["versionId"]
+
+
+def test_relabel_never_undoes_a_write_made_after_it_read(store):
+    raw = backend(store)
+    pid = raw.create(patient()).resource["id"]
+    first = raw.create(condition(pid, "F11.20")).resource
+    raw.update("Condition", first["id"], {**condition(pid, "F11.21"), "id": first["id"]})
+    assert relabel_one(raw, first) == 1  # `first` is stale: the newer version is labelled
+    stored = raw.read("Condition", first["id"])
+    assert stored["code"]["coding"][0]["code"] == "F11.21" and security(stored) == LABELS
 
 
 # -- the consent rule ---------------------------------------------------------------------

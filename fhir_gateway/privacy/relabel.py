@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from fhir_gateway.export.writer import scan
+from fhir_gateway.outcome import FhirError
 from fhir_gateway.privacy.labels import labelled
 from fhir_gateway.privacy.sud import is_sud, rules
 from fhir_gateway.store import backend
@@ -37,9 +38,27 @@ def relabel(store: FhirStore, advance: Callable[[int], None] = lambda n: None) -
     changed, raw = 0, backend(store)
     for resource_type in labelled_types():
         for resource in scan(store, resource_type, [], PAGE):
-            relabelled = labelled(resource, is_sud(resource), None, None, True)
-            if relabelled is not resource:
-                raw.update(resource_type, resource["id"], relabelled)
-                changed += 1
+            changed += relabel_one(raw, resource)
             advance(1)
     return changed
+
+
+def relabel_one(raw: FhirStore, resource: dict, attempts: int = 3) -> int:
+    """Rewrite one resource with its labels if they change it (1) or not (0). The write is
+    conditional on the version read (If-Match): a client's write in between is never undone;
+    the version it made is read and labelled in turn."""
+    for _ in range(attempts):
+        relabelled = labelled(resource, is_sud(resource), None, None, True)
+        if relabelled is resource:
+            return 0
+        version = (resource.get("meta") or {}).get("versionId")
+        try:
+            raw.update(resource["resourceType"], resource["id"], relabelled,
+                       f'W/"{version}"' if version else None)
+            return 1
+        except FhirError as err:
+            if err.status not in (409, 412):
+                raise
+            resource = raw.read(resource["resourceType"], resource["id"])
+    raise FhirError(409, f"{resource['resourceType']}/{resource['id']} kept changing while it "
+                         "was relabelled: run relabel again", "conflict")
