@@ -213,20 +213,38 @@ def test_the_recorder_is_the_writing_clients_organization_and_stays(gateway, sto
     a, b, state = (org_token(gateway, "Organization/hh-a"), org_token(gateway, "Organization/hh-b"),
                    org_token(gateway, None))
     http, base = gateway.http, gateway.base
-    r = http.post(f"{base}/Condition", headers=a, content=json.dumps(condition(pid, "F11.20")))
+    ident = {"system": "urn:test", "value": "recorded-1"}
+    r = http.post(f"{base}/Condition", headers=a,
+                  content=json.dumps(condition(pid, "F11.20", identifier=[ident])))
     assert r.status_code == 201, r.text
     cid = r.json()["id"]
     assert recorders(r.json()) == ["Organization/hh-a"] and security(r.json()) == LABELS
     # another Health Home updates it, claiming to be the recorder: hh-a stays the recorder
-    update = {**condition(pid, "F11.21"), "id": cid, "meta": {"tag": [
+    update = {**condition(pid, "F11.21", identifier=[ident]), "id": cid, "meta": {"tag": [
         {"system": RECORDED_BY, "code": "Organization/hh-b"}]}}
     r = http.put(f"{base}/Condition/{cid}", headers=b, content=json.dumps(update))
     assert r.status_code == 200, r.text
     stored = store.read("Condition", cid)
     assert recorders(stored) == ["Organization/hh-a"] and stored["code"]["coding"][0]["code"] == "F11.21"
+    # by a conditional update on its identifier (alone, and with another in a transaction)
+    r = http.put(f"{base}/Condition?identifier=urn:test|recorded-1", headers=b,
+                 content=json.dumps(condition(pid, "F11.23", identifier=[ident])))
+    assert r.status_code == 200, r.text
+    assert recorders(store.read("Condition", cid)) == ["Organization/hh-a"]
+    other = {"system": "urn:test", "value": "recorded-2"}
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"resource": condition(pid, "F11.24", identifier=[ident]),
+         "request": {"method": "PUT", "url": "Condition?identifier=urn:test|recorded-1"}},
+        {"resource": condition(pid, "F11.25", identifier=[other]),
+         "request": {"method": "PUT", "url": "Condition?identifier=urn:test|recorded-2"}}]}
+    r = http.post(base, headers=b, content=json.dumps(bundle))
+    assert r.status_code == 200, r.text
+    assert recorders(store.read("Condition", cid)) == ["Organization/hh-a"]
+    made = store.search("Condition", [("identifier", "urn:test|recorded-2")]).matches
+    assert [recorders(c) for c in made] == [["Organization/hh-b"]]
     # in a transaction too
     bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-        {"resource": {**condition(pid, "F11.22"), "id": cid},
+        {"resource": {**condition(pid, "F11.22", identifier=[ident]), "id": cid},
          "request": {"method": "PUT", "url": f"Condition/{cid}"}},
         {"resource": condition(pid, "F10.20"), "request": {"method": "POST", "url": "Condition"}}]}
     r = http.post(base, headers=b, content=json.dumps(bundle))

@@ -69,6 +69,7 @@ def _needs_prior(store: FhirStore, organization: str | None) -> bool:
 def _priors(store: FhirStore, writes: list[dict]) -> dict[int, dict]:
     """The stored version each PUT entry replaces, by id() of the entry."""
     by_id: dict[str, dict[str, list[dict]]] = {}
+    by_identifier: dict[str, dict[str, list[dict]]] = {}
     found: dict[int, dict] = {}
     for entry in writes:
         request = entry["request"]
@@ -76,8 +77,11 @@ def _priors(store: FhirStore, writes: list[dict]) -> dict[int, dict]:
             continue
         url = urlsplit(request["url"])
         parts = url.path.strip("/").split("/")
-        if url.query:
-            prior = _match(store, parts[0], parse_qsl(url.query, keep_blank_values=True))
+        criteria = parse_qsl(url.query, keep_blank_values=True)
+        if _one_identifier(criteria):
+            by_identifier.setdefault(parts[0], {}).setdefault(criteria[0][1], []).append(entry)
+        elif url.query:
+            prior = _match(store, parts[0], criteria)
             if prior is not None:
                 found[id(entry)] = prior
         elif len(parts) == 2:
@@ -88,6 +92,46 @@ def _priors(store: FhirStore, writes: list[dict]) -> dict[int, dict]:
             for stored in _stored(store, resource_type, ids[start:start + _CHUNK]):
                 for entry in wanted.get(stored.get("id"), ()):
                     found[id(entry)] = stored
+    for resource_type, wanted in by_identifier.items():
+        found.update(_identified(store, resource_type, wanted))
+    return found
+
+
+def _one_identifier(criteria: list[tuple[str, str]]) -> bool:
+    """Criteria that are one `identifier=system|value`, system given, no escapes (what the
+    importer sends)."""
+    if len(criteria) != 1 or criteria[0][0] != "identifier":
+        return False
+    system, bar, value = criteria[0][1].partition("|")
+    return bool(system and bar and value) and not any(c in criteria[0][1] for c in ",\\$")
+
+
+def _identified(store: FhirStore, resource_type: str, wanted: dict[str, list[dict]]
+                ) -> dict[int, dict]:
+    """The stored resource each `identifier=system|value` entry replaces, by id() of the
+    entry: one search per chunk of identifiers; a token matching several stored resources
+    gives none (the store's commit refuses that update itself)."""
+    tokens, found = sorted(wanted), {}
+    for start in range(0, len(tokens), _CHUNK):
+        chunk = tokens[start:start + _CHUNK]
+        try:
+            matches = store.search(resource_type, [("identifier", ",".join(chunk)),
+                                                   ("_count", str(2 * len(chunk)))]).matches
+        except FhirError:
+            matches = []
+        owners: dict[str, list[dict]] = {}
+        for stored in matches:
+            for ident in stored.get("identifier") or ():
+                if isinstance(ident, dict):
+                    owners.setdefault(f"{ident.get('system')}|{ident.get('value')}".lower(),
+                                      []).append(stored)
+        for token in chunk:
+            owner = owners.get(token.lower(), [])
+            if len(owner) > 1:  # told apart by case only: ask the store itself
+                prior = _match(store, resource_type, [("identifier", token)])
+                owner = [prior] if prior is not None else []
+            for entry in wanted[token] if owner else ():
+                found[id(entry)] = owner[0]
     return found
 
 
