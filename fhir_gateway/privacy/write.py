@@ -4,7 +4,8 @@ the importer, the demo, `$process-message`).
 
 What a written version needs from the version stored before it (its Part 2 labels, its
 recorder: `labels.labelled`) is read from the store under the guard, once per unit: a
-transaction's updates of one type in one `_id` search. A store whose updates keep the
+transaction's updates of one type in one `_id` search, its `identifier`-conditional updates
+(the importer's) in one `identifier` search. A store whose updates keep the
 earlier versions' tags and security labels themselves (HAPI: `meta_is_additive`) is not
 read when no client organization is involved: the loader and importer then cost no more.
 """
@@ -56,8 +57,8 @@ def label_entries(store: FhirStore, entries: Entries) -> None:
 
 def label_bundle(store: FhirStore, bundle: dict) -> dict:
     """A transaction Bundle whose entries' resources are labelled (the Bundle is copied)."""
-    entries = [(i, dict(e)) for i, e in enumerate(bundle.get("entry") or [])
-               if isinstance(e, dict)]
+    entries = [(i, dict(e) if isinstance(e, dict) else e)
+               for i, e in enumerate(bundle.get("entry") or [])]
     label_entries(store, entries)
     return {**bundle, "entry": [entry for _, entry in entries]}
 
