@@ -10,7 +10,7 @@ allow.
 
 "The data about a member" is decided the same way for a read and for a search: the type's
 member parameter (`patient`, `subject`, ... per `members.yaml`) names the member. Searches
-push that down to the store as one more criterion (`context.within`), so totals and pages
+push that down to the store as one more criterion (`context.Limit`), so totals and pages
 count only what the client may see.
 """
 
@@ -25,9 +25,19 @@ from urllib.parse import parse_qsl
 
 import yaml
 
-from fhir_gateway.auth.access import Access, Forbidden
+from fhir_gateway.auth.access import UNRESTRICTED, Access, Forbidden
+from fhir_gateway.auth.context import Limit
 from fhir_gateway.export.compartments import patient_id, patients_of
 from fhir_gateway.identifiers import CANONICAL_BASE, HH_PROGRAM
+from fhir_gateway.privacy.consent import (
+    DISCLOSE,
+    WITHHOLD,
+    disclosable,
+    is_part2,
+    part2_consenting_patients,
+)
+from fhir_gateway.privacy.labels import PART2
+from fhir_gateway.privacy.sud import is_sud
 from fhir_gateway.search.registry import params_for
 from fhir_gateway.store.watch import watch_of
 
@@ -108,16 +118,47 @@ class Audience:
     #: how long a member list computed for an earlier request may serve (0: never); it is
     #: computed again at once after this gateway wrote an EpisodeOfCare (`store/watch.py`)
     cache_seconds: float = 0.0
+    #: 42 CFR Part 2 data for a client without organization (`Settings.part2_unaffiliated`);
+    #: None: the client sees everything (FHIR_GATEWAY_AUTH=off)
+    part2: str | None = WITHHOLD
     admitted: set[str] = field(default_factory=set)  # `$enroll`: the member-to-be
     _members: frozenset[str] | None = None
+    _consenting: frozenset[str] | None = None
 
     @classmethod
-    def of(cls, store, access: Access, cache_seconds: float = 0.0) -> Audience:
-        return cls(store, access.organization, cache_seconds)
+    def of(cls, store, access: Access, cache_seconds: float = 0.0,
+           part2: str | None = WITHHOLD) -> Audience:
+        if access is UNRESTRICTED:
+            part2 = None
+        return cls(store, access.organization, cache_seconds, part2)
 
     @property
     def restricted(self) -> bool:
+        """Whether the client sees only its members (it has an organization)."""
         return self.organization is not None
+
+    @property
+    def part2_restricted(self) -> bool:
+        """Whether 42 CFR Part 2 data may be withheld from the client."""
+        return self.part2 is not None and (self.restricted or self.part2 != DISCLOSE)
+
+    def discloses(self, resource: dict) -> bool:
+        """42 CFR Part 2 (`privacy/consent.py`): data about substance use disorder only to
+        the organization that recorded it or one the patient consented to. Data the codes
+        say is SUD but that carries no label yet (stored before labelling, not relabelled)
+        is held to the same rule, as recorded by no one."""
+        if not self.part2_restricted:
+            return True
+        if not is_part2(resource):
+            if not is_sud(resource):
+                return True
+            meta = resource.get("meta") or {}
+            resource = {**resource, "meta": {**meta, "security": [
+                *meta.get("security", []), PART2]}}
+        if self.organization is not None and self._consenting is None:
+            self._consenting = part2_consenting_patients(self.store, self.organization)
+        return disclosable(resource, self.organization, self._consenting or frozenset(),
+                           self.part2)
 
     def members(self) -> frozenset[str]:
         if self._members is None:
@@ -150,19 +191,23 @@ class Audience:
             offset += _PAGE
 
     # -- reading --------------------------------------------------------------------------
-    def within(self, resource_type: str) -> tuple[str, str, frozenset[str]] | None | bool:
-        """What a search of this type is limited to: None (nothing: all of it), False (none
-        of it), or (type, member parameter, member ids) for `context.within`."""
+    def limit(self, resource_type: str) -> Limit | None | bool:
+        """What a search of this type is limited to for the client's members: None (all of
+        it), False (none of it), or the `context.Limit` naming the members."""
         if not self.restricted or resource_type in layout().shared:
             return None
         if resource_type in layout().owned:
-            return None  # few; `sees` keeps the client's own
+            return None  # few: the view asks for the client's own by their tag
         code = member_param(resource_type)
         if code is None or not self.members():
             return False
-        return resource_type, code, self.members()
+        return Limit(resource_type, code, self.members())
 
     def sees(self, resource: dict) -> bool:
+        """Both rules: the client's members' data, and 42 CFR Part 2."""
+        return self.sees_member(resource) and self.discloses(resource)
+
+    def sees_member(self, resource: dict) -> bool:
         if not self.restricted:
             return True
         resource_type = resource.get("resourceType", "")
@@ -203,7 +248,7 @@ class Audience:
             return
         found = self.store.search(resource_type, [*criteria, ("_count", "50")]).matches
         for resource in found:
-            if not self.sees(resource):
+            if not self.sees_member(resource):
                 self.check_write(resource, where)
 
     def check_enroll(self, patient_id: str, provider: str) -> None:

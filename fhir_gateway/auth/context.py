@@ -11,17 +11,30 @@ works explicitly.
 from __future__ import annotations
 
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fhir_gateway.auth.access import Access
 
 access: ContextVar[Access | None] = ContextVar("access", default=None)
-#: the members a search made for a per-Health-Home client is limited to: (resource type,
-#: the parameter naming the member, the member Patients' ids). Set by `auth/view.py` around
-#: the store's search only, read by `search/query.py parse_query`, so both stores add it to
-#: the criteria the client sent (and a client cannot send it)
-within: ContextVar[tuple[str, str, frozenset[str]] | None] = ContextVar("within", default=None)
+
+
+@dataclass(frozen=True)
+class Limit:
+    """What a search made for a client is limited to: the members (the Patients `param`
+    names, for a Health Home's client) and not the ids in `excluded` (what 42 CFR Part 2
+    withholds). Set by `auth/view.py` around the store's search only, read by
+    `search/query.py parse_query`, so both stores add it to the criteria the client sent
+    (and a client cannot send it), however many ids it holds."""
+
+    resource_type: str
+    param: str | None = None
+    members: frozenset[str] | None = None
+    excluded: frozenset[str] = frozenset()
+
+
+within: ContextVar[Limit | None] = ContextVar("within", default=None)
 #: (reference, reason) of each resource the request's answer left out for access reasons;
 #: a list per request, made by whoever audits it (`begin_withholding`)
 _withheld: ContextVar[list[tuple[str, str]] | None] = ContextVar("withheld", default=None)

@@ -104,7 +104,8 @@ class Engine:
         is down or slow holds up only its own notifications. After a failure the rest wait
         as long as the failed one (their attempts not counted: they were not tried)."""
         done = Pass()
-        audience = Audience(self.store, subscription.organization)
+        audience = Audience(self.store, subscription.organization,
+                            part2=self.settings.part2_unaffiliated)
         for index, row in enumerate(rows):
             until = self._deliver(subscription, row, done, audience)
             if until is not None:
@@ -116,10 +117,10 @@ class Engine:
                  ) -> float | None:
         """Send one row and settle it; None, or after a failure when the row is due again
         (now, for a row given up on: the Subscription, now `error`, holds its rows). A
-        Health Home's Subscription is sent only what its client may see: a row about
-        anyone else is cancelled unsent."""
+        Health Home's Subscription is sent only what its client may see, any Subscription
+        only what 42 CFR Part 2 lets its creator see: another row is cancelled unsent."""
         resource = None
-        if subscription.full or audience.restricted:
+        if subscription.full or audience.restricted or audience.part2_restricted:
             try:
                 resource = self.store.vread(row.type, row.rid, str(row.version))
             except FhirError as err:

@@ -37,6 +37,8 @@ class ExportRequest:
     #: only what the client's organization may see (`scope.py`)
     client_id: str | None = None
     organization: str | None = None
+    #: 42 CFR Part 2 data for a client without organization (`Audience.part2`)
+    part2: str | None = "withhold"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -46,7 +48,8 @@ class ExportRequest:
         filters = {t: [[tuple(p) for p in q] for q in qs]
                    for t, qs in data.get("type_filters", {}).items()}
         return cls(data["level"], data.get("group_id"), list(data.get("types", [])),
-                   data.get("since"), filters, data.get("client_id"), data.get("organization"))
+                   data.get("since"), filters, data.get("client_id"), data.get("organization"),
+                   data.get("part2", "withhold"))
 
 
 def parse_kickoff(level: str, params: list[tuple[str, str]], all_types: list[str],

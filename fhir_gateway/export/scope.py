@@ -3,26 +3,24 @@
 The level's compartment: a system-level export has everything, a Patient-level export the
 resources in any Patient's compartment, a Group-level export those in its members'
 compartments; ANDed with what the client that asked may see (`auth/audience.py`: a Health
-Home client's members, as they are when the job runs). The writer asks nothing else.
+Home client's members, as they are when the job runs; 42 CFR Part 2). The writer asks
+nothing else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from fhir_gateway.auth.audience import Audience
 from fhir_gateway.export.compartments import patient_id, patients_of
 from fhir_gateway.export.request import ExportRequest
-
-Keep = Callable[[dict], bool]
+from fhir_gateway.export.writer import Keep
 
 
 def job_scope(store, request: ExportRequest) -> Keep | None:
     """The test every exported resource passes (None: all of them). Read when the job
     runs, not at kick-off: a Group's members are those it has at the transaction time."""
     level = _level(store, request)
-    audience = Audience(store, request.organization)
-    if not audience.restricted:
+    audience = Audience(store, request.organization, part2=request.part2)
+    if not (audience.restricted or audience.part2_restricted):
         return level
     return audience.sees if level is None else lambda r: level(r) and audience.sees(r)
 

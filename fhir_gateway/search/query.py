@@ -52,9 +52,11 @@ SUPPORTED_MODIFIERS = {
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
 
-#: the modifier of the criterion `auth/view.py` adds: the member param references one of the
-#: values' Patient ids (or, `_id`, is one), however many there are (no `MAX_VALUES`)
+#: the modifier of the criterion `auth/context.py Limit` adds: the member param references
+#: one of the values' Patient ids (or, `_id`, is one), however many (no `MAX_VALUES`)
 WITHIN = "within"
+#: and the one that leaves out what a client may not see (`_id` not one of the values)
+WITHOUT = "without"
 
 
 @dataclass
@@ -116,8 +118,11 @@ def parse_query(resource_type: str, pairs: list[tuple[str, str]], strict: bool =
                 raise FhirError(400, message, "not-supported", name) from None
             query.warnings.append(Issue(message + "; ignored", "not-supported", "warning", [name]))
     limit = context.within.get()
-    if limit is not None and limit[0] == resource_type:
-        query.criteria.append(Criterion(params[limit[1]], sorted(limit[2]), WITHIN))
+    if limit is not None and limit.resource_type == resource_type:
+        if limit.members is not None:
+            query.criteria.append(Criterion(params[limit.param], sorted(limit.members), WITHIN))
+        if limit.excluded:
+            query.criteria.append(Criterion(params["_id"], sorted(limit.excluded), WITHOUT))
     return query
 
 

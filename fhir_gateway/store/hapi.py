@@ -16,7 +16,7 @@ from fhir_gateway import http_client
 from fhir_gateway.formats import fhirjson
 from fhir_gateway.http_client import REPEATABLE, Response
 from fhir_gateway.outcome import FhirError
-from fhir_gateway.search.query import WITHIN, SearchQuery, parse_query
+from fhir_gateway.search.query import WITHIN, WITHOUT, SearchQuery, parse_query
 from fhir_gateway.search.registry import resource_types
 from fhir_gateway.store.base import (
     HistoryEntry,
@@ -160,14 +160,16 @@ class HapiStore(BundleOperations):
         forwarded.append(("_count", str(query.count)))
         if query.offset:  # page 1 without it: HAPI's normal search, not its offset mode
             forwarded.append(("_offset", str(query.offset)))
-        within = next((c for c in query.criteria if c.modifier == WITHIN), None)
-        if within is None:
+        limits = [c for c in query.criteria if c.modifier in (WITHIN, WITHOUT)]
+        if not limits:
             return query, self._request("GET", resource_type, params=forwarded)
-        # a per-Health-Home client's members: as many ids as it has, so in a form body
-        members = ",".join(within.values if within.param.code == "_id"
-                           else (f"Patient/{i}" for i in within.values))
+        # a client's limits (`auth/context.py Limit`): as many ids as it has, in a form body
+        for c in limits:
+            ids = c.values if c.param.code == "_id" else [f"Patient/{i}" for i in c.values]
+            name = c.param.code if c.modifier == WITHIN else "_id:not"
+            forwarded.append((name, ",".join(ids)))
         return query, self._request("POST", f"{resource_type}/_search", repeatable=True,
-                                    form=[*forwarded, (within.param.code, members)])
+                                    form=forwarded)
 
     def _total(self, resource_type: str, criteria: list[tuple[str, str]]) -> int:
         params = [*criteria, ("_summary", "count")]

@@ -19,7 +19,7 @@ from fhir_gateway.formats import fhirjson
 from fhir_gateway.outcome import invalid
 from fhir_gateway.search import values
 from fhir_gateway.search.dates import parse_range
-from fhir_gateway.search.query import WITHIN, Criterion, Include, SearchQuery, split_prefix
+from fhir_gateway.search.query import WITHIN, WITHOUT, Criterion, Include, SearchQuery, split_prefix
 from fhir_gateway.search.registry import params_for
 from fhir_gateway.search.values import normalize
 from fhir_gateway.store.base import SearchResult
@@ -163,6 +163,9 @@ def _where(store: Indexed, query: SearchQuery, alias: str) -> tuple[str, list]:
 
 def _criterion(store: Indexed, resource_type: str, c: Criterion, alias: str) -> _Rows:
     param = c.param
+    if c.modifier == WITHOUT:  # what 42 CFR Part 2 withholds from the client
+        return _Rows(f"{alias}.id NOT IN (SELECT value FROM json_each(?))",
+                     [fhirjson.dumps(c.values).decode()], row_condition=True, within=True)
     if c.modifier == WITHIN:  # the member a per-Health-Home client may see: ids as one JSON
         ids = fhirjson.dumps(c.values).decode()
         if param.code == "_id":
