@@ -47,6 +47,10 @@ def _seed(store) -> None:
 
 @pytest.fixture
 def homes(store, tmp_path):
+    yield from home_clients(store, tmp_path)
+
+
+def home_clients(store, tmp_path):
     """The gateway (auth on) with the seeded store, and a token per client: `a`, `b` (the
     two Health Homes), `state` (no organization)."""
     _seed(store)

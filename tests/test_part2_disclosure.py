@@ -11,9 +11,14 @@ import pytest
 from fhir_gateway.config import Settings
 from test_auth import _gateway
 from test_eligibility_http import condition
-from test_member_access import _export, _seed, get, homes, ids, send  # noqa: F401
+from test_member_access import _export, _seed, get, home_clients, ids, send
 
 PART2 = {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "42CFRPart2"}
+
+
+@pytest.fixture
+def homes(store, tmp_path):
+    yield from home_clients(store, tmp_path)
 
 
 def opioid(pid: str) -> dict:
