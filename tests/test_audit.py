@@ -18,8 +18,12 @@ from fhir_gateway.auth.setup import AuthConfigError
 from fhir_gateway.config import Settings
 from fhir_gateway.identifiers import CLIENT_ID, MO_HEALTHNET_DCN
 from test_auth import Gateway, _gateway, bearer
+import test_member_access
+from test_member_access import get
 
 AUDITOR = "system/AuditEvent.rs"
+#: the gateway with two Health Homes' clients and their members (a fixture)
+homes = test_member_access.homes
 
 
 @pytest.fixture
@@ -351,3 +355,18 @@ def test_each_subscription_notification_sent_is_audited(client, store, tmp_path)
     assert what(delivered) == [f"Task/{sent['id']}/_history/1", f"Subscription/{sub['id']}"]
     assert delivered["agent"][1]["who"]["display"] == f"{simulator.url}/hook"
     assert "HTTP 503" in events[1]["outcomeDesc"]
+
+
+def test_what_the_access_views_withhold_is_on_the_event(homes):
+    """Health Home A asks for B's member: 404, and the trail says what was withheld, why."""
+    assert get(homes, "a", "Patient/pb").status_code == 404
+    assert get(homes, "a", "Patient/pa").status_code == 200
+    found = get(homes, "state", "AuditEvent?subtype=read&agent=Organization/hh-a").json()
+    events = {e["resource"]["outcome"]: e["resource"] for e in found["entry"]}
+    assert set(events) == {"0", "4"}
+    refused = events["4"]
+    assert "HTTP 404" in refused["outcomeDesc"]
+    withheld = [e for e in refused["entity"] if e.get("description") == "withheld: not-member"]
+    assert [e["what"]["reference"] for e in withheld] == ["Patient/pb"]
+    assert not any(e.get("description", "").startswith("withheld")
+                   for e in events["0"].get("entity", []))
