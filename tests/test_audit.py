@@ -370,3 +370,13 @@ def test_what_the_access_views_withhold_is_on_the_event(homes):
     assert [e["what"]["reference"] for e in withheld] == ["Patient/pb"]
     assert not any(e.get("description", "").startswith("withheld")
                    for e in events["0"].get("entity", []))
+
+
+def test_the_capability_statement_says_audit_events_are_read_only(gateway):
+    statement = gateway.http.get(f"{gateway.base}/metadata").json()
+    [audit] = [r for r in statement["rest"][0]["resource"] if r["type"] == "AuditEvent"]
+    assert [i["code"] for i in audit["interaction"]] == [
+        "read", "vread", "history-instance", "search-type"]
+    assert "updateCreate" not in audit and "conditionalDelete" not in audit
+    [patient_type] = [r for r in statement["rest"][0]["resource"] if r["type"] == "Patient"]
+    assert {"create", "update", "delete"} <= {i["code"] for i in patient_type["interaction"]}
