@@ -476,13 +476,20 @@ def _engine(fhir_store, settings: Settings):
     from fhir_gateway.exchange.engine import Engine
 
     try:
-        return Engine(fhir_store, settings)
+        engine = Engine(fhir_store, settings)
     except FhirError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}")
+        raise typer.Exit(2) from None
     except sqlite3.Error as exc:  # the outbox file is not one this gateway can use
         console.print(f"[red]error:[/red] Subscription outbox "
                       f"({escape(settings.exchange_db_path())} or the store file): {exc}")
-    raise typer.Exit(2)
+        raise typer.Exit(2) from None
+    if settings.audit:  # each notification sent is PHI leaving: on the audit trail
+        from fhir_gateway.audit.deliveries import audit_deliveries
+        from fhir_gateway.audit.trail import Trail
+
+        audit_deliveries(engine, Trail(settings.audit_db_path()))
+    return engine
 
 
 @exchange.command("status")

@@ -146,6 +146,15 @@ class Settings(BaseSettings):
     #: or the patient's Consent permits it
     part2_unaffiliated: Literal["withhold", "disclose"] = "withhold"
 
+    #: write an AuditEvent for every /fhir request (issue 15 item 4); `off` is allowed only
+    #: when listening on a loopback address, as FHIR_GATEWAY_AUTH=off is (benchmarks)
+    audit: bool = True
+    #: the audit trail's file (default: audit.db in the data dir)
+    audit_db: str = ""
+
+    def audit_db_path(self) -> str:
+        return self.audit_db or str(Path(self.data_dir) / "audit.db")
+
     def store_url(self) -> str:
         return self.store or default_store()
 

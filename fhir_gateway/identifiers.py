@@ -20,3 +20,5 @@ SOURCE_OF_PAYMENT = "urn:oid:2.16.840.1.113883.3.221.5"
 CONDITION_CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 CONDITION_VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 HH_PROGRAM = f"{CANONICAL_BASE}/CodeSystem/hh-program"
+#: a registered Backend Services client's id (AuditEvent.agent.who.identifier)
+CLIENT_ID = f"{CANONICAL_BASE}/sid/client-id"

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import asynccontextmanager
+
+import anyio
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -11,11 +14,14 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException
 
 from fhir_gateway import __version__
+from fhir_gateway.api import audit as audit_routes
 from fhir_gateway.api import auth as auth_routes
 from fhir_gateway.api import exchange, export, health, operations, rest
 from fhir_gateway.api.formats import FhirFormats, outcome_body, wants_xml
 from fhir_gateway.api.http import outcome_response
 from fhir_gateway.api.limits import BodyLimit
+from fhir_gateway.audit.middleware import AuditTrail
+from fhir_gateway.audit.trail import Trail
 from fhir_gateway.auth.setup import setup as auth_setup
 from fhir_gateway.auth.middleware import BearerAuth
 from fhir_gateway.config import Settings
@@ -33,7 +39,8 @@ def create_app(store: FhirStore, settings: Settings | None = None) -> FastAPI:
     """Raises `auth.AuthConfigError` for settings that would serve without authorization
     on an address other than loopback."""
     app = FastAPI(title="Health Home FHIR Gateway", version=__version__,
-                  description="FHIR R4 gateway for Medicaid Health Homes (MO HealthNet, KanCare)")
+                  description="FHIR R4 gateway for Medicaid Health Homes (MO HealthNet, KanCare)",
+                  lifespan=_lifespan)
     app.state.store = store
     app.state.settings = settings = settings or Settings()
     app.state.validator = health_home_validator(settings.profiles, settings.validate_all)
@@ -46,6 +53,8 @@ def create_app(store: FhirStore, settings: Settings | None = None) -> FastAPI:
     app.include_router(exchange.router)  # before rest: `$process-message` is no type
     app.include_router(export.router)  # before rest: `$export` is no type
     export.attach(app)  # resumes exports a previous run left unfinished
+    app.state.audit = Trail(settings.audit_db_path())  # searchable even when recording is off
+    app.include_router(audit_routes.router)  # before rest: AuditEvent is the trail's
     app.include_router(rest.router)
 
     @app.exception_handler(FhirError)
@@ -73,10 +82,18 @@ def create_app(store: FhirStore, settings: Settings | None = None) -> FastAPI:
         return Response(body, status_code=500, media_type=media)
 
     app.add_middleware(BearerAuth, service=app.state.tokens)  # inside FhirFormats: XML refusals
+    if settings.audit:  # outside BearerAuth: sees its refusals and the client it identified
+        app.add_middleware(AuditTrail, trail=app.state.audit)
     app.add_middleware(FhirFormats)
     app.add_middleware(BodyLimit, max_body=settings.max_body)
     app.add_middleware(AccessLog)
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    yield
+    await anyio.to_thread.run_sync(app.state.audit.close)  # writes what is queued
 
 
 def lookup_clients(settings: Settings) -> dict:

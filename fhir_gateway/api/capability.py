@@ -74,7 +74,23 @@ def _security(token_url: str) -> dict:
                        "system scopes."}
 
 
+#: types served read-only (api/audit.py: the audit trail is append-only, written by the
+#: gateway itself): their interactions, and no write capability
+READ_ONLY = {"AuditEvent": ["read", "vread", "history-instance", "search-type"]}
+_WRITES = ("versioning", "updateCreate", "conditionalCreate", "conditionalUpdate",
+           "conditionalDelete")
+
+
 def _resource(resource_type: str, validator) -> dict:
+    entry = _served(resource_type, validator)
+    if resource_type in READ_ONLY:
+        entry["interaction"] = [{"code": code} for code in READ_ONLY[resource_type]]
+        for key in _WRITES:
+            entry.pop(key)
+    return entry
+
+
+def _served(resource_type: str, validator) -> dict:
     params = params_for(resource_type)
     references = sorted(p.code for p in params.values() if p.type == "reference")
     profiles = validator.profiles_for_type(resource_type) if validator else []

@@ -24,6 +24,7 @@ from fhir_gateway.api.http import (
     version_headers,
     written_response,
 )
+from fhir_gateway.audit.append_only import check_bundle as check_audit_entries
 from fhir_gateway.auth.access import access_of
 from fhir_gateway.auth.view import store_for
 from fhir_gateway.outcome import FhirError, Issue, invalid, operation_outcome
@@ -82,6 +83,7 @@ async def system_bundle(request: Request) -> Response:
     kind = body.get("type")
     if kind in ("transaction", "batch"):
         access_of(request).check_bundle(body)
+        check_audit_entries(body)
     store = _store(request)
     if kind == "transaction":
         result = await run_in_threadpool(store.transaction, body)

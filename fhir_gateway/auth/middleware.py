@@ -55,6 +55,7 @@ class BearerAuth:
             return await _refuse(send, 401, str(err), "login",
                                  f'{REALM}, error="invalid_token", '
                                  f'error_description="{_quoted(str(err))}"')
+        state["client"] = access  # identified, even if refused below (the audit trail)
         segments = [s for s in path[len(PREFIX):].split("/") if s]
         try:
             access.require(needs(scope["method"], segments))

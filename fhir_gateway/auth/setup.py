@@ -30,6 +30,11 @@ def check_auth(settings) -> None:
             f"FHIR_GATEWAY_AUTH=off is allowed only when listening on a loopback address "
             f"(127.0.0.1, ::1, localhost), not on {settings.host}: anyone who reaches "
             "the port would read and write every member's record")
+    if not settings.audit and not is_loopback(settings.host):
+        raise AuthConfigError(
+            f"FHIR_GATEWAY_AUDIT=off is allowed only when listening on a loopback address "
+            f"(127.0.0.1, ::1, localhost), not on {settings.host}: who read and wrote "
+            "members' records would go unrecorded")
 
 
 def setup(settings):
