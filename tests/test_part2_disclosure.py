@@ -59,6 +59,14 @@ def test_withheld_from_a_health_home_that_did_not_record_it_until_consent(homes)
     assert found["total"] == 1 and ids(found) == {"Condition/c-pa"}
     assert get(homes, "a", "Condition?code=F11.20").json()["total"] == 0
     assert get(homes, "a", "Condition?_summary=count").json()["total"] == 1
+    # each withholding is on the request's AuditEvent, with the Part 2 label
+    for interaction in ("read", "search-type"):
+        events = get(homes, "state", f"AuditEvent?subtype={interaction}"
+                                     "&agent=Organization/hh-a").json()["entry"]
+        withheld = [e for event in events for e in event["resource"].get("entity", [])
+                    if e.get("description") == "withheld: 42CFRPart2"]
+        assert f"Condition/{sud_id}" in {e["what"]["reference"] for e in withheld}
+        assert all(e["securityLabel"][0]["code"] == "42CFRPart2" for e in withheld)
     patients = get(homes, "a", "Patient?_revinclude=Condition:patient").json()
     assert f"Condition/{sud_id}" not in ids(patients)
     assert f"Condition/{sud_id}" not in ids(get(homes, "a", "Condition/_history").json())

@@ -115,6 +115,7 @@ class ClientView(BundleOperations):
         if self.audience.part2_restricted and resource_type in labelled_types():
             if not self.audience.restricted:
                 params = [*params, ("_security:not", PART2_TOKEN)]
+                context.note_withheld(f"{resource_type}?_security={PART2_TOKEN}", "42CFRPart2")
             else:
                 withheld = self._part2_withheld(resource_type, params, strict, limit)
                 counted = withheld is not None
@@ -147,7 +148,7 @@ class ClientView(BundleOperations):
                                               ("_count", str(PART2_SCAN))], strict, limit)
         if found.total is not None and found.total > PART2_SCAN:
             return None
-        return frozenset(r["id"] for r in found.matches if not self.audience.discloses(r))
+        return frozenset(r["id"] for r in found.matches if not self._sees(r))
 
     def history(self, resource_type: str | None = None, resource_id: str | None = None,
                 since: str | None = None, count: int = 20, offset: int = 0) -> HistoryResult:
