@@ -1,7 +1,7 @@
-"""What authorization costs per request: the same reads and searches sent, interleaved, to
-two `fhir-gateway serve` processes over copies of one embedded store, one with
-FHIR_GATEWAY_AUTH=off and one with tokens on (a bearer token verified, then the access
-decision), in one run, from one client. On the server with tokens, twice: as a client
+"""What authorization costs per request: the same reads and searches sent, interleaved (the
+one asked first rotating), to two `fhir-gateway serve` processes over copies of one
+embedded store, one with FHIR_GATEWAY_AUTH=off and one with tokens on (a bearer token
+verified, then the access decision), in one run, from one client. On the server with tokens, twice: as a client
 without an organization (scopes only) and as a Health Home's client (`--organization`: its
 members only, the member list from the store, reused until an enrollment is written).
 
@@ -117,8 +117,9 @@ def main() -> None:
                   f"{'on p95':>8} {'hh p95':>8} {'on/off':>7} {'hh/off':>7} target")
             for name, paths in workloads.items():
                 times = {"on": [], "off": [], "hh": []}
-                for path in paths:
-                    for mode, base in (("off", off), ("on", on), ("hh", on)):
+                modes = [("off", off), ("on", on), ("hh", on)]
+                for n, path in enumerate(paths):  # who goes first rotates: no order bias
+                    for mode, base in modes[n % 3:] + modes[:n % 3]:
                         t0 = time.perf_counter()
                         http.get(f"{base}{path}", headers=headers[mode]).raise_for_status()
                         times[mode].append((time.perf_counter() - t0) * 1000)
