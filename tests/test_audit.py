@@ -252,8 +252,8 @@ def test_what_a_request_withheld_lands_in_its_event(store, tmp_path):
     settings = Settings(auth=True, data_dir=str(tmp_path / "data"), external_issuer="",
                         external_jwks_url="")
     for gateway in _gateway(Withholding(store), settings):
-        reader, headers = enrolled(gateway, "system/Condition.rs")
-        assert gateway.http.get(f"{gateway.base}/Condition", headers=headers).status_code == 200
+        reader, headers = enrolled(gateway, "system/Patient.rs")
+        assert gateway.http.get(f"{gateway.base}/Patient", headers=headers).status_code == 200
         [event] = trail(gateway, enrolled(gateway, AUDITOR)[1], altid=reader)
         withheld = [e for e in event["entity"] if e.get("description", "").startswith("withheld")]
         assert [(e["what"]["reference"], e["description"]) for e in withheld] == [
