@@ -25,7 +25,7 @@ from fhir_gateway.api.http import (
     written_response,
 )
 from fhir_gateway.audit.append_only import check_bundle as check_audit_entries
-from fhir_gateway.auth.access import access_of
+from fhir_gateway.auth.access import Scoped, access_of
 from fhir_gateway.auth.view import store_for
 from fhir_gateway.outcome import FhirError, Issue, invalid, operation_outcome
 from fhir_gateway.search.query import (
@@ -81,14 +81,15 @@ async def system_bundle(request: Request) -> Response:
         raise invalid("POST to the base URL takes a Bundle of type transaction or batch",
                       "resourceType")
     kind = body.get("type")
+    access = access_of(request)
     if kind in ("transaction", "batch"):
-        access_of(request).check_bundle(body)
         check_audit_entries(body)
     store = _store(request)
     if kind == "transaction":
+        access.check_bundle(body)
         result = await run_in_threadpool(store.transaction, body)
-    elif kind == "batch":
-        result = await run_in_threadpool(store.batch, body)
+    elif kind == "batch":  # an entry outside the scopes is refused alone
+        result = await run_in_threadpool(Scoped(store, access).batch, body)
     else:
         raise invalid(f"Bundle.type must be transaction or batch, not '{kind}'", "Bundle.type")
     return fhir_response(result, pretty=is_pretty(request))

@@ -4,8 +4,8 @@ operation consults to learn whether a request's client may do what it asks.
 `needs(method, path)` says what a request under /fhir needs, from its method and path
 alone, so the middleware (`auth/middleware.py`) decides before any route runs, and a route
 added later is covered by `default` in `operations.yaml` until it is listed there. What the
-path cannot tell is decided here too, called by the routes: each entry of a transaction or
-batch (`check_bundle`), the resources a search includes (`visible`).
+path cannot tell is decided here too, called by the routes: each entry of a transaction
+(`check_bundle`) or batch (`Scoped`), the resources a search includes (`visible`).
 
 Later rules (per-Health-Home access by `organization`, 42 CFR Part 2, audit) plug into
 `Access`: it carries the client's identity as well as its scopes.
@@ -22,6 +22,7 @@ import yaml
 from fhir_gateway.auth.scopes import LETTERS, Grant
 from fhir_gateway.outcome import FhirError
 from fhir_gateway.search.registry import params_for, resource_types
+from fhir_gateway.store.units import BundleOperations
 
 OPERATIONS = Path(__file__).with_name("operations.yaml")
 #: a need: (resource type or '*' for every type, SMART v2 letters)
@@ -83,26 +84,43 @@ class Access:
                 current = targets
 
     def check_bundle(self, bundle: dict) -> None:
-        """Each entry of a transaction or batch, as if it came alone: one outside the scopes
-        refuses the whole Bundle (403, naming the entry) before anything is written."""
+        """Each entry of a transaction, as if it came alone: one outside the scopes refuses
+        the whole Bundle (403, naming the entry) before anything is written. A batch's
+        entries are checked one by one as the batch runs them (`check_entry`)."""
         for index, entry in enumerate(bundle.get("entry") or []):
-            if not isinstance(entry, dict):
-                continue  # the Bundle checks refuse it, with its path
-            request = entry.get("request") if isinstance(entry.get("request"), dict) else {}
-            method = str(request.get("method", "")).upper()
-            url = str(request.get("url", "")).split("?")[0]
-            segments = [s for s in url.split("/") if s]
-            resource = entry.get("resource") if isinstance(entry.get("resource"), dict) else {}
-            if not segments and resource.get("resourceType"):
-                segments = [str(resource["resourceType"])]
-            where = f"Bundle.entry[{index}]"
-            self.require(needs(method, segments), where)
-            url_text = str(request.get("url", ""))
-            if method == "GET" and ("_include" in url_text or "_revinclude" in url_text) \
-                    and not self.grant.everything("r"):
-                raise Forbidden("_include and _revinclude inside a batch or transaction need "
-                                "read on every type (system/*.r); send the search on its own "
-                                "to have what the scopes do not cover left out", where)
+            if isinstance(entry, dict):  # else the Bundle checks refuse it, with its path
+                self.check_entry(index, entry)
+
+    def check_entry(self, index: int | None, entry: dict) -> None:
+        request = entry.get("request") if isinstance(entry.get("request"), dict) else {}
+        method = str(request.get("method", "")).upper()
+        url = str(request.get("url", "")).split("?")[0]
+        segments = [s for s in url.split("/") if s]
+        resource = entry.get("resource") if isinstance(entry.get("resource"), dict) else {}
+        if not segments and resource.get("resourceType"):
+            segments = [str(resource["resourceType"])]
+        where = None if index is None else f"Bundle.entry[{index}]"
+        self.require(needs(method, segments), where)
+        url_text = str(request.get("url", ""))
+        if method == "GET" and ("_include" in url_text or "_revinclude" in url_text) \
+                and not self.grant.everything("r"):
+            raise Forbidden("_include and _revinclude inside a batch or transaction need "
+                            "read on every type (system/*.r); send the search on its own "
+                            "to have what the scopes do not cover left out", where)
+
+
+class Scoped(BundleOperations):
+    """A store whose `commit` first checks each entry against the client's scopes: a
+    batch over it (each entry its own commit) answers an entry outside the scopes with
+    its own 403 and stores the others."""
+
+    def __init__(self, store, access: Access):
+        self.store, self.access = store, access
+
+    def commit(self, entries, representation: bool = False) -> list[dict]:
+        for index, entry in entries:
+            self.access.check_entry(index, entry)
+        return self.store.commit(entries, representation)
 
 
 #: the access of a gateway run with FHIR_GATEWAY_AUTH=off (loopback only)
