@@ -95,6 +95,15 @@ def test_the_recording_health_home_sees_its_own(homes):
     assert get(homes, "state", f"Condition/{mine.json()['id']}").status_code == 404
     assert get(homes, "state", "Condition?code=F11.20").json()["total"] == 0
     assert get(homes, "state", "Condition").json()["total"] == 3  # the three F20.0
+    # a transaction's reads leave it out too
+    reads = {"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "GET", "url": f"Condition/{mine.json()['id']}"}},
+        {"request": {"method": "GET", "url": "Condition?code=F11.20,F20.0"}}]}
+    answer = send(homes, "state", "POST", "", reads)
+    assert answer.status_code == 200, answer.text
+    [read, search] = answer.json()["entry"]
+    assert read["response"]["status"].startswith("404") and "resource" not in read
+    assert ids(search["resource"]) == {"Condition/c-pa", "Condition/c-pb", "Condition/c-pn"}
 
 
 @pytest.fixture
