@@ -109,9 +109,10 @@ def with_owner(resource: dict, organization: str | None) -> dict:
 
 @dataclass
 class Audience:
-    """One client's view of one store: the unrestricted `store` is read to learn who its
-    members are, once per request (`members`), so an enrollment written a moment ago
-    counts at once."""
+    """One client's view of one store, made per request. The unrestricted `store` is read
+    to learn who the client's members are (`members`: reused between requests until this
+    gateway writes an enrollment) and which patients consented to Part 2 disclosure to it
+    (`discloses`: read per request, so a new Consent counts at once)."""
 
     store: object
     organization: str | None
