@@ -104,6 +104,11 @@ def test_disenroll_and_opt_out_record_the_reason_and_reassessment(client):
     values = {x["url"].rsplit("/", 1)[1]: x for x in closed["extension"]}
     assert values["hh-annual-reassessment-date"]["valueDate"] == "2027-09-30"
     assert values["hh-disenrollment-reason"]["valueCodeableConcept"]["coding"][0]["code"] == "opt-out"
+    # the member's agreement to the enrollment is withdrawn with it
+    [agreement] = [e["resource"] for e in client.get(
+        f"/fhir/Consent?data=EpisodeOfCare/{episode['id']}").json()["entry"]]
+    assert agreement["status"] == "inactive"
+    assert agreement["provision"]["period"]["end"] == "2026-09-30"
     again = client.post("/fhir/Patient/m1/$disenroll", json=body)
     assert again.status_code == 404
     # after disenrolling, a new enrollment is allowed again

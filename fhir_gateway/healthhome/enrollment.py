@@ -250,6 +250,19 @@ def disenroll(episodes: list[dict], program: Program, reason: str, end: date) ->
     return episode
 
 
+def consent_ended(agreement: dict, reason: str, end: date) -> dict:
+    """The enrollment's Consent once the enrollment is closed: what it permits ends with the
+    enrollment (`provision.period.end`), and an opt-out withdraws it (`status` inactive,
+    FHIR R4 Consent: "terminated"). The seeds say members may opt out (KanCare manual 4.2)
+    and are silent on the Consent record itself."""
+    provision = dict(agreement.get("provision") or {})
+    provision["period"] = {**provision.get("period", {}), "end": end.isoformat()}
+    closed = {**agreement, "provision": provision}
+    if reason == "opt-out":
+        closed["status"] = "inactive"
+    return closed
+
+
 def _add_months(day: date, months: int) -> date:
     """The same day `months` later, or the month's last day (29 Feb + 12 -> 28 Feb)."""
     year, month = divmod(day.month - 1 + months, 12)

@@ -265,8 +265,8 @@ def _enrollment_bundle(store: FhirStore, files: RuleFiles, patient_id: str,
 
 def disenroll(store: FhirStore, files: RuleFiles, patient_id: str, program: str, reason: str,
               end: date) -> dict:
-    """Close the member's active enrollment in `program` and mark them inactive on their
-    Health Home's roster: one transaction, If-Match the versions read, so a concurrent
+    """Close the member's active enrollment in `program`, end its Consent (withdrawn on an
+    opt-out) and mark them inactive on their Health Home's roster: one transaction, If-Match the versions read, so a concurrent
     change makes it decide again on what is stored rather than overwrite it. Returns the
     EpisodeOfCare as stored."""
     store.read("Patient", patient_id)
@@ -277,6 +277,10 @@ def disenroll(store: FhirStore, files: RuleFiles, patient_id: str, program: str,
         episode = hh_enrollment.disenroll(_episodes(store, patient_id), plan, reason, end)
         closed[:] = [episode["id"]]
         entries = [_put(episode, episode["meta"]["versionId"])]
+        agreements = store.search("Consent", [("data", f"EpisodeOfCare/{episode['id']}"),
+                                              ("status", "active"), ("_count", "50")]).matches
+        entries += [_put(hh_enrollment.consent_ended(a, reason, end), a["meta"]["versionId"])
+                    for a in agreements]
         provider = (episode.get("managingOrganization") or {}).get("reference", "")
         if provider.startswith("Organization/"):
             roster = _roster(store, provider, program)
