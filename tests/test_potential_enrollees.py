@@ -286,27 +286,24 @@ def test_the_command_reads_fhir_ndjson(tmp_path):
 
 def test_bad_input_is_named_by_file_line_and_field(csv_files, tmp_path):
     claims, members = csv_files
+
+    def refused(bad_claims=claims, bad_members=members) -> str:
+        result = cli("--month", "2026-06", "--claims", str(bad_claims), "--members",
+                     str(bad_members), "--out", str(tmp_path / "o"))
+        assert result.returncode == 2
+        return " ".join(result.stderr.split())
+
     bad_date = tmp_path / "bad-date.csv"
     bad_date.write_text(claims.read_text().replace("m3,2026-04-01", "m3,2026-04-31"))
-    result = cli("--month", "2026-06", "--claims", str(bad_date), "--members", str(members),
-                 "--out", str(tmp_path / "o"))
-    assert result.returncode == 2
     assert f"{bad_date} line 8: service_date ('2026-04-31') is not a date" in \
-        " ".join(result.stderr.split())
-
+        refused(bad_claims=bad_date)
     bad_state = tmp_path / "bad-state.csv"
     bad_state.write_text(members.read_text().replace("m5,D5,1975-04-04,MO", "m5,D5,1975-04-04,TX"))
-    result = cli("--month", "2026-06", "--claims", str(claims), "--members", str(bad_state),
-                 "--out", str(tmp_path / "o"))
-    assert result.returncode == 2
     assert f"{bad_state} line 6: state ('TX') is not a state the rules know" in \
-        " ".join(result.stderr.split())
-
+        refused(bad_members=bad_state)
     no_column = tmp_path / "no-column.csv"
     no_column.write_text("member_id,service_date\nm1,2026-01-01\n")
-    result = cli("--month", "2026-06", "--claims", str(no_column), "--members", str(members),
-                 "--out", str(tmp_path / "o"))
-    assert result.returncode == 2 and "no column provider_id, diagnosis_codes" in result.stderr
+    assert "no column provider_id, diagnosis_codes" in refused(bad_claims=no_column)
 
     extra_field = tmp_path / "extra-field.csv"
     extra_field.write_text(claims.read_text() + "m1,2026-01-11,P1,CMHC,F209,99213,surplus\n")

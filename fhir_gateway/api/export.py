@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from fhir_gateway.api.http import fhir_response, prefer
 from fhir_gateway.api.rest import base_url
 from fhir_gateway.auth.access import access_of
-from fhir_gateway.auth.audience import Audience
+from fhir_gateway.auth.audience import part2_for
 from fhir_gateway.auth.view import store_for
 from fhir_gateway.export.jobs import Exporter, Job, JobStore
 from fhir_gateway.export.request import parse_kickoff
@@ -77,8 +77,7 @@ async def _kickoff(request: Request, level: str, group_id: str | None = None) ->
     export = parse_kickoff(level, params, sorted(resource_types()), group_id)
     access = access_of(request)
     export.client_id, export.organization = access.client_id, access.organization
-    export.part2 = Audience.of(None, access, part2=request.app.state.settings.part2_unaffiliated
-                               ).part2
+    export.part2 = part2_for(access, request.app.state.settings.part2_unaffiliated)
     exporter = _exporter(request.app)
     if group_id is not None:  # 404 now rather than a failed job later
         await run_in_threadpool(group_members, store_for(request), group_id)

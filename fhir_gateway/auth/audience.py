@@ -107,6 +107,11 @@ def with_owner(resource: dict, organization: str | None) -> dict:
     return {**resource, "meta": meta} if meta else {k: v for k, v in resource.items() if k != "meta"}
 
 
+def part2_for(access: Access, unaffiliated: str | None) -> str | None:
+    """`Audience.part2` for a client: the setting, but None (sees all) with auth off."""
+    return None if access is UNRESTRICTED else unaffiliated
+
+
 @dataclass
 class Audience:
     """One client's view of one store, made per request. The unrestricted `store` is read
@@ -129,9 +134,7 @@ class Audience:
     @classmethod
     def of(cls, store, access: Access, cache_seconds: float = 0.0,
            part2: str | None = WITHHOLD) -> Audience:
-        if access is UNRESTRICTED:
-            part2 = None
-        return cls(store, access.organization, cache_seconds, part2)
+        return cls(store, access.organization, cache_seconds, part2_for(access, part2))
 
     @property
     def restricted(self) -> bool:
